@@ -1,0 +1,5 @@
+"""``python -m pseudoseg`` (also what ``torchrun -m pseudoseg`` runs on each process)."""
+
+from pseudoseg.cli import main
+
+main()

@@ -1,0 +1,191 @@
+"""The ``pseudoseg`` command line.
+
+Errors in the user's input (missing folders, bad configuration keys, corrupt
+files) end with one line on stderr and exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from pseudoseg.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Semi-supervised medical image segmentation with pseudo labels.")
+data_app = typer.Typer(no_args_is_help=True, help="Data sets: generate the built-in synthetic benchmarks.")
+app.add_typer(data_app, name="data")
+
+
+def _console() -> Console:
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough for the metric tables
+        console = Console(width=160)
+    return console
+
+
+def _write_json_output(path: Optional[Path], payload: dict) -> None:
+    if path is not None:
+        from pseudoseg.fileio import write_json
+
+        write_json(path, payload)
+
+
+def _amp(value: str) -> str:
+    if value not in ("auto", "bf16", "fp16", "off"):
+        raise UserError(f"--amp: expected auto, bf16, fp16 or off, got {value!r}")
+    return value
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="Folder to create.")],
+    kind: Annotated[str, typer.Option(help="polyp (PraNet layout) or ct (Decathlon layout, NIfTI).")] = "polyp",
+    n_train: Annotated[Optional[int], typer.Option(help="Training images (polyp) or cases (ct).")] = None,
+    n_test: Annotated[Optional[int], typer.Option(help="Test images per domain (polyp) or test cases (ct).")] = None,
+    size: Annotated[int, typer.Option(help="polyp: image side in pixels.")] = 160,
+    seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder (only once the new one is complete).")] = False,
+) -> None:
+    """Generate a synthetic data set (deterministic per seed)."""
+    if kind == "polyp":
+        from pseudoseg.data.synth_polyp import generate_polyp_dataset
+
+        counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
+        summary = generate_polyp_dataset(out, size=size, seed=seed, overwrite=overwrite, **counts)
+    elif kind == "ct":
+        from pseudoseg.data.synth_ct import generate_ct_dataset
+
+        counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
+        summary = generate_ct_dataset(out, seed=seed, overwrite=overwrite, **counts)
+    else:
+        raise UserError(f"--kind: expected polyp or ct, got {kind!r}")
+    _console().print(f"wrote {out}: {summary}")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML run configuration (see configs/).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set train.steps=500 (repeatable).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the final metrics here (schema in the README).")] = None,
+) -> None:
+    """Train the configured method; evaluate the released model on data.test."""
+    from pseudoseg.config import load_config
+    from pseudoseg.runner import train as run_train
+
+    cfg = load_config(config, set_ or [])
+    result = run_train(cfg, log=_console().print)
+    _write_json_output(json_out, {"run_dir": str(result.run_dir), "released": result.released, "metrics": result.metrics})
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="A run directory, its model.json, or a weights file (.safetensors).")],
+    test: Annotated[Path, typer.Option(help="Test data: a parent of test sets (TestDataset/<name>/images) or one set; for CT a folder with imagesTs/ and labelsTs/.")],
+    out: Annotated[Optional[Path], typer.Option(help="Write metrics.{json,csv,md} here.")] = None,
+    network: Annotated[Optional[str], typer.Option(help="Which network of a run (default: the released one).")] = None,
+    threshold: Annotated[float, typer.Option()] = 0.5,
+    pranet: Annotated[bool, typer.Option(help="Also compute the PraNet convention (pysodmetrics).")] = True,
+    device: Annotated[str, typer.Option()] = "auto",
+    amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off (as train.amp).")] = "auto",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics here (schema in the README).")] = None,
+) -> None:
+    """Score a trained model on test sets, in both metric conventions."""
+    from pseudoseg.config import EvalConfig
+    from pseudoseg.evaluation.evaluate import evaluate as run_evaluate
+    from pseudoseg.evaluation.report import mean_over_sets, render_table, write_report
+    from pseudoseg.inference import Predictor
+
+    if not 0 < threshold < 1:
+        raise UserError(f"--threshold: must be in (0, 1), got {threshold}")
+    predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network)
+    results = run_evaluate({predictor.name: predictor}, test, EvalConfig(threshold=threshold, pranet_metrics=pranet))[predictor.name]
+    console = _console()
+    console.print(render_table(results, title=f"{model} ({predictor.name})"))
+    if out is not None:
+        paths = write_report(results, out, title=f"{model} ({predictor.name})", extra={"model": str(model), "network": predictor.name})
+        console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    from pseudoseg.evaluation.metrics import METRIC_CONVENTIONS
+
+    _write_json_output(json_out, {"model": str(model), "network": predictor.name, "sets": results, "mean": mean_over_sets(results), "conventions": dict(METRIC_CONVENTIONS)})
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="A run directory, its model.json, or a weights file.")],
+    inputs: Annotated[Path, typer.Argument(help="An image or a folder of images (CT: a .nii/.nii.gz volume or a folder of them).")],
+    out: Annotated[Path, typer.Argument(help="Output folder (must not be the input folder).")],
+    probabilities: Annotated[bool, typer.Option(help="Also write probability maps (8-bit PNG).")] = False,
+    overlay: Annotated[bool, typer.Option(help="Also write overlays of the mask on the image.")] = False,
+    threshold: Annotated[float, typer.Option()] = 0.5,
+    network: Annotated[Optional[str], typer.Option(help="Which network of a run (default: the released one).")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off (as train.amp).")] = "auto",
+) -> None:
+    """Write binary masks at each input's native size; inputs are never modified."""
+    from pseudoseg.inference import Predictor
+    from pseudoseg.predict import predict_paths
+
+    if not 0 < threshold < 1:
+        raise UserError(f"--threshold: must be in (0, 1), got {threshold}")
+    predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network)
+    written = predict_paths(predictor, inputs, out, threshold=threshold, probabilities=probabilities, overlay=overlay)
+    _console().print(f"wrote {len(written)} predictions to {out}")
+
+
+@app.command()
+def grid(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Base YAML configuration; its method section is replaced per variant.")],
+    out: Annotated[Path, typer.Option(help="Grid folder: one run per variant and seed, and the tables.")],
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    family: Annotated[str, typer.Option(help="momentum (Method A's grid) or rounds (supervised / TSO / ATSO).")] = "momentum",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key of the base configuration (repeatable).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the summary here.")] = None,
+) -> None:
+    """Run a method's experiment grid over seeds and write the side-by-side table."""
+    from pseudoseg.grid import run_grid
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+    if not seed_list:
+        raise UserError("--seeds: no seed given")
+    summary = run_grid(config, out, seeds=seed_list, family=family, overrides=set_ or [], log=_console().print)
+    _write_json_output(json_out, summary)
+
+
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option(help="Folder for the synthetic data and the run.")] = Path("pseudoseg-quickstart"),
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the final metrics here (schema in the README).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Student-stage steps (default: the demo recipe's).")] = None,
+) -> None:
+    """Generate the synthetic polyp data, train online momentum pseudo labeling on 20 % labels, evaluate."""
+    from pseudoseg.quickstart import run_quickstart
+
+    result = run_quickstart(out, steps=steps, log=_console().print)
+    _write_json_output(json_out, {"run_dir": str(result.run_dir), "released": result.released, "metrics": result.metrics})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2.
+
+    Usage errors (unknown option, missing argument) are reported by the
+    command-line parser itself, also with exit code 2.
+    """
+    try:
+        app(args=argv, standalone_mode=True)
+    except UserError as exc:
+        print(f"pseudoseg: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("pseudoseg: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

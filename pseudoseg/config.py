@@ -1,0 +1,323 @@
+"""Typed run configuration, validated when it is loaded.
+
+A run is described by one YAML file (see ``configs/``) plus ``--set key=value``
+overrides. Every key is declared here with its type and default; an unknown key
+or a value of the wrong type is reported as one line naming the key
+(``method.beta: Input should be a valid number``), before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pseudoseg.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the images come from and how they are split into L / U / V."""
+
+    kind: Literal["folders", "volumes"] = "folders"
+    train: Path
+    """Training pool. ``folders``: a folder with ``images/`` and ``masks/`` (PraNet
+    layout, Kvasir-SEG as released). ``volumes``: a folder with ``imagesTr/`` and
+    ``labelsTr/`` (Medical Segmentation Decathlon layout)."""
+    test: Path | None = None
+    """Test sets. ``folders``: a parent of several sets (``TestDataset/<name>/images``)
+    or one set. ``volumes``: a folder with ``imagesTs/`` and ``labelsTs/``."""
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+    image_size: int = Field(128, ge=16)
+    """Working resolution: every image is resized to image_size x image_size."""
+    normalize: Literal["imagenet", "unit"] = "imagenet"
+    """``imagenet``: ImageNet mean/std (RGB photographs, pretrained encoders);
+    ``unit``: scale to [-1, 1] (CT slices)."""
+    labeled_fraction: float = 0.2
+    val_fraction: float = 0.1
+    split_seed: int | None = None
+    """Seed of the L / U / V split; defaults to the run's seed."""
+    split: Path | None = None
+    """A split manifest (JSON) written by an earlier run, reused as it is."""
+    labeled_list: Path | None = None
+    unlabeled_list: Path | None = None
+    validation_list: Path | None = None
+    """Text files of stems (one per line) reproducing a published split."""
+    cache_dir: Path | None = None
+    """Where decoded, resized images are cached; defaults to ``<run_dir>/cache``."""
+    window: tuple[float, float] = (-100.0, 240.0)
+    """``volumes``: intensity window in HU, clipped and rescaled."""
+    context: int = Field(0, ge=0)
+    """``volumes``: neighbouring slices on each side given as extra channels."""
+
+    @field_validator("labeled_fraction")
+    @classmethod
+    def _labeled_fraction(cls, value: float) -> float:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"must be in (0, 1], got {value}")
+        return value
+
+    @field_validator("val_fraction")
+    @classmethod
+    def _val_fraction(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"must be in [0, 1), got {value}")
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] >= value[1]:
+            raise ValueError(f"lower bound must be below upper bound, got {list(value)}")
+        return value
+
+    @property
+    def in_channels(self) -> int:
+        return 3 if self.kind == "folders" else 2 * self.context + 1
+
+
+class ModelConfig(_Section):
+    """The network, built by :func:`pseudoseg.models.build_model`."""
+
+    name: Literal["unet", "basic_unet", "flexible_unet", "fpn"] = "unet"
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    """``unet``: channels per level; ``basic_unet``: its six feature sizes."""
+    num_res_units: int = 2
+    norm: Literal["batch", "instance", "group"] = "batch"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    encoder: str = "resnet18"
+    """``flexible_unet`` (MONAI backbones: resnet*, efficientnet-b*) and ``fpn``
+    (segmentation-models-pytorch encoders, e.g. densenet169)."""
+    weights: Path | None = None
+    """Local weights (safetensors or a PyTorch state dict), loaded safely."""
+    weights_scope: Literal["full", "encoder"] = "full"
+
+
+class OptimConfig(_Section):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = 0.9
+    """``sgd`` only."""
+    schedule: Literal["constant", "cosine", "poly"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    """Clip the global gradient norm to this value (None: no clipping)."""
+
+
+class AugmentConfig(_Section):
+    """Batched, seeded augmentation (see :mod:`pseudoseg.data.augment`)."""
+
+    flips: bool = True
+    rot90: bool = True
+    labeled_affine: bool = False
+    unlabeled_affine: bool = True
+    """Shift-scale-rotate on unlabeled images (the momentum paper's code)."""
+    shift: float = Field(0.0625, ge=0)
+    scale: float = Field(0.1, ge=0)
+    rotate_deg: float = Field(45.0, ge=0)
+    brightness: float = Field(0.2, ge=0)
+    contrast: float = Field(0.2, ge=0)
+    color_shift: float = Field(0.08, ge=0)
+    """Per-channel additive shift, as a fraction of the intensity range."""
+    noise_std: float = Field(0.0, ge=0)
+
+
+class TrainConfig(_Section):
+    steps: int = Field(1000, ge=1)
+    """Optimiser steps of the stage. An epoch is one pass over the unlabeled set
+    when the method draws from it, over the labeled set otherwise."""
+    batch_size: int = Field(8, ge=1)
+    """Labeled images per step (global, over all processes)."""
+    unlabeled_batch_size: int = Field(8, ge=1)
+    """Unlabeled images per step (global), for methods that use them."""
+    optim: OptimConfig = OptimConfig()
+    loss: Literal["dice", "dice_bce"] = "dice"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    """``auto``: bf16 where the processor supports it (CPUs with AVX-512 BF16 /
+    AMX, CUDA GPUs with bf16), otherwise fp16 on CUDA, otherwise off."""
+    channels_last: bool = False
+    val_every: int = Field(100, ge=1)
+    """Validate (and checkpoint) every N steps, and at the end."""
+    log_every: int = Field(10, ge=1)
+    selection_metric: Literal["dice", "iou"] = "dice"
+    """Validation metric (threshold 0.5, per image) that picks the best checkpoints."""
+    num_threads: int | None = Field(None, ge=1)
+    augment: AugmentConfig = AugmentConfig()
+
+
+class EvalConfig(_Section):
+    threshold: float = Field(0.5, gt=0, lt=1)
+    pranet_metrics: bool = True
+    """Also compute the PraNet convention (pysodmetrics, native resolution)."""
+    batch_size: int = Field(16, ge=1)
+
+
+class SupervisedConfig(_Section):
+    """Train on the labeled split only (``data.labeled_fraction: 1.0`` for the
+    fully supervised upper bound), keeping a momentum copy."""
+
+    name: Literal["supervised"] = "supervised"
+    ema_momentum: float = Field(0.95, ge=0, lt=1)
+    ema_schedule: Literal["step", "epoch"] = "step"
+    ema_buffers: Literal["average", "copy"] = "average"
+
+
+class MomentumConfig(_Section):
+    """Online pseudo labeling with momentum networks (Method A)."""
+
+    name: Literal["momentum"] = "momentum"
+    mode: Literal["online", "offline"] = "online"
+    """``offline``: the teacher is frozen; ``online``: the teacher is updated
+    during the student stage as a momentum copy of the student."""
+    teacher: Literal["momentum", "original"] = "momentum"
+    """Which network of the teacher stage becomes the teacher."""
+    teacher_run: Path | None = None
+    """A finished supervised run directory to take the teacher from; when
+    absent, the teacher stage is trained first in ``<run_dir>/teacher``."""
+    teacher_steps: int | None = Field(None, ge=1)
+    """Teacher-stage steps (default: ``train.steps``)."""
+    teacher_batch_size: int | None = Field(None, ge=1)
+    """Teacher-stage batch (default: labeled + unlabeled batch of the student)."""
+    teacher_stage_momentum: float = Field(0.95, ge=0, lt=1)
+    teacher_momentum: float = Field(0.99, ge=0, lt=1)
+    """Online teacher update: teacher <- m * teacher + (1 - m) * student."""
+    student_momentum: float = Field(0.99, ge=0, lt=1)
+    ema_schedule: Literal["step", "epoch"] = "step"
+    ema_buffers: Literal["average", "copy"] = "average"
+    beta: float = Field(0.3, ge=0)
+    beta_rampup_steps: int = Field(0, ge=0)
+    """Sigmoid ramp-up of beta over this many steps (0: constant)."""
+    labels: Literal["soft", "hard"] = "soft"
+    confidence: float = Field(0.0, ge=0, lt=1)
+    """Hard labels only: ignore pixels whose teacher confidence max(p, 1-p) is below."""
+    views: Literal["weak_strong", "same"] = "weak_strong"
+    """``weak_strong``: the teacher labels the weak view, the student sees a
+    photometrically strong view of the same geometry; ``same``: both see the
+    same augmented image (the authors' code)."""
+    student_init: Literal["scratch", "teacher"] = "scratch"
+
+    @model_validator(mode="after")
+    def _confidence_needs_hard(self) -> MomentumConfig:
+        if self.confidence > 0 and self.labels != "hard":
+            raise ValueError("confidence applies to hard labels only: set labels: hard")
+        return self
+
+
+class RoundsConfig(_Section):
+    """ATSO and self-learning (TSO): rounds of relabelling and fine-tuning (Method B)."""
+
+    name: Literal["atso", "tso"] = "atso"
+    subsets: int = Field(2, ge=2)
+    """ATSO: number K of disjoint unlabeled subsets."""
+    rounds: int = Field(4, ge=1)
+    round_steps: int = Field(200, ge=1)
+    init: Literal["labeled", "continue"] = "labeled"
+    """ATSO: each round starts from the labeled-only model (default) or continues
+    from the previous round's model."""
+    labels: Literal["hard", "soft"] = "hard"
+    final: Literal["last", "ensemble"] = "last"
+    """``ensemble``: average the predictions of the last K round models."""
+    teacher_run: Path | None = None
+    """A finished supervised run to start from (else trained in ``<run_dir>/round_0``)."""
+    teacher_steps: int | None = Field(None, ge=1)
+    beta: float = Field(1.0, ge=0)
+    """Weight of the pseudo-labeled loss."""
+
+
+MethodConfig = Annotated[Union[SupervisedConfig, MomentumConfig, RoundsConfig], Field(discriminator="name")]
+
+
+class RunConfig(_Section):
+    run_dir: Path = Path("runs/run")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    method: MethodConfig = SupervisedConfig()
+
+    @property
+    def split_seed(self) -> int:
+        return self.seed if self.data.split_seed is None else self.data.split_seed
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value parsed as YAML)."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {key}: value is not valid YAML ({exc.__class__.__name__})") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    merged = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {'.'.join(path)}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def config_from_dict(raw: dict[str, Any], *, origin: str = "configuration") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-after"))
+        # A discriminated union reports the chosen branch in the location
+        # ("method.momentum.beta"); users write "method.beta".
+        for name in ("supervised", "momentum", "atso", "tso"):
+            key = key.replace(f"method.{name}.", "method.")
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise UserError(f"{origin}: {key}: {message}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run configuration, apply ``key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    origin = "configuration"
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        if not path.is_file():
+            raise UserError(f"{path}: configuration file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path}: expected a mapping of keys at the top level")
+        raw = loaded
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, origin=origin)
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,35 @@
+"""Segmentation losses on logits, per sample, with an optional pixel mask.
+
+Losses are averaged per image (Dice over each image's pixels, then the mean
+over the batch), so averaging over processes equals the loss of the global
+batch. Targets may be soft (teacher probabilities) or hard; pixels where
+``valid`` is 0 (low-confidence pseudo labels) do not count.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss, MaskedDiceLoss
+from torch import nn
+
+
+class SegmentationLoss(nn.Module):
+    def __init__(self, kind: str = "dice") -> None:
+        super().__init__()
+        self.kind = kind
+        self.dice = DiceLoss(sigmoid=True, soft_label=True)
+        self.masked_dice = MaskedDiceLoss(sigmoid=True, soft_label=True)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        logits = logits.float()
+        target = target.float()
+        dice = self.dice(logits, target) if valid is None else self.masked_dice(logits, target, mask=valid)
+        if self.kind == "dice":
+            return dice
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        if valid is None:
+            bce = bce.mean()
+        else:
+            bce = (bce * valid).sum() / valid.sum().clamp_min(1.0)
+        return dice + bce

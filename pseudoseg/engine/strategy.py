@@ -1,0 +1,84 @@
+"""The plug-in interface of the training loop: a method's strategy.
+
+A strategy states only what differs from supervised training: where the
+targets of unlabeled images come from, what the loss adds, and when which
+extra network (teacher, momentum copy) is updated. The loop itself (data,
+mixed precision, optimiser, validation, checkpoints, resume, several
+processes) lives in :class:`pseudoseg.engine.trainer.Trainer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from pseudoseg.data.store import ArrayStore
+    from pseudoseg.engine.trainer import StageContext
+
+
+@dataclass
+class Batch:
+    """One training step's data on the device, already augmented and normalised."""
+
+    images: torch.Tensor
+    """Labeled images [b, C, S, S] (this process's share)."""
+    masks: torch.Tensor
+    """Their masks [b, 1, S, S] in {0, 1}."""
+    unlabeled: torch.Tensor | None = None
+    """Unlabeled images, weak view [u, C, S, S]."""
+    unlabeled_strong: torch.Tensor | None = None
+    """The same images and geometry, photometrically strong (when the strategy asks)."""
+    unlabeled_targets: torch.Tensor | None = None
+    """Stored pseudo labels [u, 1, S, S] in [0, 1], geometry applied (when the strategy has a store)."""
+    unlabeled_index: np.ndarray | None = None
+    """Pool indices of the unlabeled images."""
+
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Strategy:
+    """Supervised training; subclasses override what they change."""
+
+    uses_unlabeled: bool = False
+    """Draw unlabeled batches (and count epochs over the unlabeled set)."""
+    wants_strong_view: bool = False
+    """Render a photometrically strong view of the unlabeled images."""
+    renders_pseudo_labels: bool = False
+    """:meth:`pseudo_labels` is implemented: its quality on U is logged at every validation."""
+    label_store: ArrayStore | None = None
+    """Pseudo labels on disk, indexed by pool index, read for each unlabeled batch."""
+
+    def setup(self, context: StageContext) -> None:
+        """Called once the student network exists (before resume)."""
+        self.context = context
+
+    def loss(self, batch: Batch, forward: Forward, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to minimise and tensors to log (never synchronised here)."""
+        logits = forward(batch.images)
+        loss = self.context.criterion(logits, batch.masks)
+        return loss, {"loss_sup": loss.detach()}
+
+    def after_step(self, step: int, epoch_ended: bool) -> None:
+        """After each optimiser step: momentum updates and the like."""
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Extra networks to validate and checkpoint, by name (the student is always there)."""
+        return {}
+
+    def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities the strategy would use as targets for ``images`` now (diagnostics)."""
+        raise NotImplementedError(f"{type(self).__name__} renders no pseudo labels")
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything beyond ``networks()`` that an exact resume needs."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass

@@ -1,0 +1,423 @@
+"""The one training loop every method plugs into.
+
+A :class:`Trainer` runs one *stage* (a teacher stage, a student stage, an ATSO
+round): it builds the student network, draws seeded labeled / unlabeled
+batches, lets the method's :class:`~pseudoseg.engine.strategy.Strategy` compute the
+loss, steps the optimiser, and validates every ``train.val_every`` steps on
+the validation split only, keeping the best weights of every network the
+stage trains. Its ``last.safetensors`` holds everything an exact resume needs
+(networks, optimiser moments, momentum copies, random generators, data
+position), so a stage killed at any point and restarted finishes with the same
+weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pseudoseg.config import RunConfig
+from pseudoseg.data.augment import BatchAugmenter, apply_geometry
+from pseudoseg.data.pool import SamplePool
+from pseudoseg.data.preprocessing import InputNormalizer, Preprocessing
+from pseudoseg.engine.checkpoint import (
+    flatten_optimizer,
+    load_tensors,
+    prefixed,
+    save_tensors,
+    save_weights,
+    unflatten_optimizer,
+    unprefixed,
+)
+from pseudoseg.engine.device import autocast, resolve_amp, resolve_device
+from pseudoseg.engine.distributed import DistInfo, all_reduce_sum
+from pseudoseg.engine.losses import SegmentationLoss
+from pseudoseg.engine.streams import IndexStream
+from pseudoseg.errors import UserError
+from pseudoseg.evaluation.metrics import dice_iou_at_threshold
+from pseudoseg.fileio import write_json, write_text
+from pseudoseg.engine.strategy import Batch, Strategy
+from pseudoseg.progress import progress_bar
+
+@dataclass
+class StageSpec:
+    """One training stage: what trains, on which samples, for how long."""
+
+    name: str
+    strategy: Strategy
+    steps: int
+    batch_size: int
+    labeled: np.ndarray
+    validation: np.ndarray
+    unlabeled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    unlabeled_batch_size: int = 0
+    init_weights: Path | None = None
+    """Start the student from these weights (default: fresh initialisation)."""
+    describe: dict[str, Any] = field(default_factory=dict)
+    """Settings that define the stage; a resume with other settings is refused."""
+
+
+@dataclass
+class StageContext:
+    """What a strategy may use from the loop it is plugged into."""
+
+    config: RunConfig
+    spec: StageSpec
+    device: torch.device
+    dist: DistInfo
+    student: nn.Module
+    criterion: SegmentationLoss
+    build_network: Callable[[], nn.Module]
+    """A new network of the run's architecture, on the device (for teachers and copies)."""
+    steps_per_epoch: int
+    stage_dir: Path
+
+
+@dataclass
+class StageResult:
+    stage_dir: Path
+    best: dict[str, dict[str, Any]]
+    """Network name -> {"score", "step", "path"} of its best validation checkpoint."""
+
+    def weights(self, network: str) -> Path:
+        return Path(self.best[network]["path"])
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: RunConfig,
+        pool: SamplePool,
+        run_dir: Path,
+        *,
+        dist: DistInfo,
+        architecture: dict[str, Any],
+        build_network: Callable[[], nn.Module],
+        show_progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.run_dir = Path(run_dir)
+        self.dist = dist
+        self.architecture = architecture
+        self._build_network = build_network
+        self.device = resolve_device(config.device)
+        self.amp_dtype = resolve_amp(config.train.amp, self.device)
+        self.normalizer = InputNormalizer(config.data.normalize, config.data.in_channels, self.device)
+        self.show_progress = show_progress and dist.is_main
+        self.preprocessing = Preprocessing.from_data(config.data).to_json()
+
+    # ------------------------------------------------------------------ helpers
+    def build_network(self) -> nn.Module:
+        network = self._build_network().to(self.device)
+        if self.config.train.channels_last:
+            network = network.to(memory_format=torch.channels_last)
+        return network
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.amp_dtype)
+
+    def _lr_at(self, step: int, steps: int) -> float:
+        optim = self.config.train.optim
+        if step < optim.warmup_steps:
+            return optim.lr * (step + 1) / optim.warmup_steps
+        progress = (step - optim.warmup_steps) / max(1, steps - optim.warmup_steps)
+        if optim.schedule == "cosine":
+            return optim.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if optim.schedule == "poly":
+            return optim.lr * (1.0 - progress) ** 0.9
+        return optim.lr
+
+    def _optimizer(self, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+        optim = self.config.train.optim
+        if optim.name == "sgd":
+            return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, foreach=True)
+        cls = torch.optim.Adam if optim.name == "adam" else torch.optim.AdamW
+        return cls(params, lr=optim.lr, weight_decay=optim.weight_decay, fused=True)
+
+    # --------------------------------------------------------------------- data
+    def _labeled_batch(self, indices: np.ndarray, augmenter: BatchAugmenter) -> tuple[torch.Tensor, torch.Tensor]:
+        geometry = augmenter.sample_geometry(len(indices), affine=self.config.train.augment.labeled_affine)
+        mine = indices[self.dist.shard()]
+        images = self.normalizer.to_unit(self.pool.images.read(mine))
+        masks = torch.from_numpy(self.pool.masks.read(mine)).to(self.device).unsqueeze(1).float()
+        images, (masks,) = apply_geometry(images, [masks], geometry.select(self.dist.shard()))
+        if geometry.theta is not None:
+            masks = (masks > 0.5).float()
+        return self.normalizer(images), masks
+
+    def _unlabeled_batch(self, indices: np.ndarray, augmenter: BatchAugmenter, strategy: Strategy) -> dict[str, Any]:
+        part = self.dist.shard()
+        geometry = augmenter.sample_geometry(len(indices), affine=self.config.train.augment.unlabeled_affine)
+        photometry = augmenter.sample_photometry(len(indices), self.config.data.in_channels) if strategy.wants_strong_view else None
+        mine = indices[part]
+        images = self.normalizer.to_unit(self.pool.images.read(mine))
+        maps = []
+        if strategy.label_store is not None:
+            maps.append(torch.from_numpy(strategy.label_store.read(mine)).to(self.device).unsqueeze(1).float().div_(255.0))
+        images, maps = apply_geometry(images, maps, geometry.select(part))
+        out: dict[str, Any] = {"unlabeled": self.normalizer(images), "unlabeled_index": mine}
+        if photometry is not None:
+            out["unlabeled_strong"] = self.normalizer(augmenter.photometric(images, photometry.select(part)))
+        if maps:
+            out["unlabeled_targets"] = maps[0]
+        return out
+
+    def eval_batches(self, indices: np.ndarray, *, with_masks: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """This process's share of ``indices``, as normalised batches (no augmentation)."""
+        mine = indices[self.dist.shard()]
+        size = self.config.eval.batch_size
+        for start in range(0, len(mine), size):
+            chunk = mine[start : start + size]
+            images = self.normalizer(self.normalizer.to_unit(self.pool.images.read(chunk)))
+            masks = torch.from_numpy(self.pool.masks.read(chunk)).to(self.device).unsqueeze(1).float() if with_masks else None
+            yield images, masks
+
+    @torch.no_grad()
+    def _mean_dice_iou(self, indices: np.ndarray, predict: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        totals = torch.zeros(3, device=self.device, dtype=torch.float64)
+        threshold = self.config.eval.threshold
+        for images, masks in self.eval_batches(indices):
+            with self.autocast():
+                prob = predict(images).float()
+            dice, iou = dice_iou_at_threshold(prob, masks, threshold)
+            totals += torch.stack([dice.sum().double(), iou.sum().double(), torch.tensor(float(len(dice)), device=self.device, dtype=torch.float64)])
+        totals = all_reduce_sum(totals, self.dist)
+        count = max(1.0, float(totals[2]))
+        return {"dice": float(totals[0]) / count, "iou": float(totals[1]) / count}
+
+    # ------------------------------------------------------------------- stage
+    def fit(self, spec: StageSpec) -> StageResult:
+        stage_dir = self.run_dir / spec.name
+        done_file = stage_dir / "done.json"
+        describe = {"steps": spec.steps, "batch_size": spec.batch_size, "unlabeled_batch_size": spec.unlabeled_batch_size, **spec.describe}
+        if done_file.is_file():
+            done = json.loads(done_file.read_text())
+            if done.get("describe") == json.loads(json.dumps(describe, default=str)):
+                return StageResult(stage_dir, done["best"])
+            raise UserError(f"{stage_dir}: holds a finished stage with other settings; use a new run_dir")
+        for size, name in ((spec.batch_size, "batch_size"), (spec.unlabeled_batch_size, "unlabeled_batch_size")):
+            if size and size % self.dist.world:
+                raise UserError(f"train.{name}: {size} is not divisible by the {self.dist.world} processes")
+        if len(spec.labeled) == 0:
+            raise UserError("data: the labeled split is empty; raise data.labeled_fraction")
+        if len(spec.validation) == 0:
+            raise UserError("data: the validation split is empty; raise data.val_fraction (checkpoints are chosen on it)")
+        cfg = self.config
+        seed = cfg.seed * 1000 + sum(map(ord, spec.name))
+        torch.manual_seed(seed)
+        student = self.build_network()
+        if spec.init_weights is not None:
+            from pseudoseg.engine.checkpoint import load_weights_file
+
+            tensors, _ = load_weights_file(spec.init_weights)
+            student.load_state_dict(tensors)
+        strategy = spec.strategy
+        labeled_stream = IndexStream(spec.labeled, spec.batch_size, seed * 7 + 1)
+        unlabeled_stream = IndexStream(spec.unlabeled, spec.unlabeled_batch_size, seed * 7 + 2) if strategy.uses_unlabeled else None
+        epoch_stream = unlabeled_stream or labeled_stream
+        context = StageContext(
+            config=cfg,
+            spec=spec,
+            device=self.device,
+            dist=self.dist,
+            student=student,
+            criterion=SegmentationLoss(cfg.train.loss),
+            build_network=self.build_network,
+            steps_per_epoch=epoch_stream.batches_per_epoch,
+            stage_dir=stage_dir,
+        )
+        strategy.setup(context)
+        model: nn.Module = student
+        if self.dist.enabled:
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = nn.parallel.DistributedDataParallel(model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
+        optimizer = self._optimizer(student.parameters())
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        augmenter = BatchAugmenter(cfg.train.augment, seed * 7 + 3)
+        log = MetricsLog(stage_dir / "metrics.jsonl", enabled=self.dist.is_main)
+        step, best = 0, {}
+        last_file = stage_dir / "last.safetensors"
+        if last_file.is_file():
+            step, best = self._resume(last_file, describe, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream)
+            log.truncate_after(step)
+        elif self.dist.is_main:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            if cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            return model(images)
+
+        running: dict[str, torch.Tensor] = {}
+        window_start, window_images = time.perf_counter(), 0
+        images_per_step = spec.batch_size + (spec.unlabeled_batch_size if strategy.uses_unlabeled else 0)
+        with progress_bar(f"{spec.name}", total=spec.steps, completed=step, enabled=self.show_progress) as bar:
+            while step < spec.steps:
+                student.train()
+                lr = self._lr_at(step, spec.steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                labeled_indices, labeled_epoch_ended = labeled_stream.next()
+                images, masks = self._labeled_batch(labeled_indices, augmenter)
+                batch = Batch(images=images, masks=masks)
+                epoch_ended = labeled_epoch_ended
+                if unlabeled_stream is not None:
+                    unlabeled_indices, epoch_ended = unlabeled_stream.next()
+                    for key, value in self._unlabeled_batch(unlabeled_indices, augmenter, strategy).items():
+                        setattr(batch, key, value)
+                with self.autocast():
+                    loss, logs = strategy.loss(batch, forward, step)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.train.optim.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.train.optim.grad_clip, foreach=True)
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                strategy.after_step(step, epoch_ended)
+                for key, value in {"loss": loss.detach(), **logs}.items():
+                    running[key] = running.get(key, 0.0) + value.float()
+                window_images += images_per_step
+                if step % cfg.train.log_every == 0 or step == spec.steps:
+                    elapsed = time.perf_counter() - window_start
+                    count = cfg.train.log_every if step % cfg.train.log_every == 0 else step % cfg.train.log_every
+                    keys = sorted(running)
+                    # mean over processes: each holds the loss of its share of the batch
+                    totals = all_reduce_sum(torch.stack([running[key] for key in keys]), self.dist) / self.dist.world
+                    values = {key: float(total) / count for key, total in zip(keys, totals.tolist())}  # one sync per log interval
+                    speed = window_images / max(elapsed, 1e-9)
+                    log.write({"kind": "train", "step": step, "epoch": epoch_stream.epoch, "lr": lr, "images_per_s": speed, **values})
+                    bar.update(step, loss=values["loss"], speed=speed)
+                    running, window_start, window_images = {}, time.perf_counter(), 0
+                if step % cfg.train.val_every == 0 or step == spec.steps:
+                    record = self._validate(spec, student, strategy, best, step, epoch_stream.epoch, stage_dir)
+                    log.write(record)
+                    bar.note(_validation_line(record))
+                    self._save_last(last_file, describe, step, best, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream)
+                    window_start = time.perf_counter()
+        result = StageResult(stage_dir, best)
+        if self.dist.is_main:
+            write_json(done_file, {"describe": json.loads(json.dumps(describe, default=str)), "best": best, "steps": step})
+        return result
+
+    def _validate(self, spec: StageSpec, student: nn.Module, strategy: Strategy, best: dict, step: int, epoch: int, stage_dir: Path) -> dict[str, Any]:
+        networks = {"raw": student, **strategy.networks()}
+        record: dict[str, Any] = {"kind": "val", "step": step, "epoch": epoch}
+        metric = self.config.train.selection_metric
+        for name, network in networks.items():
+            was_training = network.training
+            network.eval()
+            scores = self._mean_dice_iou(spec.validation, lambda x, net=network: torch.sigmoid(net(x)))
+            network.train(was_training)
+            record[f"{name}/dice"], record[f"{name}/iou"] = scores["dice"], scores["iou"]
+            if name not in best or scores[metric] > best[name]["score"]:
+                path = stage_dir / f"best_{name}.safetensors"
+                best[name] = {"score": scores[metric], "metric": f"val {metric}@{self.config.eval.threshold}", "step": step, "path": str(path)}
+                if self.dist.is_main:
+                    meta = {"architecture": self.architecture, "preprocessing": self.preprocessing, "stage": spec.name, "network": name, "step": step, "validation": scores, "seed": self.config.seed}
+                    save_weights(path, network, meta)
+        if strategy.renders_pseudo_labels and len(spec.unlabeled):
+            record["pseudo/dice"] = self._pseudo_label_dice(spec, strategy)
+        return record
+
+    @torch.no_grad()
+    def _pseudo_label_dice(self, spec: StageSpec, strategy: Strategy) -> float:
+        """Dice of the current pseudo labels against the true masks of U (diagnostic only).
+
+        The true masks of unlabeled images are read here and nowhere else: they
+        never reach a loss.
+        """
+        return self._mean_dice_iou(spec.unlabeled, strategy.pseudo_labels)["dice"]
+
+    # ------------------------------------------------------------ checkpoints
+    def _save_last(self, path, describe, step, best, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> None:
+        if not self.dist.is_main:
+            return
+        optim_tensors, optim_meta = flatten_optimizer(optimizer.state_dict())
+        tensors = {
+            **prefixed("student", student.state_dict()),
+            **prefixed("optim", optim_tensors),
+            **prefixed("strategy", strategy.state_tensors()),
+            **{f"network.{name}.{key}": value for name, net in strategy.networks().items() for key, value in net.state_dict().items()},
+            **prefixed("augment", augmenter.state_dict()),
+            "rng.torch": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        meta = {
+            "describe": describe,
+            "step": step,
+            "best": best,
+            "optimizer": optim_meta,
+            "scaler": {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in scaler.state_dict().items()},
+            "labeled_stream": labeled_stream.state_dict(),
+            "unlabeled_stream": unlabeled_stream.state_dict() if unlabeled_stream is not None else None,
+        }
+        save_tensors(path, tensors, meta)
+
+    def _resume(self, path, describe, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> tuple[int, dict]:
+        tensors, meta = load_tensors(path)
+        if meta.get("describe") != json.loads(json.dumps(describe, default=str)):
+            raise UserError(f"{path}: an unfinished stage with other settings is in the way; use a new run_dir")
+        student.load_state_dict(unprefixed("student", tensors))
+        for name, network in strategy.networks().items():
+            network.load_state_dict(unprefixed(f"network.{name}", tensors))
+        strategy.load_state_tensors(unprefixed("strategy", tensors))
+        optimizer.load_state_dict(unflatten_optimizer(unprefixed("optim", tensors), meta["optimizer"]))
+        if meta["scaler"]:
+            scaler.load_state_dict(meta["scaler"])
+        augmenter.load_state_dict(unprefixed("augment", tensors))
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        labeled_stream.load_state_dict(meta["labeled_stream"])
+        if unlabeled_stream is not None:
+            unlabeled_stream.load_state_dict(meta["unlabeled_stream"])
+        return int(meta["step"]), meta["best"]
+
+
+def _validation_line(record: dict[str, Any]) -> str:
+    parts = [f"step {record['step']}"]
+    parts += [f"{key} {value:.3f}" for key, value in record.items() if "/" in key and value is not None]
+    return "  ".join(parts)
+
+
+class MetricsLog:
+    """Append-only JSON-lines log of training and validation records."""
+
+    def __init__(self, path: Path, *, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records a killed run wrote after its last checkpoint."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        write_text(self.path, "".join(line + "\n" for line in kept))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

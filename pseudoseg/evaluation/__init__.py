@@ -1,0 +1,17 @@
+"""Evaluation: segmentation metrics and the report tables built from them.
+
+Two metric conventions coexist in the polyp literature and pseudoseg reports
+both, always labelled:
+
+* the **paper** convention (:class:`~pseudoseg.evaluation.metrics.PaperMetrics`):
+  per-image Dice and IoU of the prediction thresholded at 0.5, at the model's
+  working resolution, as in the momentum pseudo-labelling paper;
+* the **PraNet** convention (:class:`~pseudoseg.evaluation.metrics.PraNetMetrics`):
+  the community benchmark metrics computed with ``pysodmetrics`` at the mask's
+  native resolution (meanDice, meanIoU, weighted F-measure, S-measure,
+  E-measure, MAE).
+
+:mod:`pseudoseg.evaluation.report` writes per-test-set tables (JSON, CSV,
+Markdown) and seed-averaged experiment grids whose legends name the
+convention of every column.
+"""

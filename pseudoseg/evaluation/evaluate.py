@@ -1,0 +1,110 @@
+"""Evaluate models on test sets, in both metric conventions.
+
+2-D test sets (PraNet layout): every image is resized to the model's working
+size, predicted, and scored twice: the momentum paper's convention (Dice and
+IoU at threshold 0.5 at the working size, mask resized to it) and the PraNet
+convention (pysodmetrics at the mask's native resolution, the probability map
+resized up to it bilinearly). CT test sets: every case is predicted slice by
+slice, restored to the scan's geometry, and scored in 3-D (Dice, HD95 in mm).
+
+Images are read once and shared by all models being compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pseudoseg.config import EvalConfig
+from pseudoseg.errors import UserError
+from pseudoseg.evaluation.metrics import PaperMetrics, PraNetMetrics, resize_bilinear
+from pseudoseg.data.preprocessing import Preprocessing
+from pseudoseg.inference import Predictor
+
+PerSet = dict[str, dict[str, Any]]
+Progress = Callable[[str, int, int], None]
+
+
+def _common_preprocessing(predictors: dict[str, Predictor]) -> Preprocessing:
+    kinds = {predictor.preprocessing for predictor in predictors.values()}
+    if len(kinds) != 1:
+        raise UserError("models compared in one evaluation must share their preprocessing (working size, normalisation)")
+    return kinds.pop()
+
+
+def evaluate(predictors: dict[str, Predictor], test_root: Path, config: EvalConfig, *, progress: Progress | None = None) -> dict[str, PerSet]:
+    """Scores of every predictor on every test set under ``test_root``: {model: {set: {metric: value}}}."""
+    preprocessing = _common_preprocessing(predictors)
+    if preprocessing.kind == "volumes":
+        return _evaluate_volumes(predictors, Path(test_root), preprocessing, config, progress)
+    return _evaluate_folders(predictors, Path(test_root), preprocessing, config, progress)
+
+
+def _evaluate_folders(predictors, test_root: Path, pre: Preprocessing, config: EvalConfig, progress) -> dict[str, PerSet]:
+    from pseudoseg.data.folders import check_pair_shapes, discover_test_sets, read_image, read_mask
+    from pseudoseg.data.pool import resize_image, resize_mask
+
+    test_sets = discover_test_sets(test_root)
+    results: dict[str, PerSet] = {name: {} for name in predictors}
+    for set_name, pairs in test_sets.items():
+        paper = {name: PaperMetrics(config.threshold) for name in predictors}
+        pranet = {name: PraNetMetrics() for name in predictors} if config.pranet_metrics else {}
+        for start in range(0, len(pairs), config.batch_size):
+            chunk = pairs[start : start + config.batch_size]
+            images, masks = [], []
+            for pair in chunk:
+                image, mask = read_image(pair.image), read_mask(pair.mask)
+                check_pair_shapes(pair, image, mask)
+                images.append(image)
+                masks.append(mask)
+            records = np.stack([resize_image(image, pre.image_size) for image in images])
+            small_masks = torch.from_numpy(np.stack([resize_mask(mask, pre.image_size) for mask in masks])).unsqueeze(1)
+            for name, predictor in predictors.items():
+                prob = predictor.probabilities(records).float().cpu()
+                paper[name].update(prob, small_masks)
+                if pranet:
+                    for single, mask in zip(prob, masks):
+                        pranet[name].update(resize_bilinear(single, mask.shape)[0].clamp_(0, 1).numpy(), mask)
+            if progress is not None:
+                progress(set_name, min(start + config.batch_size, len(pairs)), len(pairs))
+        for name in predictors:
+            scores = paper[name].compute()
+            if pranet:
+                scores = {**scores, **{k: v for k, v in pranet[name].compute().items() if k != "n"}}
+            results[name][set_name] = scores
+    return results
+
+
+def _evaluate_volumes(predictors, test_root: Path, pre: Preprocessing, config: EvalConfig, progress) -> dict[str, PerSet]:
+    from pseudoseg.data.volumes import case_slices, discover_cases, load_volume, slices_to_volume, voxel_spacing
+    from pseudoseg.evaluation.volume_metrics import VolumeMetrics
+
+    images_dir = "imagesTs" if (test_root / "imagesTs").is_dir() else "imagesTr"
+    labels_dir = images_dir.replace("images", "labels")
+    cases = discover_cases(test_root, images_dir=images_dir, labels_dir=labels_dir, require_labels=True)
+    metrics = {name: VolumeMetrics() for name in predictors}
+    for done, case in enumerate(cases, 1):
+        slices, _ = case_slices(case, window=pre.window, size=pre.image_size, context=pre.context, with_labels=False)
+        reference = load_volume(case.image_path)
+        target = np.asarray(load_volume(case.label_path).dataobj) > 0
+        for name, predictor in predictors.items():
+            prob = predict_slices(predictor, slices, config.batch_size)
+            volume = slices_to_volume(prob, reference) >= config.threshold
+            metrics[name].update(case.case_id, volume, target.reshape(volume.shape), voxel_spacing(reference))
+        if progress is not None:
+            progress(test_root.name, done, len(cases))
+    results: dict[str, PerSet] = {}
+    for name, metric in metrics.items():
+        summary = metric.compute()
+        results[name] = {"test": {"dice": summary["dice"], "hd95_mm": summary["hd95_mm"], "n": summary["n"]}}
+    return results
+
+
+def predict_slices(predictor: Predictor, slices: np.ndarray, batch_size: int) -> np.ndarray:
+    """Probabilities [Z, S, S] for uint8 slices [Z, C, S, S]."""
+    out = [predictor.probabilities(slices[start : start + batch_size])[:, 0].float().cpu().numpy() for start in range(0, len(slices), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, *slices.shape[2:]), dtype=np.float32)

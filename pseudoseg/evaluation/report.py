@@ -1,0 +1,411 @@
+"""Report tables: per-test-set metrics and seed-averaged experiment grids.
+
+Every table written here carries a legend that states the convention of each
+column (see :data:`pseudoseg.evaluation.metrics.METRIC_CONVENTIONS`), because
+the paper convention (Dice at 0.5, working resolution) and the PraNet
+convention (pysodmetrics, native resolution) give different numbers for the
+same predictions.
+
+The "mean" row is the *unweighted* mean over test sets, as in the polyp
+literature: each test set counts once, whatever its number of images.
+
+Input shape used throughout: ``per_set = {"Kvasir": {"dice@0.5": 0.91,
+"meanDice": 0.89, ..., "n": 100}, "CVC-ClinicDB": {...}, ...}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from pseudoseg.errors import UserError
+from pseudoseg.evaluation.metrics import METRIC_CONVENTIONS
+from pseudoseg.fileio import write_json, write_text
+
+__all__ = [
+    "mean_over_sets",
+    "render_table",
+    "summarize_runs",
+    "write_grid_report",
+    "write_report",
+]
+
+_MEAN_LABEL = "mean"
+_UNKNOWN_CONVENTION = "convention not recorded"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):  # an int subclass, but never a metric
+        return False
+    return isinstance(value, (int, float)) or _is_numpy_scalar(value)
+
+
+def _is_numpy_scalar(value: Any) -> bool:
+    """A 0-d numpy number (``np.float64(0.9)``), as metric code often returns."""
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    return getattr(value, "ndim", None) == 0 and kind in ("f", "i", "u") and hasattr(value, "item")
+
+
+def _ordered_union(keys: Iterable[Iterable[str]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for group in keys:
+        for key in group:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def _order_columns(columns: Iterable[str]) -> list[str]:
+    """Known columns in :data:`METRIC_CONVENTIONS` order (paper first), then the rest as given."""
+    columns = list(columns)
+    known = [c for c in METRIC_CONVENTIONS if c in columns]
+    return known + [c for c in columns if c not in METRIC_CONVENTIONS]
+
+
+def _metric_columns(per_set: Mapping[str, Mapping[str, Any]], *, ignore: Sequence[str] = ("n",)) -> list[str]:
+    """Names of the numeric metric columns found in any set, in report order."""
+    return _order_columns(
+        _ordered_union(
+            (k for k, v in metrics.items() if k not in ignore and _is_number(v)) for metrics in per_set.values()
+        )
+    )
+
+
+def _check_sets(per_set: Mapping[str, Mapping[str, Any]]) -> None:
+    if not per_set:
+        raise ValueError("no test sets to report")
+    for name in per_set:
+        if str(name).lower() == _MEAN_LABEL:
+            raise ValueError(f"a test set may not be called {name!r}: the name is reserved for the mean row")
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN: write missing or undefined numbers as null."""
+    if isinstance(value, Mapping):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if _is_number(value):
+        value = value.item() if _is_numpy_scalar(value) else value
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+    return value
+
+
+def _fmt(value: Any, decimals: int) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    value = float(value)
+    return "–" if math.isnan(value) else f"{value:.{decimals}f}"
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return value
+
+
+def _conventions(columns: Iterable[str], extra: Mapping[str, str] | None) -> dict[str, str]:
+    table = {**METRIC_CONVENTIONS, **(extra or {})}
+    return {c: table.get(c, _UNKNOWN_CONVENTION) for c in columns}
+
+
+def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_csv_value(v) for v in row])
+    return buffer.getvalue()
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _write_files(out_dir: Path, files: Mapping[str, tuple[str, Any]]) -> dict[str, Path]:
+    """Write ``{suffix: (kind, content)}`` atomically; a path that cannot be written is the user's to fix."""
+    paths: dict[str, Path] = {}
+    try:
+        for suffix, (kind, content) in files.items():
+            path = out_dir / suffix
+            if kind == "json":
+                write_json(path, content)
+            else:
+                write_text(path, content)
+            paths[path.suffix.lstrip(".")] = path
+    except OSError as err:
+        raise UserError(f"cannot write report files in {out_dir}: {err.strerror or err}") from err
+    return paths
+
+
+# --------------------------------------------------------------------------- per-set report
+
+
+def mean_over_sets(
+    per_set: Mapping[str, Mapping[str, Any]], *, ignore: Sequence[str] = ("n",)
+) -> dict[str, float]:
+    """Unweighted mean over test sets of every metric column (the "Total"/"Mean" row).
+
+    Non-numeric values and the keys in ``ignore`` (the image count ``n``) are
+    skipped. A column missing from some set is left out: a mean over only part
+    of the sets would not be comparable with the published rows.
+    """
+    _check_sets(per_set)
+    columns = _metric_columns(per_set, ignore=ignore)
+    present = [c for c in columns if all(c in metrics and _is_number(metrics[c]) for metrics in per_set.values())]
+    return {c: float(statistics.fmean(float(metrics[c]) for metrics in per_set.values())) for c in present}
+
+
+def write_report(
+    per_set: Mapping[str, Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    stem: str = "metrics",
+    title: str = "",
+    extra: Mapping[str, Any] | None = None,
+    conventions: Mapping[str, str] | None = None,
+    decimals: int = 3,
+) -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.csv`` and ``<stem>.md`` for one model's test-set metrics.
+
+    * JSON: ``{"title", "conventions": {column: description}, "sets": {name:
+      {column: value, "n": int}}, "mean": {column: value}, **extra}``; NaN is
+      written as ``null``.
+    * CSV: a header ``set,<columns...>,n``, one row per set, then a ``mean``
+      row (unweighted mean over sets, empty ``n``). Full precision.
+    * Markdown: the table rounded to ``decimals`` and a legend that states the
+      convention of every column.
+
+    ``conventions`` adds or overrides column descriptions for columns not in
+    :data:`~pseudoseg.evaluation.metrics.METRIC_CONVENTIONS`. Every file is
+    written atomically. Returns ``{"json": path, "csv": path, "md": path}``.
+    """
+    _check_sets(per_set)
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & {"title", "conventions", "sets", "mean"})
+    if clash:
+        raise ValueError(f"extra report keys {clash} would overwrite the report's own keys")
+    out_dir = Path(out_dir)
+    columns = _metric_columns(per_set)
+    legend = _conventions(columns, conventions)
+    mean = mean_over_sets(per_set)
+
+    payload = {
+        "title": title,
+        "conventions": legend,
+        "sets": {name: dict(metrics) for name, metrics in per_set.items()},
+        "mean": mean,
+        **extra,
+    }
+
+    csv_rows = [[name, *(metrics.get(c) for c in columns), metrics.get("n")] for name, metrics in per_set.items()]
+    csv_rows.append([_MEAN_LABEL, *(mean.get(c) for c in columns), None])
+
+    header = ["Test set", *(f"`{c}`" for c in columns), "n"]
+    md_rows = [
+        [name, *(_fmt(metrics.get(c), decimals) for c in columns), _fmt(metrics.get("n"), decimals)]
+        for name, metrics in per_set.items()
+    ]
+    md_rows.append(["**Mean**", *(f"**{_fmt(mean.get(c), decimals)}**" for c in columns), ""])
+    lines = [f"# {title}", ""] if title else []
+    lines += _md_table(header, md_rows)
+    lines += [
+        "",
+        f"**Mean** is the unweighted mean over the {len(per_set)} test sets (each set counts once).",
+        "",
+        "Columns:",
+        "",
+        *(f"- `{c}` — {desc}." for c, desc in legend.items()),
+        "- `n` — number of test images in the set.",
+        "",
+    ]
+
+    return _write_files(
+        out_dir,
+        {
+            f"{stem}.json": ("json", _finite_or_none(payload)),
+            f"{stem}.csv": ("text", _csv_text(["set", *columns, "n"], csv_rows)),
+            f"{stem}.md": ("text", "\n".join(lines)),
+        },
+    )
+
+
+def render_table(per_set: Mapping[str, Mapping[str, Any]], *, title: str = "", decimals: int = 3) -> Table:
+    """A :class:`rich.table.Table` of the per-set metrics with the mean row, for the terminal."""
+    _check_sets(per_set)
+    columns = _metric_columns(per_set)
+    mean = mean_over_sets(per_set)
+    table = Table(title=title or None)
+    table.add_column("Test set")
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_column("n", justify="right")
+    names = list(per_set)
+    for i, name in enumerate(names):
+        metrics = per_set[name]
+        table.add_row(
+            name,
+            *(_fmt(metrics.get(c), decimals) for c in columns),
+            _fmt(metrics.get("n"), decimals),
+            end_section=i == len(names) - 1,
+        )
+    table.add_row("Mean", *(_fmt(mean.get(c), decimals) for c in columns), "", style="bold")
+    return table
+
+
+# --------------------------------------------------------------------------- experiment grids
+
+
+def _mean_std(values: Sequence[float], ddof: int) -> dict[str, float]:
+    mean = statistics.fmean(values)
+    if len(values) - ddof <= 0:
+        std = math.nan  # undefined (e.g. sample std of a single seed)
+    else:
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - ddof))
+    return {"mean": mean, "std": std}
+
+
+def summarize_runs(
+    runs: Mapping[str, Sequence[Mapping[str, Mapping[str, Any]]]], *, ddof: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Mean and standard deviation over seeds, per test set and for the mean-over-sets row.
+
+    Args:
+        runs: ``{configuration name: [per_set dict of seed 0, of seed 1, ...]}``;
+            every seed of a configuration must cover the same test sets.
+        ddof: delta degrees of freedom of the standard deviation; the default
+            1 is the sample standard deviation (undefined, NaN, for one seed).
+
+    Returns:
+        ``{configuration: {"n_seeds": int, "ddof": int, "sets": {set: {column:
+        {"mean": float, "std": float}}}, "mean": {column: {"mean", "std"}}}}``.
+        The ``"mean"`` entry is computed per seed (unweighted mean over sets)
+        and then summarised over seeds. A column is summarised only where
+        every seed has it.
+    """
+    summary: dict[str, dict[str, Any]] = {}
+    for config, seeds in runs.items():
+        if not seeds:
+            raise ValueError(f"configuration {config!r} has no runs")
+        set_names = list(seeds[0])
+        for per_set in seeds:
+            _check_sets(per_set)
+            if set(per_set) != set(set_names):
+                raise ValueError(
+                    f"configuration {config!r}: seeds cover different test sets "
+                    f"({sorted(set_names)} vs {sorted(per_set)})"
+                )
+        sets: dict[str, dict[str, dict[str, float]]] = {}
+        for name in set_names:
+            columns = _metric_columns({s: per_set[name] for s, per_set in enumerate(seeds)})
+            sets[name] = {
+                c: _mean_std([float(per_set[name][c]) for per_set in seeds], ddof)
+                for c in columns
+                if all(c in per_set[name] for per_set in seeds)
+            }
+        seed_means = [mean_over_sets(per_set) for per_set in seeds]
+        mean_columns = [c for c in _ordered_union(seed_means) if all(c in m for m in seed_means)]
+        summary[config] = {
+            "n_seeds": len(seeds),
+            "ddof": ddof,
+            "sets": sets,
+            "mean": {c: _mean_std([m[c] for m in seed_means], ddof) for c in mean_columns},
+        }
+    return summary
+
+
+def _cell(entry: Mapping[str, float] | None, decimals: int) -> str:
+    if entry is None:
+        return "–"
+    mean, std = entry["mean"], entry["std"]
+    if std is None or not math.isfinite(std):
+        return _fmt(mean, decimals)
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def write_grid_report(
+    summary: Mapping[str, Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    stem: str = "grid",
+    metric_columns: Sequence[str] = ("dice@0.5",),
+    title: str = "",
+    conventions: Mapping[str, str] | None = None,
+    decimals: int = 3,
+) -> dict[str, Path]:
+    """Write a side-by-side comparison of configurations from :func:`summarize_runs`.
+
+    * Markdown: one table per metric column, rows = configurations, columns =
+      number of seeds, test sets and ``Mean``; cells ``"0.812 ± 0.010"``
+      (mean ± std over seeds; the std alone is dropped when undefined). Each
+      table states the convention of its metric.
+    * CSV (long format, easy to pivot): ``config,metric,set,mean,std,n_seeds``
+      with ``set == "Mean"`` for the mean-over-sets row.
+    * JSON: ``{"title", "metric_columns", "conventions", "configs": summary}``.
+
+    Returns ``{"json": path, "csv": path, "md": path}``.
+    """
+    if not summary:
+        raise ValueError("no configurations to report")
+    if not metric_columns:
+        raise ValueError("metric_columns is empty")
+    out_dir = Path(out_dir)
+    set_names = _ordered_union(entry["sets"] for entry in summary.values())
+    legend = _conventions(metric_columns, conventions)
+
+    csv_rows: list[list[Any]] = []
+    lines = [f"# {title}", ""] if title else []
+    for column in metric_columns:
+        header = ["Configuration", "Seeds", *set_names, "Mean"]
+        md_rows = []
+        for config, entry in summary.items():
+            cells = [_cell(entry["sets"].get(name, {}).get(column), decimals) for name in set_names]
+            md_rows.append([config, str(entry["n_seeds"]), *cells, _cell(entry["mean"].get(column), decimals)])
+            for name in [*set_names, "Mean"]:
+                stats = entry["mean"].get(column) if name == "Mean" else entry["sets"].get(name, {}).get(column)
+                if stats is not None:
+                    csv_rows.append([config, column, name, stats["mean"], stats["std"], entry["n_seeds"]])
+        ddofs = sorted({int(entry.get("ddof", 1)) for entry in summary.values()})
+        std_kind = "sample standard deviation" if ddofs == [1] else f"standard deviation (ddof {ddofs})"
+        lines += [
+            f"## `{column}`",
+            "",
+            f"`{column}` — {legend[column]}.",
+            "",
+            f"Cells: mean ± {std_kind} over seeds (number of seeds per configuration in the *Seeds* column). "
+            "*Mean* is the unweighted mean over test sets, computed per seed and then summarised over seeds.",
+            "",
+            *_md_table(header, md_rows),
+            "",
+        ]
+
+    payload = {
+        "title": title,
+        "metric_columns": list(metric_columns),
+        "conventions": legend,
+        "configs": {config: dict(entry) for config, entry in summary.items()},
+    }
+    return _write_files(
+        out_dir,
+        {
+            f"{stem}.json": ("json", _finite_or_none(payload)),
+            f"{stem}.csv": ("text", _csv_text(["config", "metric", "set", "mean", "std", "n_seeds"], csv_rows)),
+            f"{stem}.md": ("text", "\n".join(lines)),
+        },
+    )

@@ -1,0 +1,133 @@
+"""Experiment grids: a method's variants side by side, over several seeds.
+
+``momentum`` (Method A, the paper's grid): supervised on the labeled split
+(which is also the teacher stage), offline x {original, momentum} teacher,
+online x {original, momentum} teacher, and supervised on 100 % of the labels.
+``rounds`` (Method B): supervised on the labeled split, self-learning (TSO),
+ATSO, and the 100 % upper bound.
+
+All variants of one seed share the seed's split, and the semi-supervised
+variants start from that seed's supervised run (the same teacher), so the
+table compares methods, not teachers. Every run is an ordinary run directory
+under ``<out>/seed<k>/<variant>``; an interrupted grid resumes where it
+stopped, and finished runs are not recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pseudoseg.config import RunConfig, apply_overrides, config_from_dict, load_config
+from pseudoseg.errors import UserError
+from pseudoseg.fileio import write_json
+
+Variant = tuple[str, Callable[[dict[str, Any], Path], dict[str, Any]]]
+
+
+def _with(raw: dict[str, Any], **sections: Any) -> dict[str, Any]:
+    out = json.loads(json.dumps(raw))
+    for dotted, value in sections.items():
+        node = out
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _teacher_stage(base: RunConfig) -> dict[str, Any]:
+    """The supervised run that doubles as the teacher stage of the semi-supervised variants."""
+    method = base.method
+    train = base.train
+    if method.name == "momentum":
+        return {
+            "method": {"name": "supervised", "ema_momentum": method.teacher_stage_momentum, "ema_schedule": method.ema_schedule, "ema_buffers": method.ema_buffers},
+            "steps": method.teacher_steps or train.steps,
+            "batch_size": method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size),
+        }
+    return {"method": {"name": "supervised"}, "steps": method.teacher_steps or train.steps, "batch_size": train.batch_size}
+
+
+def grid_variants(base: RunConfig, family: str) -> list[Variant]:
+    """(name, function(raw base config, supervised run dir) -> raw config) for each variant."""
+    teacher = _teacher_stage(base)
+
+    def supervised(fraction: float | None) -> Callable[[dict, Path], dict]:
+        def make(raw: dict, _: Path) -> dict:
+            out = _with(raw, method=teacher["method"], train__steps=teacher["steps"], train__batch_size=teacher["batch_size"])
+            return _with(out, data__labeled_fraction=fraction) if fraction is not None else out
+
+        return make
+
+    def semi(**method: Any) -> Callable[[dict, Path], dict]:
+        def make(raw: dict, teacher_run: Path) -> dict:
+            return _with(raw, method={**raw["method"], **method, "teacher_run": str(teacher_run)})
+
+        return make
+
+    if family == "momentum":
+        if base.method.name != "momentum":
+            raise UserError("grid --family momentum: the base configuration's method.name must be momentum")
+        return [
+            ("supervised", supervised(None)),
+            ("offline-original", semi(mode="offline", teacher="original")),
+            ("offline-momentum", semi(mode="offline", teacher="momentum")),
+            ("online-original", semi(mode="online", teacher="original")),
+            ("online-momentum", semi(mode="online", teacher="momentum")),
+            ("supervised-100%", supervised(1.0)),
+        ]
+    if family == "rounds":
+        if base.method.name not in ("atso", "tso"):
+            raise UserError("grid --family rounds: the base configuration's method.name must be atso or tso")
+        return [
+            ("supervised", supervised(None)),
+            ("tso", semi(name="tso")),
+            ("atso", semi(name="atso")),
+            ("supervised-100%", supervised(1.0)),
+        ]
+    raise UserError(f"--family: expected momentum or rounds, got {family!r}")
+
+
+def run_grid(config_path: Path, out: Path, *, seeds: list[int], family: str, overrides: list[str], log: Callable[[str], None] = print) -> dict[str, Any]:
+    import yaml
+
+    from pseudoseg.evaluation.metrics import METRIC_CONVENTIONS
+    from pseudoseg.evaluation.report import summarize_runs, write_grid_report
+    from pseudoseg.runner import train
+
+    base = load_config(config_path, overrides)
+    if base.data.test is None:
+        raise UserError(f"{config_path}: data.test is required for a grid (the table is on the test sets)")
+    raw_base = apply_overrides(yaml.safe_load(Path(config_path).read_text()) or {}, overrides)
+    variants = grid_variants(base, family)
+    out = Path(out)
+    cache_dir = str(base.data.cache_dir or out / "cache")
+    per_variant: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
+    runs: dict[str, dict[str, str]] = {}
+    for seed in seeds:
+        supervised_dir = out / f"seed{seed}" / "supervised"
+        for name, make in variants:
+            run_dir = out / f"seed{seed}" / name
+            raw = make(_with(raw_base, seed=seed, run_dir=str(run_dir), data__cache_dir=cache_dir), supervised_dir)
+            config = config_from_dict(raw, origin=f"{config_path} [{name}]")
+            log(f"[grid] seed {seed}: {name}")
+            result = train(config, log=log)
+            per_variant[name].append({k: v for k, v in result.metrics["sets"].items()})
+            runs.setdefault(name, {})[str(seed)] = str(run_dir)
+    summary = summarize_runs(per_variant)
+    is_volume = base.data.kind == "volumes"
+    columns = ("dice", "hd95_mm") if is_volume else ("dice@0.5", "meanDice")
+    write_grid_report(summary, out, stem="grid", metric_columns=columns, title=f"{family} grid over seeds {seeds}", conventions=None if is_volume else dict(METRIC_CONVENTIONS))
+    write_json(out / "runs.json", {"family": family, "seeds": seeds, "runs": runs})
+    from pseudoseg.evaluation.plots import plot_grid_curves
+
+    plot_grid_curves(out, runs)
+    if family == "rounds":
+        from pseudoseg.evaluation.plots import plot_grid_rounds
+
+        plot_grid_rounds(out, runs)
+    log(f"[grid] wrote {out / 'grid.md'}")
+    return {"family": family, "seeds": seeds, "summary": summary, "runs": runs}

@@ -1,0 +1,150 @@
+"""Online pseudo labeling with momentum networks (Pham Van et al., 2022).
+
+Two stages. The teacher stage trains on the labeled split only and keeps a
+momentum copy; either the raw network ("original teacher") or the copy
+("momentum teacher") becomes the teacher. The student stage trains a student
+on labeled + unlabeled batches::
+
+    loss = L_sup(student(x_l), y_l) + beta * L_unsup(student(x_u'), teacher(x_u))
+
+where the teacher renders its labels without gradients, in eval mode and in
+the same mixed precision. *Offline*, the teacher is frozen; *online*, it is
+itself a momentum copy of the student, so its labels improve as the student
+does. The student keeps its own momentum copy, which is the released model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pseudoseg.config import MomentumConfig
+from pseudoseg.engine.checkpoint import load_weights_file
+from pseudoseg.engine.ema import ModelEMA
+from pseudoseg.engine.trainer import StageContext, StageSpec
+from pseudoseg.errors import UserError
+from pseudoseg.engine.strategy import Batch, Forward, Strategy
+from pseudoseg.methods.session import RecipeOutcome, RunSession
+from pseudoseg.methods.stages import finished_stage
+from pseudoseg.methods.supervised import train_labeled_stage
+
+
+def sigmoid_rampup(step: int, length: int) -> float:
+    """exp(-5 (1 - t)^2) for t = step / length in [0, 1] (Laine & Aila); 1 when length is 0."""
+    if length <= 0:
+        return 1.0
+    t = min(max(step / length, 0.0), 1.0)
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def pseudo_targets(prob: torch.Tensor, kind: str, confidence: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Targets from teacher probabilities, and the mask of pixels that count.
+
+    ``soft``: the probabilities themselves. ``hard``: thresholded at 0.5; with
+    ``confidence > 0``, pixels where max(p, 1 - p) < confidence are ignored.
+    """
+    if kind == "soft":
+        return prob, None
+    target = (prob > 0.5).float()
+    if confidence <= 0:
+        return target, None
+    return target, (torch.maximum(prob, 1.0 - prob) >= confidence).float()
+
+
+class MomentumStudentStrategy(Strategy):
+    """The student stage: offline (frozen teacher) or online (momentum teacher)."""
+
+    uses_unlabeled = True
+    renders_pseudo_labels = True
+
+    def __init__(self, method: MomentumConfig, teacher_weights: Path) -> None:
+        self.method = method
+        self.teacher_weights = Path(teacher_weights)
+        # Both views need the photometric draw: "same" feeds the strong view to both networks.
+        self.wants_strong_view = True
+
+    def setup(self, context: StageContext) -> None:
+        super().setup(context)
+        method = self.method
+        tensors, _ = load_weights_file(self.teacher_weights)
+        teacher = context.build_network()
+        teacher.load_state_dict(tensors)
+        if method.mode == "online":
+            self.teacher_ema: ModelEMA | None = ModelEMA(context.student, method.teacher_momentum, buffers=method.ema_buffers, init=teacher)
+            self.teacher = self.teacher_ema.module
+        else:
+            self.teacher_ema = None
+            self.teacher = teacher.eval().requires_grad_(False)
+        self.student_ema = ModelEMA(context.student, method.student_momentum, buffers=method.ema_buffers)
+
+    def loss(self, batch: Batch, forward: Forward, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        method = self.method
+        teacher_view = batch.unlabeled if method.views == "weak_strong" else batch.unlabeled_strong
+        student_view = batch.unlabeled_strong
+        self.teacher.eval()  # batch-norm running statistics, dropout off
+        with torch.no_grad():
+            prob = torch.sigmoid(self.teacher(teacher_view)).float()
+        target, valid = pseudo_targets(prob, method.labels, method.confidence)
+        logits = forward(torch.cat([batch.images, student_view]))
+        labeled = batch.images.shape[0]
+        criterion = self.context.criterion
+        loss_sup = criterion(logits[:labeled], batch.masks)
+        loss_unsup = criterion(logits[labeled:], target, valid)
+        beta = method.beta * sigmoid_rampup(step, method.beta_rampup_steps)
+        loss = loss_sup + beta * loss_unsup
+        return loss, {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach()}
+
+    def after_step(self, step: int, epoch_ended: bool) -> None:
+        if self.method.ema_schedule == "step" or epoch_ended:
+            self.student_ema.update()
+            if self.teacher_ema is not None:
+                self.teacher_ema.update()
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"ema": self.student_ema.module, "teacher": self.teacher}
+
+    @torch.no_grad()
+    def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
+        self.teacher.eval()
+        return torch.sigmoid(self.teacher(images))
+
+
+def run_momentum(session: RunSession) -> RecipeOutcome:
+    method: MomentumConfig = session.config.method
+    train = session.config.train
+    if len(session.unlabeled) == 0:
+        raise UserError("data.labeled_fraction: the momentum method needs unlabeled images; use a fraction below 1")
+    if method.teacher_run is not None:
+        teacher_stage = finished_stage(method.teacher_run, session)
+    else:
+        teacher_stage = train_labeled_stage(
+            session,
+            "teacher",
+            momentum=method.teacher_stage_momentum,
+            schedule=method.ema_schedule,
+            buffers=method.ema_buffers,
+            steps=method.teacher_steps or train.steps,
+            batch_size=method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size),
+        )
+    teacher_weights = teacher_stage.weights("ema" if method.teacher == "momentum" else "raw")
+    spec = StageSpec(
+        name="student",
+        strategy=MomentumStudentStrategy(method, teacher_weights),
+        steps=train.steps,
+        batch_size=train.batch_size,
+        unlabeled_batch_size=train.unlabeled_batch_size,
+        labeled=session.labeled,
+        unlabeled=session.unlabeled,
+        validation=session.validation,
+        init_weights=teacher_weights if method.student_init == "teacher" else None,
+        describe={"strategy": "momentum", **method.model_dump(mode="json"), "teacher_weights": str(teacher_weights)},
+    )
+    student = session.trainer.fit(spec)
+    networks = {"ema": student.weights("ema"), "raw": student.weights("raw"), "teacher": student.weights("teacher")}
+    return RecipeOutcome("ema", networks)
+
+
+__all__ = ["MomentumStudentStrategy", "pseudo_targets", "run_momentum", "sigmoid_rampup"]

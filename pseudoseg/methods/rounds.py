@@ -1,0 +1,491 @@
+"""ATSO and self-learning (TSO): rounds of relabelling and fine-tuning (Method B).
+
+Both methods start from a model trained on the labeled split only (M0) whose
+predictions on the unlabeled set U are the first pseudo labels, then run
+rounds of "fine-tune on L plus pseudo-labeled images, render new labels":
+
+* **TSO** (self-learning): every round relabels all of U with the model it
+  starts from, fine-tunes that same model on L ∪ U, and continues from it.
+  The model learns from its own fit to the very images it trained on, which
+  is the "lazy learning" ATSO names.
+* **ATSO** (Huo et al., 2021): U is split into K disjoint subsets (whole
+  patient cases for CT). Round ``r`` (1-based) fine-tunes on L plus subset
+  ``k = (r - 1) mod K`` with that subset's current labels, then relabels
+  subset ``(k + 1) mod K`` (= ``r mod K``), which it did not train on. Each round
+  starts from M0 (``method.init: labeled``, default) or from the previous
+  round's model (``continue``).
+
+The schedule is a pure function (:func:`atso_schedule`, :func:`tso_schedule`;
+TSO is the one-subset, continuing case of the same schedule) that the recipe
+follows and checks as it goes. Every round's model is its best validation
+checkpoint of the raw network (chosen on V only; there is no momentum copy).
+
+Run directory, besides the usual files::
+
+    round_0/              the labeled-only stage (absent with method.teacher_run)
+    round_<r>/            the fine-tuning stage of round r (resumable, done.json)
+    labels/subsets.json   the K subsets of U (case / image ids) and their seed
+    labels/round_0.npy    labels of all of U rendered by M0 (+ .json: provenance)
+    labels/round_<r>.npy  labels of the subset relabelled in round r, by M_r
+    rounds.jsonl          per round: provenance and lazy-learning diagnostics
+    report/rounds.png     those diagnostics against the round
+
+A label file that exists is complete (written under a temporary name and
+renamed), and every round is a stage with ``done.json``, so a killed run
+restarted with the same configuration skips finished rounds, renders only
+missing label files and ends with the same weights as an uninterrupted run.
+The true masks of U are read for the diagnostics only, never for training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from pseudoseg.config import RoundsConfig, SupervisedConfig
+from pseudoseg.engine.checkpoint import load_weights_file
+from pseudoseg.engine.distributed import barrier
+from pseudoseg.engine.strategy import Batch, Forward, Strategy
+from pseudoseg.engine.trainer import StageResult, StageSpec, read_metrics
+from pseudoseg.errors import UserError
+from pseudoseg.fileio import write_json, write_text
+from pseudoseg.methods.label_store import PseudoLabelStore, label_agreement, render_pseudo_labels
+from pseudoseg.methods.session import RecipeOutcome, RunSession
+from pseudoseg.methods.stages import finished_stage
+from pseudoseg.methods.supervised import train_labeled_stage
+
+# --------------------------------------------------------------------------- schedule
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What one round does. Models are named by round: 0 is the labeled-only model M0."""
+
+    round: int
+    """1-based round number r."""
+    train_subset: int
+    """Subset of U fine-tuned on (with its current labels)."""
+    relabel_subset: int
+    """Subset of U relabelled by this round's model afterwards."""
+    init_from: int
+    """Round whose model this round starts from."""
+    labels_from: int
+    """Round whose model rendered the labels this round trains on."""
+
+
+def atso_schedule(rounds: int, subsets: int, *, init: Literal["labeled", "continue"] = "labeled") -> list[RoundPlan]:
+    """The ATSO rounds: round r trains on subset (r - 1) mod K and relabels subset r mod K.
+
+    All subsets start with M0's labels. With K = 2: round 1 trains on U0
+    (labels of M0) and relabels U1; round 2 trains on U1 (labels of M1) and
+    relabels U0; round 3 trains on U0 (labels of M2); and so on.
+
+    Args:
+        rounds: R >= 1.
+        subsets: K >= 1 (K = 1 with ``init="continue"`` is self-learning).
+        init: ``labeled``: every round starts from M0; ``continue``: from the
+            previous round's model.
+    """
+    if rounds < 1 or subsets < 1:
+        raise ValueError(f"need rounds >= 1 and subsets >= 1, got rounds={rounds}, subsets={subsets}")
+    if init not in ("labeled", "continue"):
+        raise ValueError(f"init must be labeled or continue, got {init!r}")
+    producer = [0] * subsets  # which round's model rendered each subset's current labels
+    plans = []
+    for r in range(1, rounds + 1):
+        k = (r - 1) % subsets
+        relabel = r % subsets
+        plans.append(RoundPlan(r, k, relabel, 0 if init == "labeled" else r - 1, producer[k]))
+        producer[relabel] = r
+    return plans
+
+
+def tso_schedule(rounds: int) -> list[RoundPlan]:
+    """Self-learning: round r trains M_{r-1} on all of U with M_{r-1}'s labels, then relabels U."""
+    return atso_schedule(rounds, 1, init="continue")
+
+
+def split_subsets(unlabeled: np.ndarray, groups: tuple[str, ...] | list[str], subsets: int, *, seed: int) -> list[np.ndarray]:
+    """Split the unlabeled pool indices into ``subsets`` disjoint parts, keeping groups whole.
+
+    Groups (patient cases for CT, the image itself for photographs) are
+    shuffled with ``numpy.random.default_rng(seed)`` and dealt in that order,
+    each to the subset with the fewest samples so far (ties: lowest subset),
+    so subsets are balanced in slices, not only in cases.
+
+    Returns:
+        ``subsets`` sorted arrays of pool indices that together cover ``unlabeled``.
+
+    Raises:
+        UserError: when U holds fewer groups than subsets.
+    """
+    unlabeled = np.sort(np.asarray(unlabeled, dtype=np.int64))
+    members: dict[str, list[int]] = {}
+    for index in unlabeled.tolist():
+        members.setdefault(groups[index], []).append(index)
+    units = sorted(members)
+    if len(units) < subsets:
+        raise UserError(f"method.subsets: {subsets} subsets need at least {subsets} unlabeled cases or images; the unlabeled split has {len(units)}")
+    order = np.random.default_rng(int(seed)).permutation(len(units))
+    parts: list[list[int]] = [[] for _ in range(subsets)]
+    for unit in order:
+        target = min(range(subsets), key=lambda k: (len(parts[k]), k))
+        parts[target].extend(members[units[unit]])
+    return [np.sort(np.asarray(part, dtype=np.int64)) for part in parts]
+
+
+# --------------------------------------------------------------------------- strategy
+
+
+class RoundStrategy(Strategy):
+    """Fine-tuning within a round: ``L_sup(x_l, y_l) + beta * L(x_u, stored label of x_u)``.
+
+    The trainer reads the stored labels of each unlabeled batch and applies the
+    batch's geometric augmentation to them; hard labels are thresholded again
+    after an affine warp (which interpolates them).
+    """
+
+    uses_unlabeled = True
+
+    def __init__(self, labels: PseudoLabelStore, *, kind: Literal["hard", "soft"] = "hard", beta: float = 1.0) -> None:
+        self.label_store = labels
+        self.kind = kind
+        self.beta = beta
+
+    def loss(self, batch: Batch, forward: Forward, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        target = batch.unlabeled_targets
+        if target is None:
+            raise RuntimeError("the trainer handed no stored labels to a rounds stage")
+        if self.kind == "hard":
+            target = (target >= 0.5).float()
+        logits = forward(torch.cat([batch.images, batch.unlabeled]))
+        labeled = batch.images.shape[0]
+        criterion = self.context.criterion
+        loss_sup = criterion(logits[:labeled], batch.masks)
+        loss_pseudo = criterion(logits[labeled:], target)
+        return loss_sup + self.beta * loss_pseudo, {"loss_sup": loss_sup.detach(), "loss_pseudo": loss_pseudo.detach()}
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+@dataclass(frozen=True)
+class _LabelFile:
+    round: int
+    path: Path
+    indices: np.ndarray
+    rendered_by: str
+
+    def open(self) -> PseudoLabelStore:
+        return PseudoLabelStore(self.path, self.indices)
+
+
+def run_atso(session: RunSession) -> RecipeOutcome:
+    """ATSO: K disjoint subsets of U, each relabelled by a model that did not train on it."""
+    method: RoundsConfig = session.config.method
+    _need_unlabeled(session)
+    subsets = split_subsets(session.unlabeled, session.pool.groups, method.subsets, seed=session.config.split_seed)
+    return run_rounds(session, atso_schedule(method.rounds, method.subsets, init=method.init), subsets)
+
+
+def run_tso(session: RunSession) -> RecipeOutcome:
+    """Self-learning: each round relabels all of U with the current model and fine-tunes it on it.
+
+    ``method.subsets`` and ``method.init`` do not apply (U is one subset and
+    every round continues); with ``final: ensemble`` the last ``subsets``
+    round models are averaged, as for ATSO, so the two stay comparable.
+    """
+    _need_unlabeled(session)
+    return run_rounds(session, tso_schedule(session.config.method.rounds), [np.sort(session.unlabeled)])
+
+
+def _need_unlabeled(session: RunSession) -> None:
+    if len(session.unlabeled) == 0:
+        raise UserError(f"data.labeled_fraction: {session.config.method.name} needs unlabeled images; use a fraction below 1")
+
+
+def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.ndarray]) -> RecipeOutcome:
+    """Follow ``plans`` over ``subsets`` of U (pool indices), resuming whatever is on disk."""
+    config = session.config
+    method: RoundsConfig = config.method
+    dist = session.trainer.dist
+    run_dir = Path(session.run_dir)
+    _record_subsets(run_dir / "labels" / "subsets.json", subsets, session, seed=config.split_seed)
+
+    if method.teacher_run is not None:
+        labeled_stage = finished_stage(method.teacher_run, session)
+    else:
+        defaults = SupervisedConfig()
+        labeled_stage = train_labeled_stage(
+            session,
+            "round_0",
+            momentum=defaults.ema_momentum,
+            schedule=defaults.ema_schedule,
+            buffers=defaults.ema_buffers,
+            steps=method.teacher_steps or config.train.steps,
+            batch_size=config.train.batch_size,
+        )
+    weights: dict[int, Path] = {0: labeled_stage.weights("raw")}
+    stages: dict[int, StageResult] = {0: labeled_stage}
+
+    everything = np.sort(np.concatenate(subsets))
+    initial = _ensure_labels(session, 0, weights[0], everything)
+    current: dict[int, _LabelFile] = {k: initial for k in range(len(subsets))}
+    log = RoundsLog(run_dir / "rounds.jsonl", enabled=dist.is_main)
+    if dist.is_main and 0 not in log:
+        log.add(_initial_record(session, stages[0], initial, current, subsets))
+        _plot(run_dir, log)
+
+    for plan in plans:
+        used = current[plan.train_subset]
+        if used.round != plan.labels_from:  # the files on disk must tell the plan's story
+            raise RuntimeError(f"round {plan.round}: subset {plan.train_subset} holds labels of round {used.round}, the schedule says {plan.labels_from}")
+        init = weights[plan.init_from]
+        labels = used.open()
+        spec = StageSpec(
+            name=f"round_{plan.round}",
+            strategy=RoundStrategy(labels, kind=method.labels, beta=method.beta),
+            steps=method.round_steps,
+            batch_size=config.train.batch_size,
+            unlabeled_batch_size=config.train.unlabeled_batch_size,
+            labeled=session.labeled,
+            unlabeled=subsets[plan.train_subset],
+            validation=session.validation,
+            init_weights=init,
+            describe={
+                "strategy": method.name,
+                "round": plan.round,
+                "train_subset": plan.train_subset,
+                "labels_file": _relative(used.path, run_dir),
+                "labels_rendered_by": used.rendered_by,
+                "init_weights": _relative(init, run_dir),
+                "labels": method.labels,
+                "beta": method.beta,
+            },
+        )
+        try:
+            stages[plan.round] = session.trainer.fit(spec)
+        finally:
+            labels.close()
+        weights[plan.round] = stages[plan.round].weights("raw")
+        previous = current[plan.relabel_subset]
+        fresh = _ensure_labels(session, plan.round, weights[plan.round], subsets[plan.relabel_subset])
+        current[plan.relabel_subset] = fresh
+        if dist.is_main and plan.round not in log:
+            log.add(_round_record(session, plan, stages[plan.round], used, init, previous, fresh, current, subsets))
+            _plot(run_dir, log)
+        barrier(dist)
+
+    last = plans[-1].round
+    networks = {"last": weights[last]}
+    if _inside(weights[0], run_dir):  # a teacher_run's weights are reported by that run
+        networks["labeled"] = weights[0]
+    ensemble = None
+    if method.final == "ensemble":
+        count = min(method.subsets, len(plans))
+        ensemble = [weights[plan.round] for plan in plans[-count:]]
+    return RecipeOutcome("last", networks, ensemble)
+
+
+# --------------------------------------------------------------------------- label files
+
+
+def _ensure_labels(session: RunSession, round_: int, weights: Path, indices: np.ndarray) -> _LabelFile:
+    """``labels/round_<r>.npy``: labels of ``indices`` by the given weights (rendered unless already complete)."""
+    trainer = session.trainer
+    run_dir = Path(session.run_dir)
+    path = run_dir / "labels" / f"round_{round_}.npy"
+    sidecar = path.with_suffix(".json")
+    rendered_by = _relative(weights, run_dir)
+    provenance = {"round": round_, "rendered_by": rendered_by, "labels": session.config.method.labels, "count": len(indices)}
+    if path.is_file() and sidecar.is_file():
+        recorded = json.loads(sidecar.read_text())
+        if recorded != provenance:
+            raise UserError(f"{path}: rendered by another model or setting ({recorded.get('rendered_by')}); delete the run's labels/ folder to render them again")
+        return _LabelFile(round_, path, indices, rendered_by)
+    if trainer.dist.is_main:
+        write_json(sidecar, provenance)  # before the labels: a label file never exists without it
+    network = trainer.build_network()
+    tensors, _ = load_weights_file(weights)
+    network.load_state_dict(tensors)
+    store = render_pseudo_labels(
+        network,
+        session.pool.images,
+        indices,
+        path,
+        normalizer=trainer.normalizer,
+        autocast=trainer.autocast,
+        kind=session.config.method.labels,
+        batch_size=session.config.eval.batch_size,
+        threshold=session.config.eval.threshold,
+        dist=trainer.dist,
+    )
+    store.close()
+    return _LabelFile(round_, path, indices, rendered_by)
+
+
+def _record_subsets(path: Path, subsets: list[np.ndarray], session: RunSession, *, seed: int) -> None:
+    groups = session.pool.groups
+    payload = {"seed": seed, "subsets": [sorted({groups[i] for i in part.tolist()}) for part in subsets], "sizes": [len(part) for part in subsets]}
+    if path.is_file():
+        if json.loads(path.read_text()) != payload:
+            raise UserError(f"{path}: the run's unlabeled subsets differ from the ones it started with; use a new run_dir")
+    elif session.trainer.dist.is_main:
+        write_json(path, payload)
+    barrier(session.trainer.dist)
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+class RoundsLog:
+    """``rounds.jsonl``: one record per finished round (0: the labeled-only model), rewritten atomically."""
+
+    def __init__(self, path: Path, *, enabled: bool) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self.records: dict[int, dict[str, Any]] = {r["round"]: r for r in read_rounds(self.path)} if enabled else {}
+
+    def __contains__(self, round_: int) -> bool:
+        return round_ in self.records
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records[record["round"]] = record
+        if self.enabled:
+            write_text(self.path, "".join(json.dumps(self.records[r]) + "\n" for r in sorted(self.records)))
+
+
+def read_rounds(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``rounds.jsonl`` (or of ``<run_dir>/rounds.jsonl``), in round order."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "rounds.jsonl"
+    if not path.is_file():
+        return []
+    return sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()), key=lambda r: r["round"])
+
+
+def _mask_dice(session: RunSession, files: dict[int, _LabelFile], subsets: list[np.ndarray]) -> float:
+    """Per-image Dice of the current labels of all of U against U's true masks (diagnostic only)."""
+    total, count = 0.0, 0
+    for k, part in enumerate(subsets):
+        store = files[k].open()
+        try:
+            scores = label_agreement(store.read, session.pool.masks.read, part, threshold_b=1)
+        finally:
+            store.close()
+        total += scores["dice"] * scores["n"]
+        count += scores["n"]
+    return total / max(count, 1)
+
+
+def _validation_dice(stage: StageResult) -> dict[str, Any]:
+    best = stage.best["raw"]
+    records = [r for r in read_metrics(stage.stage_dir / "metrics.jsonl") if r.get("kind") == "val" and r.get("step") == best["step"]]
+    dice = records[-1].get("raw/dice") if records else None
+    return {"val_dice": dice, "val_step": best["step"]}
+
+
+def _initial_record(session: RunSession, stage: StageResult, initial: _LabelFile, files: dict[int, _LabelFile], subsets: list[np.ndarray]) -> dict[str, Any]:
+    run_dir = Path(session.run_dir)
+    store = initial.open()
+    try:
+        pseudo = label_agreement(store.read, session.pool.masks.read, initial.indices, threshold_b=1)
+    finally:
+        store.close()
+    return {
+        "round": 0,
+        "method": session.config.method.name,
+        "weights": _relative(stage.weights("raw"), run_dir),
+        "relabelled_file": _relative(initial.path, run_dir),
+        "relabelled_by": initial.rendered_by,
+        "n_relabelled": len(initial.indices),
+        "subset_sizes": [len(part) for part in subsets],
+        "agreement_dice": None,
+        "changed_fraction": None,
+        "pseudo_dice": pseudo["dice"],
+        "pseudo_dice_all": _mask_dice(session, files, subsets),
+        **_validation_dice(stage),
+    }
+
+
+def _round_record(
+    session: RunSession,
+    plan: RoundPlan,
+    stage: StageResult,
+    used: _LabelFile,
+    init: Path,
+    previous: _LabelFile,
+    fresh: _LabelFile,
+    files: dict[int, _LabelFile],
+    subsets: list[np.ndarray],
+) -> dict[str, Any]:
+    """Provenance of what the round actually used, and how its new labels compare."""
+    run_dir = Path(session.run_dir)
+    new, old = fresh.open(), previous.open()
+    try:
+        agreement = label_agreement(new.read, old.read, fresh.indices)
+        pseudo = label_agreement(new.read, session.pool.masks.read, fresh.indices, threshold_b=1)
+    finally:
+        new.close()
+        old.close()
+    return {
+        **asdict(plan),
+        "method": session.config.method.name,
+        "init_weights": _relative(init, run_dir),
+        "labels_file": _relative(used.path, run_dir),
+        "labels_rendered_by": used.rendered_by,
+        "n_train_unlabeled": len(subsets[plan.train_subset]),
+        "weights": _relative(stage.weights("raw"), run_dir),
+        "relabelled_file": _relative(fresh.path, run_dir),
+        "relabelled_by": fresh.rendered_by,
+        "previous_labels_from": previous.round,
+        "n_relabelled": len(fresh.indices),
+        "agreement_dice": agreement["dice"],
+        "changed_fraction": agreement["changed"],
+        "pseudo_dice": pseudo["dice"],
+        "pseudo_dice_all": _mask_dice(session, files, subsets),
+        **_validation_dice(stage),
+    }
+
+
+def _plot(run_dir: Path, log: RoundsLog) -> None:
+    from pseudoseg.evaluation.plots import plot_round_diagnostics
+
+    plot_round_diagnostics([log.records[r] for r in sorted(log.records)], run_dir / "report" / "rounds.png")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to the run directory when inside it, else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+__all__ = [
+    "RoundPlan",
+    "RoundStrategy",
+    "RoundsLog",
+    "atso_schedule",
+    "read_rounds",
+    "run_atso",
+    "run_rounds",
+    "run_tso",
+    "split_subsets",
+    "tso_schedule",
+]

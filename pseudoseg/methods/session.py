@@ -1,0 +1,36 @@
+"""What a method's recipe works with: the run's configuration, data split and trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pseudoseg.config import RunConfig
+from pseudoseg.data.pool import SamplePool
+from pseudoseg.data.splits import Split
+from pseudoseg.engine.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class RecipeOutcome:
+    """What a method's recipe trained: its networks' best weights, and which is released."""
+
+    released: str
+    networks: dict[str, Path]
+    ensemble: list[Path] | None = None
+    """Weights whose mean prediction is the released model (ATSO's ``final: ensemble``)."""
+
+
+@dataclass
+class RunSession:
+    config: RunConfig
+    run_dir: Path
+    pool: SamplePool
+    split: Split
+    trainer: Trainer
+    labeled: np.ndarray
+    unlabeled: np.ndarray
+    validation: np.ndarray
+    """Pool indices of L, U and V."""

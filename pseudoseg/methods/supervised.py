@@ -1,0 +1,63 @@
+"""Supervised training on the labeled split, keeping a momentum copy.
+
+This is the teacher stage of the momentum method (the "original" network and
+its "momentum" copy), the labeled-only baseline, and, with
+``data.labeled_fraction: 1.0``, the fully supervised upper bound.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pseudoseg.config import SupervisedConfig
+from pseudoseg.engine.ema import ModelEMA
+from pseudoseg.engine.trainer import StageContext, StageResult, StageSpec
+from pseudoseg.engine.strategy import Strategy
+from pseudoseg.methods.session import RecipeOutcome, RunSession
+
+
+class SupervisedStrategy(Strategy):
+    def __init__(self, momentum: float, *, schedule: str = "step", buffers: str = "average") -> None:
+        self.momentum = momentum
+        self.schedule = schedule
+        self.buffers = buffers
+
+    def setup(self, context: StageContext) -> None:
+        super().setup(context)
+        self.ema = ModelEMA(context.student, self.momentum, buffers=self.buffers)
+
+    def after_step(self, step: int, epoch_ended: bool) -> None:
+        if self.schedule == "step" or epoch_ended:
+            self.ema.update()
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"ema": self.ema.module}
+
+
+def train_labeled_stage(session: RunSession, name: str, *, momentum: float, schedule: str, buffers: str, steps: int, batch_size: int) -> StageResult:
+    """A supervised stage on L (shared by every method that starts from a labeled-only model)."""
+    spec = StageSpec(
+        name=name,
+        strategy=SupervisedStrategy(momentum, schedule=schedule, buffers=buffers),
+        steps=steps,
+        batch_size=batch_size,
+        labeled=session.labeled,
+        validation=session.validation,
+        describe={"strategy": "supervised", "momentum": momentum, "schedule": schedule, "buffers": buffers},
+    )
+    return session.trainer.fit(spec)
+
+
+def run_supervised(session: RunSession) -> RecipeOutcome:
+    method: SupervisedConfig = session.config.method
+    train = session.config.train
+    result = train_labeled_stage(
+        session,
+        "supervised",
+        momentum=method.ema_momentum,
+        schedule=method.ema_schedule,
+        buffers=method.ema_buffers,
+        steps=train.steps,
+        batch_size=train.batch_size,
+    )
+    return RecipeOutcome("ema", {"ema": result.weights("ema"), "raw": result.weights("raw")})

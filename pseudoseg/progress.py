@@ -1,0 +1,46 @@
+"""Progress bars for long steps: loss, images per second, time left."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class _Bar:
+    def __init__(self, progress: Progress | None, task: int | None, console: Console) -> None:
+        self._progress, self._task, self._console = progress, task, console
+
+    def update(self, completed: int, **fields: float) -> None:
+        if self._progress is not None:
+            info = "  ".join(f"{key} {value:.3g}" for key, value in fields.items())
+            self._progress.update(self._task, completed=completed, info=info)
+
+    def note(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(f"  {text}", highlight=False)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, *, total: int, completed: int = 0, enabled: bool = True) -> Iterator[_Bar]:
+    """A bar on stderr; disabled (a no-op) on other processes than the first."""
+    console = Console(stderr=True)
+    if not enabled:
+        yield _Bar(None, None, console)
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    # Off a terminal (CI logs) redraws would flood the log: print notes only.
+    with Progress(*columns, console=console, disable=not console.is_terminal, transient=False) as progress:
+        task = progress.add_task(description, total=total, completed=completed, info="")
+        yield _Bar(progress, task, console)

@@ -1,0 +1,203 @@
+"""Run a configured method end to end: data, split, training stages, evaluation, report.
+
+``train(config)`` is what ``pseudoseg train`` calls. A run directory holds::
+
+    config.yaml        the resolved configuration
+    split.json         the L / U / V split manifest (reusable with data.split)
+    <stage>/           one folder per training stage: metrics.jsonl, best_*.safetensors
+                       (+ .json), last.safetensors (resume state), done.json
+    model.json         which weights the run releases
+    report/            metrics.{json,csv,md} of the released model on the test sets,
+                       networks.json (every network), curves.png
+    cache/             decoded, resized images (unless data.cache_dir is set)
+
+Calling ``train`` again with the same configuration resumes where it stopped;
+a different configuration in an existing run directory is refused, so an
+earlier run is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from pseudoseg.config import RunConfig, dump_config
+from pseudoseg.data.pool import SamplePool, load_pool
+from pseudoseg.data.splits import Split, load_split, make_split, save_split, split_from_lists
+from pseudoseg.engine.distributed import DistInfo, barrier, init_distributed
+from pseudoseg.engine.device import resolve_device
+from pseudoseg.engine.trainer import Trainer
+from pseudoseg.errors import UserError
+from pseudoseg.fileio import write_json, write_text
+from pseudoseg.methods import RECIPES
+from pseudoseg.methods.session import RunSession
+from pseudoseg.models import build_model, describe_architecture
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    released: str
+    networks: dict[str, Path]
+    metrics: dict[str, Any] | None
+    """The released model's report (``report/metrics.json``), when test sets were given."""
+
+
+def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            found = _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return None if old == new else prefix.rstrip(".")
+
+
+def prepare_run_dir(config: RunConfig, dist: DistInfo) -> Path:
+    """Create the run directory, or check that an existing one holds this same run."""
+    run_dir = Path(config.run_dir)
+    if dist.is_main:  # one process checks and writes; the others wait for it
+        config_file = run_dir / "config.yaml"
+        if config_file.is_file():
+            previous = yaml.safe_load(config_file.read_text())
+            key = _first_difference(previous, config.model_dump(mode="json"))
+            if key is not None:
+                raise UserError(f"{run_dir}: holds a run with another configuration ({key} differs); choose a new run_dir")
+        elif run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(f"{run_dir}: exists and is not a pseudoseg run directory; choose a new run_dir")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(config_file, dump_config(config))
+    barrier(dist)
+    return run_dir
+
+
+def choose_split(config: RunConfig, pool: SamplePool, run_dir: Path) -> Split:
+    """The run's split over the pool's units (images, or patient cases)."""
+    data = config.data
+    units = sorted(set(pool.groups))
+    manifest = run_dir / "split.json"
+    if manifest.is_file():
+        return load_split(manifest, ids=units)
+    if data.split is not None:
+        split = load_split(data.split, ids=units)
+    elif data.labeled_list is not None:
+        split = split_from_lists(units, labeled=data.labeled_list, unlabeled=data.unlabeled_list, validation=data.validation_list)
+    else:
+        split = make_split(units, labeled_fraction=data.labeled_fraction, val_fraction=data.val_fraction, seed=config.split_seed)
+    return split
+
+
+def _indices(pool: SamplePool, units: tuple[str, ...]) -> np.ndarray:
+    wanted = set(units)
+    return np.array([index for index, group in enumerate(pool.groups) if group in wanted], dtype=np.int64)
+
+
+def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> RunResult:
+    """Train the configured method, evaluate the released model, write the report."""
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    device = resolve_device(config.device)
+    dist = init_distributed(device)
+    run_dir = prepare_run_dir(config, dist)
+    cache_dir = config.data.cache_dir or run_dir / "cache"
+    if dist.is_main:
+        pool = load_pool(config.data, cache_dir, progress=_cache_progress(log) if show_progress else None)
+    barrier(dist)
+    if not dist.is_main:
+        pool = load_pool(config.data, cache_dir)
+    split = choose_split(config, pool, run_dir)
+    if dist.is_main and not (run_dir / "split.json").is_file():
+        save_split(split, run_dir / "split.json")
+    in_channels = config.data.in_channels
+    architecture = describe_architecture(config.model, in_channels)
+    trainer = Trainer(
+        config,
+        pool,
+        run_dir,
+        dist=dist,
+        architecture=architecture,
+        build_network=lambda: build_model(config.model, in_channels),
+        show_progress=show_progress,
+    )
+    session = RunSession(
+        config=config,
+        run_dir=run_dir,
+        pool=pool,
+        split=split,
+        trainer=trainer,
+        labeled=_indices(pool, split.labeled),
+        unlabeled=_indices(pool, split.unlabeled),
+        validation=_indices(pool, split.validation),
+    )
+    log(
+        f"{config.method.name}: {len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled, "
+        f"{len(split.validation)} validation ({'cases' if config.data.kind == 'volumes' else 'images'}); run directory {run_dir}"
+    )
+    outcome = RECIPES[config.method.name](session)
+    from pseudoseg.inference import write_model_manifest
+
+    if dist.is_main:
+        write_model_manifest(run_dir, outcome.released, outcome.networks, outcome.ensemble)
+        plot_run_curves(run_dir)
+    barrier(dist)
+    metrics = None
+    if config.data.test is not None and dist.is_main:
+        metrics = evaluate_run(run_dir, config, show_progress=show_progress, log=log)
+    barrier(dist)
+    return RunResult(run_dir, outcome.released, outcome.networks, metrics)
+
+
+def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score every network the run released on the test sets; the released one is the report."""
+    from pseudoseg.evaluation.evaluate import evaluate
+    from pseudoseg.evaluation.report import render_table, write_report
+    from pseudoseg.inference import Predictor
+
+    manifest = json.loads((run_dir / "model.json").read_text())
+    names = list(manifest["networks"])
+    if manifest.get("ensemble"):
+        names.insert(0, "ensemble")
+    predictors = {name: Predictor.load(run_dir / "model.json", device=config.device, amp=config.train.amp, network=name) for name in names}
+    results = evaluate(predictors, config.data.test, config.eval, progress=_eval_progress(log) if show_progress else None)
+    released = "ensemble" if manifest.get("ensemble") else manifest["released"]
+    report_dir = run_dir / "report"
+    extra = {"run_dir": str(run_dir), "method": config.method.name, "network": released, "seed": config.seed}
+    write_report(results[released], report_dir, stem="metrics", title=f"{config.method.name} ({released})", extra=extra)
+    write_json(report_dir / "networks.json", {"released": released, "networks": results})
+    from rich.console import Console
+
+    Console().print(render_table(results[released], title=f"{config.method.name}: test sets ({released} network)"))
+    return json.loads((report_dir / "metrics.json").read_text())
+
+
+def plot_run_curves(run_dir: Path) -> Path | None:
+    """``report/curves.png``: validation Dice of every network and pseudo-label Dice, per stage."""
+    from pseudoseg.evaluation.plots import plot_stage_curves
+
+    stages = sorted(path.parent for path in Path(run_dir).glob("*/metrics.jsonl"))
+    if not stages:
+        return None
+    return plot_stage_curves(stages, Path(run_dir) / "report" / "curves.png")
+
+
+def _cache_progress(log: Callable[[str], None]) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        if done == total:
+            log(f"decoded {total} training samples into the cache")
+
+    return report
+
+
+def _eval_progress(log: Callable[[str], None]) -> Callable[[str, int, int], None]:
+    def report(name: str, done: int, total: int) -> None:
+        if done == total:
+            log(f"evaluated {name}: {total} items")
+
+    return report

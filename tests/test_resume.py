@@ -1,0 +1,68 @@
+"""A run killed at any point and started again ends with the same weights."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pseudoseg.config import config_from_dict
+from pseudoseg.engine.checkpoint import load_tensors
+from pseudoseg.runner import train
+from tests.conftest import tiny_config, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _kill_after_first_checkpoint(config_file: Path, stage_dir: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "pseudoseg", "train", "--config", str(config_file)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while not (stage_dir / "last.safetensors").is_file():
+            assert process.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert not (stage_dir / "done.json").exists(), "the run finished before it could be killed"
+
+
+def _final_state(stage_dir: Path) -> dict[str, torch.Tensor]:
+    tensors, meta = load_tensors(stage_dir / "last.safetensors")
+    assert meta["step"] == 60
+    return tensors
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path: Path, tiny_polyps: Path) -> None:
+    raw = tiny_config(tmp_path, tiny_polyps, data={"test": None}, train={"steps": 60, "val_every": 5, "log_every": 5})
+    # uninterrupted reference
+    reference = config_from_dict({**raw, "run_dir": str(tmp_path / "uninterrupted")})
+    train(reference, show_progress=False, log=lambda _: None)
+    # killed after its first checkpoint, then resumed
+    resumed_raw = {**raw, "run_dir": str(tmp_path / "resumed")}
+    config_file = write_config(tmp_path / "resumed.yaml", resumed_raw)
+    _kill_after_first_checkpoint(config_file, tmp_path / "resumed" / "supervised")
+    train(config_from_dict(resumed_raw), show_progress=False, log=lambda _: None)
+
+    expected = _final_state(tmp_path / "uninterrupted" / "supervised")
+    got = _final_state(tmp_path / "resumed" / "supervised")
+    assert set(expected) == set(got)
+    for name in expected:
+        if name.startswith(("student.", "network.", "optim.")):
+            assert torch.equal(expected[name], got[name]), name
+    # the metrics log holds each step once, as if never interrupted
+    log = (tmp_path / "resumed" / "supervised" / "metrics.jsonl").read_text().splitlines()
+    reference_log = (tmp_path / "uninterrupted" / "supervised" / "metrics.jsonl").read_text().splitlines()
+    import json
+
+    def steps(lines: list[str]) -> list[tuple[str, int]]:
+        return [(json.loads(line)["kind"], json.loads(line)["step"]) for line in lines]
+
+    assert steps(log) == steps(reference_log)

@@ -19,13 +19,16 @@ from pseudoseg.errors import UserError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings become field descriptions: the README's configuration
+    # reference is generated from them (python -m pseudoseg.config).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class DataConfig(_Section):
     """Where the images come from and how they are split into L / U / V."""
 
     kind: Literal["folders", "volumes"] = "folders"
+    """``folders``: 2-D images and masks; ``volumes``: CT volumes in NIfTI."""
     train: Path
     """Training pool. ``folders``: a folder with ``images/`` and ``masks/`` (PraNet
     layout, Kvasir-SEG as released). ``volumes``: a folder with ``imagesTr/`` and
@@ -34,22 +37,28 @@ class DataConfig(_Section):
     """Test sets. ``folders``: a parent of several sets (``TestDataset/<name>/images``)
     or one set. ``volumes``: a folder with ``imagesTs/`` and ``labelsTs/``."""
     images_dir: str = "images"
+    """Name of the images folder inside ``train`` and each test set."""
     masks_dir: str = "masks"
+    """Name of the masks folder inside ``train`` and each test set."""
     image_size: int = Field(128, ge=16)
     """Working resolution: every image is resized to image_size x image_size."""
     normalize: Literal["imagenet", "unit"] = "imagenet"
     """``imagenet``: ImageNet mean/std (RGB photographs, pretrained encoders);
     ``unit``: scale to [-1, 1] (CT slices)."""
     labeled_fraction: float = 0.2
+    """Fraction of the pool (after validation) that keeps its masks, in (0, 1]."""
     val_fraction: float = 0.1
+    """Fraction of the pool held out for validation (checkpoint choice), in [0, 1)."""
     split_seed: int | None = None
     """Seed of the L / U / V split; defaults to the run's seed."""
     split: Path | None = None
     """A split manifest (JSON) written by an earlier run, reused as it is."""
     labeled_list: Path | None = None
+    """Text file of labeled stems (one per line), to reproduce a published split."""
     unlabeled_list: Path | None = None
+    """Text file of unlabeled stems (default: every stem not listed elsewhere)."""
     validation_list: Path | None = None
-    """Text files of stems (one per line) reproducing a published split."""
+    """Text file of validation stems."""
     cache_dir: Path | None = None
     """Where decoded, resized images are cached; defaults to ``<run_dir>/cache``."""
     window: tuple[float, float] = (-100.0, 240.0)
@@ -87,27 +96,37 @@ class ModelConfig(_Section):
     """The network, built by :func:`pseudoseg.models.build_model`."""
 
     name: Literal["unet", "basic_unet", "flexible_unet", "fpn"] = "unet"
+    """Network: MONAI ``UNet``, ``BasicUNet``, ``FlexibleUNet``; ``fpn`` needs the ``smp`` extra."""
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     """``unet``: channels per level; ``basic_unet``: its six feature sizes."""
     num_res_units: int = 2
+    """``unet``: residual units per level."""
     norm: Literal["batch", "instance", "group"] = "batch"
+    """Normalisation layers."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout probability."""
     encoder: str = "resnet18"
     """``flexible_unet`` (MONAI backbones: resnet*, efficientnet-b*) and ``fpn``
     (segmentation-models-pytorch encoders, e.g. densenet169)."""
     weights: Path | None = None
     """Local weights (safetensors or a PyTorch state dict), loaded safely."""
     weights_scope: Literal["full", "encoder"] = "full"
+    """Load ``weights`` into the whole network or into its encoder only."""
 
 
 class OptimConfig(_Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
+    """Optimiser."""
     lr: float = Field(1e-3, gt=0)
+    """Learning rate (after warm-up, before the schedule)."""
     weight_decay: float = Field(0.0, ge=0)
+    """Weight decay."""
     momentum: float = 0.9
     """``sgd`` only."""
     schedule: Literal["constant", "cosine", "poly"] = "constant"
+    """Learning-rate schedule over the stage's steps (poly: power 0.9)."""
     warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up steps."""
     grad_clip: float | None = Field(None, gt=0)
     """Clip the global gradient norm to this value (None: no clipping)."""
 
@@ -116,18 +135,27 @@ class AugmentConfig(_Section):
     """Batched, seeded augmentation (see :mod:`pseudoseg.data.augment`)."""
 
     flips: bool = True
+    """Random horizontal flips."""
     rot90: bool = True
+    """Random 90-degree rotations."""
     labeled_affine: bool = False
+    """Shift-scale-rotate on labeled images too."""
     unlabeled_affine: bool = True
     """Shift-scale-rotate on unlabeled images (the momentum paper's code)."""
     shift: float = Field(0.0625, ge=0)
+    """Shift-scale-rotate: largest shift, as a fraction of the image side."""
     scale: float = Field(0.1, ge=0)
+    """Shift-scale-rotate: largest relative scale change."""
     rotate_deg: float = Field(45.0, ge=0)
+    """Shift-scale-rotate: largest rotation in degrees."""
     brightness: float = Field(0.2, ge=0)
+    """Strong view: largest additive brightness change (intensities in [0, 1])."""
     contrast: float = Field(0.2, ge=0)
+    """Strong view: largest relative contrast change."""
     color_shift: float = Field(0.08, ge=0)
     """Per-channel additive shift, as a fraction of the intensity range."""
     noise_std: float = Field(0.0, ge=0)
+    """Strong view: standard deviation of added Gaussian noise."""
 
 
 class TrainConfig(_Section):
@@ -140,24 +168,30 @@ class TrainConfig(_Section):
     """Unlabeled images per step (global), for methods that use them."""
     optim: OptimConfig = OptimConfig()
     loss: Literal["dice", "dice_bce"] = "dice"
+    """Loss on logits for both labeled and pseudo-labeled images (per image, then averaged)."""
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     """``auto``: bf16 where the processor supports it (CPUs with AVX-512 BF16 /
     AMX, CUDA GPUs with bf16), otherwise fp16 on CUDA, otherwise off."""
     channels_last: bool = False
+    """channels_last memory format (faster for encoder networks on some hardware)."""
     val_every: int = Field(100, ge=1)
     """Validate (and checkpoint) every N steps, and at the end."""
     log_every: int = Field(10, ge=1)
+    """Log the training losses every N steps (the only host sync of the loop)."""
     selection_metric: Literal["dice", "iou"] = "dice"
     """Validation metric (threshold 0.5, per image) that picks the best checkpoints."""
     num_threads: int | None = Field(None, ge=1)
+    """CPU threads (default: PyTorch's choice)."""
     augment: AugmentConfig = AugmentConfig()
 
 
 class EvalConfig(_Section):
     threshold: float = Field(0.5, gt=0, lt=1)
+    """Probability threshold of the binary masks."""
     pranet_metrics: bool = True
     """Also compute the PraNet convention (pysodmetrics, native resolution)."""
     batch_size: int = Field(16, ge=1)
+    """Images per forward pass during evaluation."""
 
 
 class SupervisedConfig(_Section):
@@ -166,8 +200,11 @@ class SupervisedConfig(_Section):
 
     name: Literal["supervised"] = "supervised"
     ema_momentum: float = Field(0.95, ge=0, lt=1)
+    """Momentum of the kept copy: ema <- m * ema + (1 - m) * network."""
     ema_schedule: Literal["step", "epoch"] = "step"
+    """Update the momentum copy after every step or at the end of every epoch."""
     ema_buffers: Literal["average", "copy"] = "average"
+    """Batch-norm running statistics: averaged like parameters, or copied."""
 
 
 class MomentumConfig(_Section):
@@ -187,15 +224,21 @@ class MomentumConfig(_Section):
     teacher_batch_size: int | None = Field(None, ge=1)
     """Teacher-stage batch (default: labeled + unlabeled batch of the student)."""
     teacher_stage_momentum: float = Field(0.95, ge=0, lt=1)
+    """Momentum of the teacher stage's copy (the "momentum teacher")."""
     teacher_momentum: float = Field(0.99, ge=0, lt=1)
     """Online teacher update: teacher <- m * teacher + (1 - m) * student."""
     student_momentum: float = Field(0.99, ge=0, lt=1)
+    """Momentum of the student's own copy (the released model)."""
     ema_schedule: Literal["step", "epoch"] = "step"
+    """All momentum updates after every step (default) or once per epoch (the authors' code)."""
     ema_buffers: Literal["average", "copy"] = "average"
+    """Batch-norm running statistics: averaged like parameters, or copied."""
     beta: float = Field(0.3, ge=0)
+    """Weight of the loss against the teacher's pseudo labels."""
     beta_rampup_steps: int = Field(0, ge=0)
     """Sigmoid ramp-up of beta over this many steps (0: constant)."""
     labels: Literal["soft", "hard"] = "soft"
+    """``soft``: the teacher's probabilities; ``hard``: thresholded at 0.5."""
     confidence: float = Field(0.0, ge=0, lt=1)
     """Hard labels only: ignore pixels whose teacher confidence max(p, 1-p) is below."""
     views: Literal["weak_strong", "same"] = "weak_strong"
@@ -203,6 +246,7 @@ class MomentumConfig(_Section):
     photometrically strong view of the same geometry; ``same``: both see the
     same augmented image (the authors' code)."""
     student_init: Literal["scratch", "teacher"] = "scratch"
+    """The student starts from a fresh initialisation (the paper) or from the teacher."""
 
     @model_validator(mode="after")
     def _confidence_needs_hard(self) -> MomentumConfig:
@@ -237,8 +281,11 @@ MethodConfig = Annotated[Union[SupervisedConfig, MomentumConfig, RoundsConfig], 
 
 class RunConfig(_Section):
     run_dir: Path = Path("runs/run")
+    """Where the run writes everything; an existing run with the same configuration resumes."""
     seed: int = 0
+    """Seed of initialisation, batches and augmentation (and of the split by default)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto``: CUDA when available."""
     data: DataConfig
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -321,3 +368,74 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _type_name(annotation: Any) -> str:
+    from typing import get_args, get_origin
+
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(f"`{value}`" for value in get_args(annotation))
+    text = str(annotation).replace("typing.", "").replace("pathlib.", "").replace("<class '", "").replace("'>", "")
+    return text.replace("NoneType", "None")
+
+
+def config_reference() -> str:
+    """The Markdown reference of every configuration key (embedded in the README)."""
+    sections = [
+        ("", RunConfig, ("run_dir", "seed", "device")),
+        ("data.", DataConfig, None),
+        ("model.", ModelConfig, None),
+        ("train.", TrainConfig, None),
+        ("train.optim.", OptimConfig, None),
+        ("train.augment.", AugmentConfig, None),
+        ("eval.", EvalConfig, None),
+        ("method.  (name: supervised)", SupervisedConfig, None),
+        ("method.  (name: momentum)", MomentumConfig, None),
+        ("method.  (name: atso / tso)", RoundsConfig, None),
+    ]
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for prefix, model, only in sections:
+        key_prefix, _, note = prefix.partition("  ")
+        for name, field in model.model_fields.items():
+            if only is not None and name not in only:
+                continue
+            if isinstance(field.default, BaseModel) or name == "name" and note:
+                continue
+            default = "required" if field.is_required() else f"`{json_default(field.default)}`"
+            meaning = " ".join((field.description or "").split()).replace("``", "`").replace("|", "\\|")
+            if note and name == [n for n in model.model_fields if n != "name"][0]:
+                meaning = f"*{note.strip('()')}*. {meaning}"
+            lines.append(f"| `{key_prefix}{name}` | {_type_name(field.annotation).replace('|', 'or')} | {default} | {meaning} |")
+    return "\n".join(lines)
+
+
+def json_default(value: Any) -> str:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return str(list(value))
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def update_readme(path: Path) -> None:
+    """Rewrite the reference between the README's config-reference markers."""
+    import re
+
+    start, end = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+    text = path.read_text(encoding="utf-8")
+    block = f"{start}\n{config_reference()}\n{end}"
+    path.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python -m pseudoseg.config [README.md]: print the reference, or update it in the README
+    if len(sys.argv) > 1:
+        update_readme(Path(sys.argv[1]))
+    else:
+        print(config_reference())

@@ -148,8 +148,12 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[str],
         plot_run_curves(run_dir)
     barrier(dist)
     metrics = None
+    report = run_dir / "report" / "metrics.json"
     if config.data.test is not None and dist.is_main:
-        metrics = evaluate_run(run_dir, config, show_progress=show_progress, log=log)
+        if report.is_file():  # a finished run started again: its report stands
+            metrics = json.loads(report.read_text())
+        else:
+            metrics = evaluate_run(run_dir, config, show_progress=show_progress, log=log)
     barrier(dist)
     return RunResult(run_dir, outcome.released, outcome.networks, metrics)
 

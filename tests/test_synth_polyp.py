@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +275,11 @@ def test_out_is_a_file(tmp_path: Path) -> None:
     target.write_text("not a folder")
     with pytest.raises(UserError, match="synth exists and is not a folder"):
         generate_polyp_dataset(target, n_train=1, n_test=1, size=32, overwrite=True)
+
+
+def test_folder_permissions_follow_the_umask(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    out = tmp_path / "synth"
+    generate_polyp_dataset(out, n_train=1, n_test=1, size=32, domains=["in_domain"])
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask

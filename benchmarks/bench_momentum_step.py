@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from pseudoseg.config import RunConfig, config_from_dict
 from pseudoseg.engine.checkpoint import save_weights
@@ -106,6 +107,8 @@ class Runner:
     ema_times: list[float] = field(default_factory=list)
     pending_ema: float = 0.0
     """EMA time inside the step being timed."""
+    teacher_times: list[float] = field(default_factory=list)
+    pending_teacher: float = 0.0
 
 
 def synchronize(device: torch.device) -> None:
@@ -151,6 +154,20 @@ def build_runner(name: str, trainer: Trainer, config: RunConfig, strategy: Strat
     runner = Runner(name, strategy, batch, step_body, emas)
     for ema in emas:
         ema.update = _timed_update(ema, runner, trainer.device)  # type: ignore[method-assign]
+    teacher = getattr(strategy, "teacher", None)
+    if teacher is not None:  # time the pseudo-label forward through hooks, without touching the strategy
+        started: list[float] = []
+
+        def before(module: nn.Module, args: Any) -> None:
+            synchronize(trainer.device)
+            started.append(time.perf_counter())
+
+        def after(module: nn.Module, args: Any, output: Any) -> None:
+            synchronize(trainer.device)
+            runner.pending_teacher += time.perf_counter() - started.pop()
+
+        teacher.register_forward_pre_hook(before)
+        teacher.register_forward_hook(after)
     return runner
 
 
@@ -182,6 +199,7 @@ def random_batch(labeled: int, unlabeled: int, size: int, device: torch.device, 
 
 def timed_step(runner: Runner, step: int, device: torch.device, record: bool) -> None:
     runner.pending_ema = 0.0
+    runner.pending_teacher = 0.0
     synchronize(device)
     start = time.perf_counter()
     runner.step_body(step)
@@ -190,6 +208,7 @@ def timed_step(runner: Runner, step: int, device: torch.device, record: bool) ->
     if record:
         runner.step_times.append(elapsed)
         runner.ema_times.append(runner.pending_ema)
+        runner.teacher_times.append(runner.pending_teacher)
 
 
 def abba(first: Runner, second: Runner, rounds: int) -> Iterator[tuple[int, Runner]]:
@@ -252,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def summary(runner: Runner) -> dict[str, float]:
         step = statistics.median(runner.step_times)
         ema = statistics.median(runner.ema_times)
-        return {"step_s": step, "ema_s": ema, "ema_share": ema / step, "emas_per_step": len(runner.emas)}
+        teacher = statistics.median(runner.teacher_times)
+        return {"step_s": step, "ema_s": ema, "ema_share": ema / step, "emas_per_step": len(runner.emas), "teacher_forward_s": teacher}
 
     result = {
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
@@ -273,11 +293,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"device {result['device']}, {result['threads']} threads, amp {result['amp']}, channels_last {args.channels_last}, "
         f"{args.image_size} px, UNet {args.channels} x{args.res_units} res units, median of {args.steps} steps after {args.warmup} warm-up"
     )
-    print(f"{'step':<34}{'median step (ms)':>18}{'EMA updates (ms)':>18}{'EMA share':>11}")
+    print(f"{'step':<34}{'median step (ms)':>18}{'teacher fwd (ms)':>18}{'EMA updates (ms)':>18}{'EMA share':>11}")
     for runner, key in ((online, "online"), (supervised, "supervised")):
         row = result[key]
-        print(f"{runner.name:<34}{row['step_s'] * 1e3:>18.1f}{row['ema_s'] * 1e3:>18.2f}{row['ema_share'] * 100:>10.2f}%")
-    print(f"online / supervised: {result['ratio']:.3f} (ratio of medians), {result['ratio_pairwise_median']:.3f} (median of paired ratios); target <= 1.25")
+        teacher = f"{row['teacher_forward_s'] * 1e3:.1f}" if runner.teacher_times and row["teacher_forward_s"] else "-"
+        print(f"{runner.name:<34}{row['step_s'] * 1e3:>18.1f}{teacher:>18}{row['ema_s'] * 1e3:>18.2f}{row['ema_share'] * 100:>10.2f}%")
+    print(f"{args.mode} / supervised: {result['ratio']:.3f} (ratio of medians), {result['ratio_pairwise_median']:.3f} (median of paired ratios); target <= 1.25")
     if profile:
         print(profile)
     if args.json is not None:

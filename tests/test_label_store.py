@@ -149,5 +149,6 @@ def test_label_agreement_numbers() -> None:
     assert scores["n"] == 3
     assert scores["dice"] == pytest.approx((8 / 12 + 0.0 + 1.0) / 3)
     assert scores["changed"] == pytest.approx(5 / 48)
+    assert scores["dice_pooled"] == pytest.approx(2 * 4 / (9 + 4))  # all pixels at once
     masks = (b > 0).astype(np.uint8)  # {0, 1} masks with threshold 1
     assert label_agreement(lambda i: a[i], lambda i: masks[i], np.arange(3), threshold_b=1)["dice"] == pytest.approx(scores["dice"])

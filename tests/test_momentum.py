@@ -181,6 +181,26 @@ def test_confidence_without_hard_labels_is_a_configuration_error() -> None:
     assert config.method.confidence == 0.7
 
 
+def test_teacher_of_another_architecture_is_a_user_error(tmp_path: Path) -> None:
+    other = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 1, 1))
+    weights = tmp_path / "other.safetensors"
+    save_weights(weights, other, {"architecture": {"name": "other"}})
+    strategy = MomentumStudentStrategy(MomentumConfig(), weights)
+    context = StageContext(
+        config=config_from_dict({"data": {"train": str(tmp_path)}}),
+        spec=StageSpec(name="student", strategy=strategy, steps=1, batch_size=2, labeled=np.arange(2), validation=np.arange(1)),
+        device=torch.device("cpu"),
+        dist=DistInfo(),
+        student=tiny_net(),
+        criterion=SegmentationLoss(),
+        build_network=tiny_net,
+        steps_per_epoch=1,
+        stage_dir=tmp_path,
+    )
+    with pytest.raises(UserError, match=r"method\.teacher_run: .*other\.safetensors does not fit this run's model"):
+        strategy.setup(context)
+
+
 # ------------------------------------------------------------ strategy.loss
 
 

@@ -22,7 +22,7 @@ from pseudoseg.runner import train
 from tests.conftest import write_config
 
 REPO = Path(__file__).resolve().parents[1]
-DIAGNOSTICS = ("agreement_dice", "changed_fraction", "pseudo_dice", "pseudo_dice_all", "val_dice")
+DIAGNOSTICS = ("agreement_dice", "agreement_dice_pooled", "changed_fraction", "pseudo_dice", "pseudo_dice_pooled", "pseudo_dice_all", "val_dice")
 
 
 # --------------------------------------------------------------------------- schedule

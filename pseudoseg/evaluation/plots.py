@@ -133,6 +133,7 @@ def plot_grid_rounds(grid_dir: Path, runs: dict[str, dict[str, str]]) -> Path | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     by_variant: dict[str, list[list[dict]]] = {}
     for variant, by_seed in runs.items():
@@ -159,6 +160,7 @@ def plot_grid_rounds(grid_dir: Path, runs: dict[str, dict[str, str]]) -> Path | 
                 axis.fill_between(rounds, [min(v) for v in values], [max(v) for v in values], alpha=0.15)
         axis.set_title(label, fontsize=9)
         axis.set_xlabel("round")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     axes[0][0].set_ylabel("Dice @ 0.5 (mean over seeds)")

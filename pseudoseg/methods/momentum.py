@@ -71,7 +71,11 @@ class MomentumStudentStrategy(Strategy):
         method = self.method
         tensors, _ = load_weights_file(self.teacher_weights)
         teacher = context.build_network()
-        teacher.load_state_dict(tensors)
+        try:
+            teacher.load_state_dict(tensors)
+        except RuntimeError as exc:  # a teacher_run trained with another model section
+            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+            raise UserError(f"method.teacher_run: {self.teacher_weights} does not fit this run's model ({first})") from None
         if method.mode == "online":
             self.teacher_ema: ModelEMA | None = ModelEMA(context.student, method.teacher_momentum, buffers=method.ema_buffers, init=teacher)
             self.teacher = self.teacher_ema.module
@@ -86,7 +90,7 @@ class MomentumStudentStrategy(Strategy):
         student_view = batch.unlabeled_strong
         self.teacher.eval()  # batch-norm running statistics, dropout off
         with torch.no_grad():
-            prob = torch.sigmoid(self.teacher(teacher_view)).float()
+            prob = torch.sigmoid(self.teacher(teacher_view).float())  # probabilities in float32, not bf16 steps
         target, valid = pseudo_targets(prob, method.labels, method.confidence)
         logits = forward(torch.cat([batch.images, student_view]))
         labeled = batch.images.shape[0]

@@ -30,6 +30,20 @@ Run directory, besides the usual files::
     rounds.jsonl          per round: provenance and lazy-learning diagnostics
     report/rounds.png     those diagnostics against the round
 
+Each ``rounds.jsonl`` record holds the provenance of the round, as planned
+(``train_subset``, ``relabel_subset``, ``init_from``, ``labels_from``) and as
+actually used (``init_weights``, ``labels_file``, ``labels_rendered_by``,
+``weights``, ``relabelled_by``), and its diagnostics, all Dice at 0.5 ("per
+image": averaged over images or slices like validation, 1 when both are
+empty; "pooled": all pixels of the subset at once):
+
+* ``agreement_dice`` / ``agreement_dice_pooled``: the relabelled subset's new
+  labels against its previous ones (close to 1: lazy learning), and
+  ``changed_fraction``, the share of its pixels that flipped;
+* ``pseudo_dice`` / ``pseudo_dice_pooled``: the new labels against the true
+  masks of U; ``pseudo_dice_all``: all current labels of U against them;
+* ``val_dice`` (at ``val_step``): the round model on V.
+
 A label file that exists is complete (written under a temporary name and
 renamed), and every round is a stage with ``done.json``, so a killed run
 restarted with the same configuration skips finished rounds, renders only
@@ -40,6 +54,7 @@ The true masks of U are read for the diagnostics only, never for training.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -110,7 +125,7 @@ def tso_schedule(rounds: int) -> list[RoundPlan]:
     return atso_schedule(rounds, 1, init="continue")
 
 
-def split_subsets(unlabeled: np.ndarray, groups: tuple[str, ...] | list[str], subsets: int, *, seed: int) -> list[np.ndarray]:
+def split_subsets(unlabeled: np.ndarray, groups: Sequence[str], subsets: int, *, seed: int) -> list[np.ndarray]:
     """Split the unlabeled pool indices into ``subsets`` disjoint parts, keeping groups whole.
 
     Groups (patient cases for CT, the image itself for photographs) are
@@ -407,8 +422,10 @@ def _initial_record(session: RunSession, stage: StageResult, initial: _LabelFile
         "n_relabelled": len(initial.indices),
         "subset_sizes": [len(part) for part in subsets],
         "agreement_dice": None,
+        "agreement_dice_pooled": None,
         "changed_fraction": None,
         "pseudo_dice": pseudo["dice"],
+        "pseudo_dice_pooled": pseudo["dice_pooled"],
         "pseudo_dice_all": _mask_dice(session, files, subsets),
         **_validation_dice(stage),
     }
@@ -447,8 +464,10 @@ def _round_record(
         "previous_labels_from": previous.round,
         "n_relabelled": len(fresh.indices),
         "agreement_dice": agreement["dice"],
+        "agreement_dice_pooled": agreement["dice_pooled"],
         "changed_fraction": agreement["changed"],
         "pseudo_dice": pseudo["dice"],
+        "pseudo_dice_pooled": pseudo["dice_pooled"],
         "pseudo_dice_all": _mask_dice(session, files, subsets),
         **_validation_dice(stage),
     }

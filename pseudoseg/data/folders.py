@@ -1,0 +1,363 @@
+"""Reading 2-D image/mask folders: decoding files and pairing images with masks.
+
+The polyp benchmarks (PraNet's ``TrainDataset`` / ``TestDataset``, Kvasir-SEG as
+released) all use the same layout::
+
+    <set>/images/<stem>.<ext>
+    <set>/masks/<stem>.<ext>
+
+An image and its mask share a file stem; their suffixes may differ
+(``a.jpg`` <-> ``a.png``). Pairs are always returned sorted by stem, never in
+directory order, because directory order differs between file systems and a
+split drawn from it would not be reproducible.
+
+Masks come in many encodings (0/255 and 0/1 PNGs, 1-bit PNGs, 16-bit PNG/TIFF,
+RGB JPEGs with compression noise); :func:`read_mask` turns all of them into the
+same boolean array so that nothing downstream has to care.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from pseudoseg.errors import UserError
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+"""File suffixes read as images or masks (compared case-insensitively)."""
+
+_TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    """One image and, when known, its mask, identified by their shared file stem."""
+
+    stem: str
+    image: Path
+    mask: Path | None
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as ``uint8`` RGB of shape ``[H, W, 3]``.
+
+    Grayscale is repeated over three channels, an alpha channel is dropped, and
+    16-bit data is mapped onto 8 bits over the full range (``round(v / 257)``,
+    so 65535 -> 255) rather than stretched per image, so that the same pixel
+    value always gives the same intensity. TIFF files are read with tifffile,
+    which copes with the 16-bit and planar variants Pillow reads badly.
+
+    Raises:
+        UserError: naming ``path`` if the file is missing, empty, corrupt or of
+            an unsupported pixel type.
+    """
+    path = Path(path)
+    array = _read_array(path)
+    array = _to_uint8(array, path)
+    if array.ndim == 2:
+        return np.repeat(array[:, :, None], 3, axis=2)
+    channels = array.shape[2]
+    if channels == 1:
+        return np.repeat(array, 3, axis=2)
+    if channels == 2:  # gray + alpha
+        return np.repeat(array[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(array[:, :, :3])  # RGB, or RGBA with alpha dropped
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Read a binary segmentation mask as a ``bool`` array of shape ``[H, W]``.
+
+    Encodings handled, decided from the file's data type and maximum value:
+
+    * boolean / 1-bit files: used as they are;
+    * any integer mask whose maximum is 1 (0/1 PNG, 0/1 16-bit): foreground is 1;
+    * 8-bit masks (0/255, and JPEG masks with compression noise such as
+      Kvasir-SEG's): foreground is ``> 128``, the PraNet evaluation convention;
+    * 16-bit masks with values above 255 (0/65535): mapped to 8 bits as in
+      :func:`read_image`, then ``> 128``; 16-bit files whose values stay within
+      0..255 are taken as 8-bit data stored in a wider type;
+    * floating-point masks with values in [0, 1]: foreground is ``> 0.5``;
+    * colour masks (RGB, palette, with or without alpha): the maximum over the
+      colour channels is thresholded as above, so a mask drawn in any bright
+      colour counts as foreground. The alpha channel is ignored.
+
+    An all-zero mask is valid (an image without foreground).
+
+    Raises:
+        UserError: naming ``path`` if the file is missing, empty, corrupt or of
+            an unsupported pixel type.
+    """
+    path = Path(path)
+    array = _read_array(path)
+    if array.ndim == 3:
+        colour = array[:, :, :1] if array.shape[2] <= 2 else array[:, :, :3]  # drop alpha
+        array = colour.max(axis=2)
+    if array.dtype == np.bool_:
+        return array.copy()
+    if array.size == 0:
+        raise UserError(f"{path}: mask has no pixels")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise UserError(f"{path}: floating-point mask must hold values in [0, 1]")
+        return array > 0.5
+    if not np.issubdtype(array.dtype, np.integer):
+        raise UserError(f"{path}: unsupported mask pixel type {array.dtype}")
+    if array.min() < 0:
+        raise UserError(f"{path}: mask has negative values")
+    peak = int(array.max())
+    if peak <= 1:
+        return array == 1
+    if peak <= 255:
+        return array > 128
+    if peak <= 65535:
+        return _scale_16_to_8(array) > 128
+    raise UserError(f"{path}: mask values exceed the 16-bit range (max {peak})")
+
+
+def check_pair_shapes(pair: ImagePair, image: np.ndarray, mask: np.ndarray) -> None:
+    """Raise a :class:`UserError` naming both files if image and mask sizes differ."""
+    if tuple(image.shape[:2]) != tuple(mask.shape[:2]):
+        raise UserError(
+            f"image {pair.image} is {image.shape[0]}x{image.shape[1]} (HxW) but its mask "
+            f"{pair.mask} is {mask.shape[0]}x{mask.shape[1]}"
+        )
+
+
+def _read_array(path: Path) -> np.ndarray:
+    """Decode ``path`` to a channel-last array in its stored data type."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: file is empty")
+    try:
+        if path.suffix.lower() in _TIFF_SUFFIXES:
+            array = _read_tiff(path)
+        else:
+            array = _read_pillow(path)
+    except UserError:
+        raise
+    except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, ...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: cannot read image ({reason})") from exc
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] > 4) or 0 in array.shape:
+        raise UserError(f"{path}: unsupported image shape {array.shape}")
+    return array
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()  # decode now so that truncated files fail here
+        if img.mode == "P":
+            # Palette indices are not intensities: look the colours up.
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        elif img.mode == "PA":
+            img = img.convert("RGBA")
+        elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            img = img.convert("RGB")
+        return np.array(img)
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    # Only the first page: a multi-page TIFF is not a 2-D image.
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        array = page.asarray()
+        axes = page.axes
+        photometric = page.photometric
+        colormap = page.colormap
+    if "S" in axes:  # samples (channels) last, whatever the planar configuration
+        array = np.moveaxis(array, axes.index("S"), -1)
+        axes = axes.replace("S", "") + "S"
+    extra = tuple(i for i, ax in enumerate(axes) if ax not in "YXS")
+    if extra:
+        if any(array.shape[i] != 1 for i in extra):
+            raise UserError(f"{path}: TIFF page has axes {axes}; expected a 2-D image")
+        array = array.squeeze(axis=extra)
+    if photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None:
+        array = np.moveaxis(np.asarray(colormap)[:, array], 0, -1)
+    return array
+
+
+def _scale_16_to_8(array: np.ndarray) -> np.ndarray:
+    # 257 = 65535 / 255: maps 0 -> 0 and 65535 -> 255 exactly.
+    return np.rint(array.astype(np.float64) / 257.0).astype(np.uint8)
+
+
+def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise UserError(
+                f"{path}: floating-point image must hold values in [0, 1]; save it as 8- or 16-bit"
+            )
+        return np.rint(array * 255.0).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        if array.min() < 0 or array.max() > 65535:
+            raise UserError(f"{path}: image values outside the 16-bit range are not supported")
+        if array.dtype.itemsize == 1:  # int8 within range
+            return array.astype(np.uint8)
+        return _scale_16_to_8(array)
+    raise UserError(f"{path}: unsupported image pixel type {array.dtype}")
+
+
+# --------------------------------------------------------------------------- pairing
+
+
+def find_pairs(
+    folder: Path,
+    *,
+    images_dir: str = "images",
+    masks_dir: str = "masks",
+    require_masks: bool = True,
+) -> list[ImagePair]:
+    """Pair the images in ``folder/images_dir`` with the masks in ``folder/masks_dir``.
+
+    This is the PraNet layout; Kvasir-SEG as released has the same layout (its
+    ``kavsir_bboxes.json`` beside the two folders is ignored). When
+    ``require_masks`` is false the masks folder may be missing altogether
+    (an unlabeled pool) and images without a mask get ``mask=None``.
+
+    Returns:
+        One :class:`ImagePair` per image, sorted by stem.
+
+    Raises:
+        UserError: if ``folder`` or its images folder is missing; otherwise as
+            :func:`find_pairs_in`.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"dataset folder not found: {folder}")
+    images = folder / images_dir
+    if not images.is_dir():
+        raise UserError(
+            f"{folder} has no '{images_dir}' folder (expected {folder / images_dir} "
+            f"and {folder / masks_dir})"
+        )
+    masks: Path | None = folder / masks_dir
+    if not require_masks and not masks.is_dir():
+        masks = None
+    return find_pairs_in(images, masks, require_masks=require_masks)
+
+
+def find_pairs_in(images: Path, masks: Path | None, require_masks: bool = True) -> list[ImagePair]:
+    """Pair the image files in ``images`` with the mask files in ``masks`` by file stem.
+
+    Only files with a suffix in :data:`IMAGE_SUFFIXES` count; hidden files
+    (including macOS ``._*`` files), sub-folders and other files (``.json``,
+    ``Thumbs.db``) are ignored.
+
+    Returns:
+        One :class:`ImagePair` per image, sorted by stem.
+
+    Raises:
+        UserError: if a folder is missing, ``images`` holds no image files,
+            a stem appears twice in one folder with different suffixes, a mask
+            has no image, or (when ``require_masks``) an image has no mask or
+            ``masks`` is ``None``.
+    """
+    images = Path(images)
+    if not images.is_dir():
+        raise UserError(f"images folder not found: {images}")
+    image_files = _list_image_files(images)
+    if not image_files:
+        raise UserError(
+            f"no images found in {images} (accepted suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    if masks is None:
+        if require_masks:
+            raise UserError(f"no masks folder given for the images in {images}")
+        return [ImagePair(stem, image_files[stem], None) for stem in sorted(image_files)]
+
+    masks = Path(masks)
+    if not masks.is_dir():
+        raise UserError(f"masks folder not found: {masks}")
+    mask_files = _list_image_files(masks)
+    orphan_masks = sorted(set(mask_files) - set(image_files))
+    if orphan_masks:
+        raise UserError(
+            f"{_count(orphan_masks, 'mask')} in {masks} {'has' if len(orphan_masks) == 1 else 'have'} "
+            f"no image in {images}: {_examples(orphan_masks)}"
+        )
+    unmasked = sorted(set(image_files) - set(mask_files))
+    if unmasked and require_masks:
+        raise UserError(
+            f"{_count(unmasked, 'image')} in {images} {'has' if len(unmasked) == 1 else 'have'} "
+            f"no mask in {masks}: {_examples(unmasked)}"
+        )
+    return [ImagePair(stem, image_files[stem], mask_files.get(stem)) for stem in sorted(image_files)]
+
+
+def discover_test_sets(
+    parent: Path,
+    *,
+    images_dir: str = "images",
+    masks_dir: str = "masks",
+    require_masks: bool = True,
+) -> dict[str, list[ImagePair]]:
+    """Find every test set under ``parent`` (PraNet's ``TestDataset/<name>/{images,masks}``).
+
+    Each sub-folder of ``parent`` holding an ``images_dir`` folder is one set,
+    keyed by the sub-folder's name; the dict is ordered by name. If ``parent``
+    itself holds ``images_dir`` it is a single set named after ``parent``.
+
+    Raises:
+        UserError: if ``parent`` is missing or holds no test set, or as
+            :func:`find_pairs` for a set that is malformed.
+    """
+    parent = Path(parent)
+    if not parent.is_dir():
+        raise UserError(f"test set folder not found: {parent}")
+    options = {"images_dir": images_dir, "masks_dir": masks_dir, "require_masks": require_masks}
+    if (parent / images_dir).is_dir():
+        return {parent.name: find_pairs(parent, **options)}
+    children = sorted(
+        child
+        for child in parent.iterdir()
+        if child.is_dir() and not child.name.startswith(".") and (child / images_dir).is_dir()
+    )
+    if not children:
+        raise UserError(
+            f"no test sets found in {parent}: expected {parent}/<name>/{images_dir}/ "
+            f"(or {parent}/{images_dir}/)"
+        )
+    return {child.name: find_pairs(child, **options) for child in children}
+
+
+def _list_image_files(folder: Path) -> dict[str, Path]:
+    """Map stem -> file for the image files directly inside ``folder``."""
+    by_stem: dict[str, list[Path]] = {}
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") or entry.suffix.lower() not in IMAGE_SUFFIXES:
+            continue  # hidden files, macOS "._*" resource forks, .json, Thumbs.db, ...
+        if not entry.is_file():
+            continue
+        by_stem.setdefault(entry.stem, []).append(entry)
+    clashes = sorted(stem for stem, files in by_stem.items() if len(files) > 1)
+    if clashes:
+        names = ", ".join(sorted(p.name for p in by_stem[clashes[0]]))
+        more = f" (and {len(clashes) - 1} more stems)" if len(clashes) > 1 else ""
+        raise UserError(
+            f"{folder} has several files with the stem '{clashes[0]}': {names}{more}; keep one"
+        )
+    return {stem: files[0] for stem, files in by_stem.items()}
+
+
+def _count(items: Iterable[str], noun: str) -> str:
+    n = len(list(items))
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _examples(stems: list[str], limit: int = 5) -> str:
+    shown = ", ".join(stems[:limit])
+    return shown + (f", ... ({len(stems) - limit} more)" if len(stems) > limit else "")

@@ -1,0 +1,67 @@
+"""How raw images become network inputs, recorded with every trained network.
+
+The working size, normalisation, CT window and slice context a network was
+trained with travel in its weights' metadata, so prediction and evaluation
+always preprocess exactly as training did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pseudoseg.config import DataConfig
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    kind: str
+    image_size: int
+    normalize: str
+    in_channels: int
+    window: tuple[float, float]
+    context: int
+
+    @classmethod
+    def from_data(cls, data: DataConfig) -> Preprocessing:
+        return cls(data.kind, data.image_size, data.normalize, data.in_channels, tuple(data.window), data.context)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "image_size": self.image_size,
+            "normalize": self.normalize,
+            "in_channels": self.in_channels,
+            "window": list(self.window),
+            "context": self.context,
+        }
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> Preprocessing:
+        return cls(payload["kind"], payload["image_size"], payload["normalize"], payload["in_channels"], tuple(payload["window"]), payload["context"])
+
+
+class InputNormalizer:
+    """uint8 records -> float network input, on the device."""
+
+    def __init__(self, kind: str, channels: int, device: torch.device) -> None:
+        if kind == "imagenet" and channels == 3:
+            mean, std = _IMAGENET_MEAN, _IMAGENET_STD
+        else:  # "unit": [0, 1] -> [-1, 1]
+            mean, std = (0.5,) * channels, (0.5,) * channels
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.device = device
+
+    def to_unit(self, records: np.ndarray) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> float in [0, 1] on the device."""
+        return torch.from_numpy(np.ascontiguousarray(records)).to(self.device, non_blocking=True).float().div_(255.0)
+
+    def __call__(self, unit: torch.Tensor) -> torch.Tensor:
+        return (unit - self.mean) / self.std

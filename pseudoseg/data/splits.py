@@ -1,0 +1,378 @@
+"""Seeded labeled / unlabeled / validation splits and their JSON manifests.
+
+Vocabulary: **L** labeled, **U** unlabeled (masks never used for training),
+**V** validation (used only to pick checkpoints). A split is drawn over
+*groups*: for 2-D photographs every image is its own group; for CT volumes a
+group is a patient case, so that the slices of one case never straddle two
+parts of the split.
+
+A split is either drawn at random (:func:`make_split`) or read from
+user-supplied lists of stems (:func:`split_from_lists`, to reproduce a
+published split). Either way it is saved as a JSON manifest beside the run
+(:func:`save_split`), and that manifest, not the seed, is what makes a run
+reproducible on another machine or NumPy version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pseudoseg.data.folders import IMAGE_SUFFIXES
+from pseudoseg.errors import UserError
+from pseudoseg.fileio import write_json
+
+MANIFEST_FORMAT = "pseudoseg-split"
+MANIFEST_VERSION = 1
+_SOURCES = ("random", "lists")
+# Suffixes tolerated (and stripped) in list files, beyond the 2-D image ones.
+_LIST_SUFFIXES = (".nii.gz", ".nii", ".npy", ".npz", ".h5", ".mha", ".nrrd", *sorted(IMAGE_SUFFIXES))
+
+
+@dataclass(frozen=True)
+class Split:
+    """A partition of ids into labeled (L), unlabeled (U) and validation (V) parts.
+
+    The three tuples are sorted and pairwise disjoint. ``seed``,
+    ``val_fraction`` and ``labeled_fraction`` record how a random split was
+    drawn and are ``None`` for a split read from lists (``source="lists"``).
+    """
+
+    labeled: tuple[str, ...]
+    unlabeled: tuple[str, ...]
+    validation: tuple[str, ...]
+    seed: int | None
+    val_fraction: float | None
+    labeled_fraction: float | None
+    source: str
+
+    def __post_init__(self) -> None:
+        for name in ("labeled", "unlabeled", "validation"):
+            object.__setattr__(self, name, tuple(sorted(getattr(self, name))))
+        if self.source not in _SOURCES:
+            raise ValueError(f"source must be one of {_SOURCES}, got {self.source!r}")
+        overlap = _first_overlap(self.labeled, self.unlabeled, self.validation)
+        if overlap is not None:
+            raise ValueError(f"id {overlap!r} is in two parts of the split")
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest payload: parameters, counts (for people reading it) and the ids."""
+        return {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "source": self.source,
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "labeled_fraction": self.labeled_fraction,
+            "counts": {
+                "labeled": len(self.labeled),
+                "unlabeled": len(self.unlabeled),
+                "validation": len(self.validation),
+            },
+            "labeled": list(self.labeled),
+            "unlabeled": list(self.unlabeled),
+            "validation": list(self.validation),
+        }
+
+    @classmethod
+    def from_json(cls, payload: Any, *, origin: str) -> Split:
+        """Rebuild a split from :meth:`to_json` output; ``origin`` names the source in errors.
+
+        Raises:
+            UserError: naming ``origin`` for a payload that is not a split
+                manifest, lacks a key, has a value of the wrong type, or lists
+                an id in two parts.
+        """
+        if not isinstance(payload, dict):
+            raise UserError(f"{origin}: split manifest must be a JSON object")
+        if payload.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+            raise UserError(f"{origin}: not a split manifest (format {payload.get('format')!r})")
+        required = ("labeled", "unlabeled", "validation", "source", "seed", "val_fraction", "labeled_fraction")
+        missing = [key for key in required if key not in payload]
+        if missing:
+            raise UserError(f"{origin}: split manifest is missing key '{missing[0]}'")
+        parts: dict[str, tuple[str, ...]] = {}
+        for key in ("labeled", "unlabeled", "validation"):
+            value = payload[key]
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise UserError(f"{origin}: '{key}' must be a list of strings")
+            if len(set(value)) != len(value):
+                raise UserError(f"{origin}: '{key}' lists an id twice")
+            parts[key] = tuple(value)
+        source = payload["source"]
+        if source not in _SOURCES:
+            raise UserError(f"{origin}: 'source' must be one of {', '.join(_SOURCES)}, got {source!r}")
+        seed = payload["seed"]
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise UserError(f"{origin}: 'seed' must be an integer or null, got {seed!r}")
+        fractions: dict[str, float | None] = {}
+        for key in ("val_fraction", "labeled_fraction"):
+            value = payload[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise UserError(f"{origin}: '{key}' must be a number or null, got {value!r}")
+            fractions[key] = None if value is None else float(value)
+        overlap = _first_overlap(parts["labeled"], parts["unlabeled"], parts["validation"])
+        if overlap is not None:
+            raise UserError(f"{origin}: id '{overlap}' is in two parts of the split")
+        if not parts["labeled"]:
+            raise UserError(f"{origin}: the labeled list is empty")
+        return cls(
+            labeled=parts["labeled"],
+            unlabeled=parts["unlabeled"],
+            validation=parts["validation"],
+            seed=seed,
+            val_fraction=fractions["val_fraction"],
+            labeled_fraction=fractions["labeled_fraction"],
+            source=source,
+        )
+
+
+def make_split(
+    ids: Sequence[str],
+    *,
+    labeled_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    groups: Mapping[str, str] | None = None,
+) -> Split:
+    """Draw a seeded labeled / unlabeled / validation split.
+
+    The units drawn are the groups (``groups`` maps each id to its group, e.g.
+    a CT slice to its patient case) or, without ``groups``, the ids themselves.
+    Units are sorted first, so the result does not depend on the order of
+    ``ids``. One permutation is drawn from ``numpy.random.default_rng(seed)``:
+
+    1. its first ``round(val_fraction * n)`` units are the validation set
+       (at least one when ``val_fraction > 0`` and there are two units or more,
+       always leaving one for training);
+    2. of the rest, the first ``round(labeled_fraction * rest)`` are labeled
+       (at least one) and the others unlabeled.
+
+    Rounding is half-up. Because validation is taken first and does not look at
+    ``labeled_fraction``, runs with the same seed and ``val_fraction`` select
+    checkpoints on the same images whatever their labeled fraction, e.g. a
+    20 % run and its fully supervised (``labeled_fraction=1.0``, U empty)
+    upper bound.
+
+    Example: 100 ids with the defaults give 10 validation, 18 labeled and 72
+    unlabeled.
+
+    Raises:
+        UserError: for a fraction out of range (``labeled_fraction`` in (0, 1],
+            ``val_fraction`` in [0, 1)), no ids, duplicate ids, or an id
+            missing from ``groups``.
+    """
+    labeled_fraction = _check_fraction("labeled_fraction", labeled_fraction, low_open=True, high_open=False)
+    val_fraction = _check_fraction("val_fraction", val_fraction, low_open=False, high_open=True)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise UserError(f"seed must be an integer, got {seed!r}")
+    pool = _check_ids(ids)
+
+    if groups is None:
+        members = {item: [item] for item in pool}
+    else:
+        members = {}
+        for item in pool:
+            if item not in groups:
+                raise UserError(f"groups: id '{item}' has no group")
+            members.setdefault(str(groups[item]), []).append(item)
+    units = sorted(members)
+    n_units = len(units)
+
+    order = np.random.default_rng(int(seed)).permutation(n_units)
+    n_val = 0
+    if val_fraction > 0 and n_units > 1:  # a single unit must stay in training
+        n_val = min(max(1, _round_half_up(val_fraction, n_units)), n_units - 1)
+    rest = order[n_val:]
+    n_labeled = min(max(1, _round_half_up(labeled_fraction, len(rest))), len(rest))
+
+    def expand(indices: np.ndarray) -> tuple[str, ...]:
+        return tuple(sorted(item for i in indices for item in members[units[i]]))
+
+    return Split(
+        labeled=expand(rest[:n_labeled]),
+        unlabeled=expand(rest[n_labeled:]),
+        validation=expand(order[:n_val]),
+        seed=int(seed),
+        val_fraction=val_fraction,
+        labeled_fraction=labeled_fraction,
+        source="random",
+    )
+
+
+def split_from_lists(
+    ids: Sequence[str],
+    *,
+    labeled: Path,
+    unlabeled: Path | None = None,
+    validation: Path | None = None,
+) -> Split:
+    """Build a split from text files of stems, e.g. to reproduce a published split.
+
+    Each file lists one stem per line; blank lines and ``#`` comments are
+    ignored, and a directory prefix or a file suffix (``images/a.jpg``,
+    ``case_01.nii.gz``) is tolerated and stripped when the bare stem is in
+    ``ids``. A stem listed twice in the same file counts once. Without an
+    ``unlabeled`` file, every id not listed as labeled or validation is
+    unlabeled; with one, ids in no file are left out of the split.
+
+    Raises:
+        UserError: naming the file for an unreadable file, a stem not in
+            ``ids``, a stem listed in two files, or an empty labeled list.
+    """
+    pool = _check_ids(ids)
+    known = set(pool)
+    lists: dict[str, tuple[Path, list[str]]] = {}
+    for role, path in (("labeled", labeled), ("validation", validation), ("unlabeled", unlabeled)):
+        if path is not None:
+            lists[role] = (Path(path), _read_list(Path(path), known))
+
+    labeled_path, labeled_ids = lists["labeled"]
+    if not labeled_ids:
+        raise UserError(f"{labeled_path}: the labeled list is empty")
+    seen: dict[str, Path] = {}
+    for path, stems in lists.values():
+        for stem in stems:
+            if stem in seen:
+                where = f"{seen[stem]} and {path}" if seen[stem] != path else str(path)
+                raise UserError(f"stem '{stem}' is listed in both {where}")
+            seen[stem] = path
+    validation_ids = lists["validation"][1] if "validation" in lists else []
+    if "unlabeled" in lists:
+        unlabeled_ids = lists["unlabeled"][1]
+    else:
+        unlabeled_ids = [item for item in pool if item not in seen]
+    return Split(
+        labeled=tuple(labeled_ids),
+        unlabeled=tuple(unlabeled_ids),
+        validation=tuple(validation_ids),
+        seed=None,
+        val_fraction=None,
+        labeled_fraction=None,
+        source="lists",
+    )
+
+
+def save_split(split: Split, path: Path) -> None:
+    """Write ``split`` as a JSON manifest (atomically: never half-written)."""
+    write_json(path, split.to_json())
+
+
+def load_split(path: Path, *, ids: Sequence[str] | None = None) -> Split:
+    """Read a manifest written by :func:`save_split`.
+
+    Args:
+        ids: the ids available now (e.g. the stems found on disk). When given,
+            every id in the manifest must be among them. Ids on disk that the
+            manifest does not mention are simply not used.
+
+    Raises:
+        UserError: naming ``path`` for a missing or unreadable file, invalid
+            JSON, a missing key, or ids absent from ``ids``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"split manifest not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read split manifest ({exc})") from exc
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: invalid JSON in split manifest (line {exc.lineno}: {exc.msg})") from exc
+    split = Split.from_json(payload, origin=str(path))
+    if ids is not None:
+        available = set(ids)
+        listed = (*split.labeled, *split.unlabeled, *split.validation)
+        absent = [item for item in listed if item not in available]
+        if absent:
+            raise UserError(
+                f"{path}: {len(absent)} id{'' if len(absent) == 1 else 's'} in the split "
+                f"{'is' if len(absent) == 1 else 'are'} not in the data set, e.g. '{absent[0]}'"
+            )
+    return split
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_fraction(key: str, value: float, *, low_open: bool, high_open: bool) -> float:
+    interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise UserError(f"{key} must be a number in {interval}, got {value!r}")
+    number = float(value)
+    too_low = number <= 0 if low_open else number < 0
+    too_high = number >= 1 if high_open else number > 1
+    if math.isnan(number) or too_low or too_high:
+        raise UserError(f"{key} must be in {interval}, got {value!r}")
+    return number
+
+
+def _check_ids(ids: Sequence[str]) -> list[str]:
+    if isinstance(ids, str):
+        raise TypeError("ids must be a sequence of strings, not a single string")
+    pool = [str(item) for item in ids]
+    if not pool:
+        raise UserError("cannot split an empty data set (no ids)")
+    if len(set(pool)) != len(pool):
+        duplicate = sorted(item for item, count in Counter(pool).items() if count > 1)[0]
+        raise UserError(f"id '{duplicate}' appears more than once in the data set")
+    return sorted(pool)
+
+
+def _round_half_up(fraction: float, n: int) -> int:
+    # Decimal(str(...)) so that 0.15 * 10 is 1.5 exactly and rounds to 2.
+    return int((Decimal(str(fraction)) * n).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _first_overlap(*parts: Sequence[str]) -> str | None:
+    seen: set[str] = set()
+    for part in parts:
+        for item in part:
+            if item in seen:
+                return item
+            seen.add(item)
+    return None
+
+
+def _read_list(path: Path, known: set[str]) -> list[str]:
+    """Read one list file; entries are resolved against the ``known`` ids."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
+    except FileNotFoundError:
+        raise UserError(f"split list not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read split list ({exc})") from exc
+    stems: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        stem = _resolve_entry(entry, known)
+        if stem is None:
+            raise UserError(f"{path}, line {number}: '{entry}' is not in the data set")
+        if stem not in stems:
+            stems.append(stem)
+    return stems
+
+
+def _resolve_entry(entry: str, known: set[str]) -> str | None:
+    # Try the entry as written first, so stems that contain dots are never mangled.
+    name = entry.replace("\\", "/").rsplit("/", 1)[-1]
+    for candidate in (entry, name):
+        if candidate in known:
+            return candidate
+        lowered = candidate.lower()
+        for suffix in _LIST_SUFFIXES:
+            if lowered.endswith(suffix) and candidate[: -len(suffix)] in known:
+                return candidate[: -len(suffix)]
+    return None

@@ -1,0 +1,454 @@
+"""CT volumes in NIfTI: finding cases, reading them as 2-D slices, writing predictions back.
+
+Networks in pseudoseg are 2-D; CT data sets are 3-D. This module is the bridge:
+
+* :func:`discover_cases` pairs images with label volumes in the Medical
+  Segmentation Decathlon layout (``imagesTr/<case>.nii.gz`` with
+  ``labelsTr/<case>.nii.gz``), also accepting the nnU-Net channel suffix
+  (``<case>_0000.nii.gz``).
+* :func:`case_slices` turns one case into axial ``uint8`` slices at a fixed
+  working size, exactly the kind of array the 2-D training pipeline consumes
+  for photographs.
+* :func:`slices_to_volume` undoes that geometry for a stack of predicted
+  probability maps, and :func:`write_label_volume` stores the thresholded result
+  with the header of the input file, so the prediction overlays the scan in any
+  viewer.
+
+Orientation convention: slices are taken along the last axis of the volume
+reoriented to the closest canonical (RAS+) orientation, so "axial" means the
+same thing whatever orientation the file was written in (scanner LPS, RAS,
+flipped, permuted axes). Everything handed back to the user (predicted volumes,
+label files) is in the *original* array order of the input file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+from pseudoseg.errors import UserError
+from pseudoseg.fileio import write_bytes
+
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+"""File name endings read as NIfTI volumes (compared case-insensitively)."""
+
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+# Resizing is done in blocks of slices so that a 512 x 512 x 900 scan never
+# needs a second full-size float copy in memory.
+_SLICE_BLOCK = 64
+
+
+@dataclass(frozen=True)
+class VolumeCase:
+    """One CT case: an image volume and, when known, its label volume."""
+
+    case_id: str
+    image_path: Path
+    label_path: Path | None
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def discover_cases(
+    root: Path,
+    *,
+    images_dir: str = "imagesTr",
+    labels_dir: str = "labelsTr",
+    require_labels: bool = True,
+) -> list[VolumeCase]:
+    """Find the cases of a Decathlon-style data set, sorted by case id.
+
+    Images are ``root/<images_dir>/<case>.nii[.gz]``; labels are
+    ``root/<labels_dir>/<case>.nii[.gz]``. An image named ``<case>_0000`` (the
+    nnU-Net convention for channel 0) is paired with the label ``<case>``,
+    unless a label called ``<case>_0000`` itself exists. Hidden files, macOS
+    ``._*`` resource forks and files that are not NIfTI are ignored.
+
+    Args:
+        root: the data set folder.
+        images_dir: sub-folder holding the image volumes.
+        labels_dir: sub-folder holding the label volumes.
+        require_labels: when true, every image needs a label and the label
+            folder must exist; when false, cases without a label get
+            ``label_path=None`` (the label folder may then be missing).
+
+    Raises:
+        UserError: naming the folder or file when a folder is missing, holds
+            no volumes, an image has no label (if required), a label has no
+            image, two files claim the same case, or an image is a further
+            channel of a multi-channel (nnU-Net ``_0001``) case.
+    """
+    root = Path(root)
+    images_folder = root / images_dir
+    labels_folder = root / labels_dir
+    if not images_folder.is_dir():
+        raise UserError(f"{images_folder}: image folder not found")
+    if require_labels and not labels_folder.is_dir():
+        raise UserError(f"{labels_folder}: label folder not found")
+
+    labels = _list_volumes(labels_folder) if labels_folder.is_dir() else {}
+    images: dict[str, Path] = {}
+    channel_zero: set[str] = set()  # case ids that came from an nnU-Net "_0000" name
+    for stem, path in _list_volumes(images_folder).items():
+        case_id = stem
+        match = _CHANNEL_SUFFIX.match(stem)
+        if match and match["channel"] == "0000" and stem not in labels:
+            case_id = match["case"]
+            channel_zero.add(case_id)
+        if case_id in images:
+            raise UserError(f"{path}: case {case_id!r} is already given by {images[case_id]}")
+        images[case_id] = path
+    if not images:
+        raise UserError(f"{images_folder}: no NIfTI volumes (.nii, .nii.gz) found")
+    for case_id, path in images.items():
+        match = _CHANNEL_SUFFIX.match(case_id)
+        if match and match["case"] in channel_zero and case_id not in labels:
+            raise UserError(f"{path}: multi-channel images (nnU-Net channel _{match['channel']}) are not supported")
+
+    for case_id, path in labels.items():
+        if case_id not in images:
+            raise UserError(f"{path}: label has no image in {images_folder}")
+    cases = []
+    for case_id in sorted(images):
+        label = labels.get(case_id)
+        if label is None and require_labels:
+            raise UserError(f"{images[case_id]}: image has no label in {labels_folder}")
+        cases.append(VolumeCase(case_id=case_id, image_path=images[case_id], label_path=label))
+    return cases
+
+
+def _list_volumes(folder: Path) -> dict[str, Path]:
+    """Map file stem (suffix removed) to path for the NIfTI files in ``folder``."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():  # also catches macOS "._*" files
+            continue
+        stem = _nifti_stem(path)
+        if stem is None:
+            continue
+        if stem in found:
+            raise UserError(f"{path}: case {stem!r} is already given by {found[stem]}")
+        found[stem] = path
+    return found
+
+
+def _nifti_stem(path: Path) -> str | None:
+    lower = path.name.lower()
+    for suffix in NIFTI_SUFFIXES:
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            return path.name[: -len(suffix)]
+    return None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def load_volume(path: Path, *, read_data: bool = True) -> nib.Nifti1Image:
+    """Read a NIfTI file.
+
+    By default the voxel data is read at once (scaled to float32 when the file
+    stores a slope/intercept, kept in its stored integer type otherwise), so
+    a truncated or corrupt file fails here, with its name, rather than deep in
+    a training loop. The returned image keeps the file's header and affine.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+        read_data: set to false to read the header only (for geometry, e.g. as
+            the ``reference`` of :func:`slices_to_volume`); voxel data is then
+            read lazily and read errors surface where it is first used.
+
+    Raises:
+        UserError: naming ``path`` if it is missing or not a readable NIfTI file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
+        raise UserError(f"{path}: not a readable NIfTI volume ({_reason(exc)})") from exc
+    if not isinstance(img, nib.Nifti1Image):
+        raise UserError(f"{path}: not a NIfTI-1/2 volume (got {type(img).__name__})")
+    if not read_data:
+        return img
+    data = _read_data(img, path)
+    loaded = nib.Nifti1Image(data, img.affine, img.header)
+    loaded.set_data_dtype(data.dtype)
+    return loaded
+
+
+def _read_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    proxy = img.dataobj
+    try:
+        if nib.is_proxy(proxy) and (proxy.slope != 1 or proxy.inter != 0):
+            # nibabel would scale to float64; float32 is ample for HU and halves memory.
+            return img.get_fdata(dtype=np.float32, caching="unchanged")
+        return np.asarray(proxy)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise UserError(f"{path}: cannot read voxel data ({_reason(exc)})") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def voxel_spacing(img: nib.Nifti1Image) -> tuple[float, float, float]:
+    """Voxel size in millimetres along the first three axes of the image's array.
+
+    Taken from the affine (the geometry nibabel and viewers actually use), not
+    from ``pixdim``, which may disagree with an sform. The order is that of the
+    file's array, i.e. the order of arrays returned by :func:`slices_to_volume`.
+    """
+    sizes = nib.affines.voxel_sizes(img.affine)
+    return (float(sizes[0]), float(sizes[1]), float(sizes[2]))
+
+
+def window_to_uint8(volume: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Clip intensities to ``window = (low, high)`` (in HU) and map it linearly onto 0..255.
+
+    ``low`` becomes 0, ``high`` becomes 255, values in between are rounded to
+    the nearest integer. NaN voxels become 0.
+
+    Raises:
+        UserError: if ``high <= low``.
+    """
+    return _to_uint8(_window_unit(volume, window))
+
+
+def _window_unit(volume: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Clip to the window and rescale to float32 in [0, 1]."""
+    low, high = float(window[0]), float(window[1])
+    if not high > low:
+        raise UserError(f"window: upper bound must exceed lower bound, got ({low}, {high})")
+    unit = (np.asarray(volume, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
+    return np.clip(np.nan_to_num(unit, nan=0.0), 0.0, 1.0)
+
+
+def _to_uint8(unit: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def case_slices(
+    case: VolumeCase,
+    *,
+    window: tuple[float, float] = (-100.0, 240.0),
+    size: int = 128,
+    context: int = 0,
+    with_labels: bool = True,
+    foreground: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """All axial slices of a case, windowed and resized for a 2-D network.
+
+    The volume is reoriented to the closest canonical (RAS+) orientation and
+    sliced along its last (superior) axis. Each slice is windowed (see
+    :func:`window_to_uint8`) and resized to ``size x size`` with bilinear
+    interpolation (antialiased when shrinking); labels are resized with
+    nearest-neighbour interpolation so they stay binary.
+
+    Args:
+        case: the case to read.
+        window: intensity window in HU (abdominal soft tissue by default).
+        size: working size of the network.
+        context: number of neighbouring slices on each side given as extra
+            channels (2.5-D input); at the first and last slice the edge slice
+            is repeated.
+        with_labels: read the label volume too (the case must have one).
+        foreground: label values that count as foreground; by default every
+            non-zero value (so liver + tumour labels give the whole organ).
+
+    Returns:
+        ``(images, labels)``: ``uint8 [Z, 2*context+1, size, size]`` with the
+        centre slice in channel ``context``, and ``uint8 [Z, size, size]`` in
+        {0, 1} (``None`` when ``with_labels`` is false).
+
+    Raises:
+        UserError: naming the files when a volume cannot be read, is not 3-D,
+            image and label shapes or orientations differ, or label values are
+            not integer classes.
+    """
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if context < 0:
+        raise ValueError(f"context must be non-negative, got {context}")
+    image = _as_3d(load_volume(case.image_path), case.image_path)
+    canonical = nib.as_closest_canonical(image)
+    data = np.asanyarray(canonical.dataobj)
+
+    windowed = np.empty((data.shape[2], size, size), dtype=np.uint8)
+    for start in range(0, data.shape[2], _SLICE_BLOCK):
+        block = np.moveaxis(data[:, :, start : start + _SLICE_BLOCK], 2, 0)  # [z, x, y]
+        unit = _resize(_window_unit(block, window), (size, size), mode="bilinear")
+        windowed[start : start + block.shape[0]] = _to_uint8(unit)
+    depth = windowed.shape[0]
+    offsets = np.arange(-context, context + 1)
+    neighbours = np.clip(np.arange(depth)[:, None] + offsets[None, :], 0, depth - 1)
+    images = windowed[neighbours]  # [Z, 2*context+1, size, size]
+
+    if not with_labels:
+        return images, None
+    if case.label_path is None:
+        raise UserError(f"{case.image_path}: case {case.case_id!r} has no label volume")
+    label_img = _as_3d(load_volume(case.label_path), case.label_path)
+    if label_img.shape != image.shape:
+        raise UserError(
+            f"{case.label_path}: label shape {label_img.shape} differs from image shape "
+            f"{image.shape} of {case.image_path}"
+        )
+    if nib.aff2axcodes(label_img.affine) != nib.aff2axcodes(image.affine):
+        raise UserError(
+            f"{case.label_path}: label orientation {''.join(nib.aff2axcodes(label_img.affine))} differs from "
+            f"{''.join(nib.aff2axcodes(image.affine))} of {case.image_path}"
+        )
+    label_data = np.asanyarray(nib.as_closest_canonical(label_img).dataobj)
+    mask = _foreground(label_data, foreground, case.label_path)
+    labels = np.empty((depth, size, size), dtype=np.uint8)
+    for start in range(0, depth, _SLICE_BLOCK):
+        block = np.moveaxis(mask[:, :, start : start + _SLICE_BLOCK], 2, 0).astype(np.float32)
+        labels[start : start + block.shape[0]] = _resize(block, (size, size), mode="nearest-exact") > 0.5
+    return images, labels
+
+
+def _as_3d(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
+    if img.ndim == 4 and img.shape[3] == 1:
+        img = img.slicer[..., 0]
+    if img.ndim != 3:
+        raise UserError(f"{path}: expected a 3-D volume, got shape {img.shape}")
+    return img
+
+
+def _foreground(labels: np.ndarray, foreground: Sequence[int] | None, path: Path) -> np.ndarray:
+    if labels.dtype.kind == "f":
+        finite = np.isfinite(labels)
+        bad = ~finite | (labels != np.round(np.where(finite, labels, 0)))
+        if bad.any():
+            raise UserError(
+                f"{path}: label values are not integer classes (found {labels[bad].flat[0]!r})"
+            )
+    elif labels.dtype.kind not in "iub":
+        raise UserError(f"{path}: label values are not integer classes (data type {labels.dtype})")
+    if labels.dtype.kind != "b" and labels.min(initial=0) < 0:
+        raise UserError(f"{path}: label values are not integer classes (found {labels.min()!r} < 0)")
+    if foreground is None:
+        return labels > 0
+    return np.isin(labels, np.asarray(list(foreground)))
+
+
+def _resize(stack: np.ndarray, shape: tuple[int, int], *, mode: str) -> np.ndarray:
+    """Resize a float32 stack ``[N, H, W]`` to ``[N, *shape]`` (pixel-centre convention)."""
+    if stack.shape[1:] == tuple(shape):
+        return np.array(stack, dtype=np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    if mode == "bilinear":
+        out = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False, antialias=True)
+    else:
+        out = F.interpolate(tensor, size=shape, mode=mode)
+    return out[:, 0].numpy()
+
+
+# --------------------------------------------------------------------------- writing back
+
+
+def slices_to_volume(prob_slices: np.ndarray, reference: nib.Nifti1Image) -> np.ndarray:
+    """Put per-slice predictions back into the voxel grid of ``reference``.
+
+    Inverse of the geometry of :func:`case_slices`: each ``size x size`` map is
+    resized (bilinear, pixel-centre aligned) to the in-plane shape of the
+    canonically oriented reference, the slices are stacked along the axial
+    axis, and the stack is reoriented back to the reference's original array
+    order. Element ``[i, j, k]`` of the result therefore belongs to voxel
+    ``[i, j, k]`` of the reference file.
+
+    Args:
+        prob_slices: ``[Z, size, size]`` probabilities (or any real-valued map).
+        reference: the image the slices were cut from (its header is enough,
+            see ``load_volume(..., read_data=False)``).
+
+    Returns:
+        float32 array with the shape of the reference volume.
+    """
+    probs = np.asarray(prob_slices, dtype=np.float32)
+    shape = _spatial_shape(reference)
+    ornt = io_orientation(reference.affine)
+    canonical_shape = tuple(int(n) for n in np.asarray(shape)[np.argsort(ornt[:, 0])])
+    if probs.ndim != 3 or probs.shape[0] != canonical_shape[2]:
+        raise ValueError(
+            f"expected [Z={canonical_shape[2]}, H, W] slices for a volume of shape {shape}, got {probs.shape}"
+        )
+    canonical = np.empty(canonical_shape, dtype=np.float32)
+    for start in range(0, probs.shape[0], _SLICE_BLOCK):
+        block = _resize(probs[start : start + _SLICE_BLOCK], canonical_shape[:2], mode="bilinear")
+        canonical[:, :, start : start + block.shape[0]] = np.moveaxis(block, 0, 2)
+    back = ornt_transform(axcodes2ornt(("R", "A", "S")), ornt)
+    restored = np.ascontiguousarray(apply_orientation(canonical, back))
+    assert restored.shape == shape, (restored.shape, shape)
+    return restored
+
+
+def _spatial_shape(img: nib.Nifti1Image) -> tuple[int, int, int]:
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ValueError(f"reference must be a 3-D volume, got shape {img.shape}")
+    return shape  # type: ignore[return-value]
+
+
+def write_label_volume(path: Path, labels: np.ndarray, reference: nib.Nifti1Image) -> None:
+    """Write a label map aligned with ``reference`` as a ``uint8`` NIfTI file.
+
+    The reference's affine and header are kept (qform and sform with their
+    codes, units, description), the data type is set to ``uint8`` and the
+    intensity scaling is reset, so viewers overlay the labels on the scan
+    exactly. The file is written atomically.
+
+    Args:
+        path: output file ending in ``.nii`` or ``.nii.gz``.
+        labels: integer label map (0..255) with the reference's 3-D shape, in
+            the reference's array order (as returned by :func:`slices_to_volume`
+            after thresholding).
+        reference: the image the labels belong to.
+    """
+    array = np.asarray(labels)
+    shape = _spatial_shape(reference)
+    if array.shape != shape:
+        raise ValueError(f"labels of shape {array.shape} do not match the reference shape {shape}")
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise ValueError("labels must be integer classes; threshold probabilities first")
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(f"labels must lie in 0..255 to be stored as uint8, got {array.min()}..{array.max()}")
+    header = nib.Nifti1Header.from_header(reference.header)
+    img = nib.Nifti1Image(array.astype(np.uint8), reference.affine, header)
+    img.set_data_dtype(np.uint8)
+    img.header["cal_min"] = 0
+    img.header["cal_max"] = 0
+    save_volume(path, img)
+
+
+def save_volume(path: Path, img: nib.Nifti1Image) -> None:
+    """Write a NIfTI image atomically; ``.nii.gz`` is gzip-compressed, ``.nii`` is not.
+
+    The file is serialised in memory and handed to :func:`pseudoseg.fileio.write_bytes`,
+    so the temporary name never has to carry the suffix nibabel would read the
+    format from.
+    """
+    path = Path(path)
+    lower = path.name.lower()
+    if not lower.endswith(NIFTI_SUFFIXES):
+        raise UserError(f"{path}: NIfTI output must end in .nii or .nii.gz")
+    payload = img.to_bytes()
+    if lower.endswith(".gz"):
+        payload = gzip.compress(payload, compresslevel=6, mtime=0)  # mtime=0: same data, same bytes
+    write_bytes(path, payload)

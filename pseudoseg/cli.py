@@ -63,7 +63,8 @@ def data_synth(
         summary = generate_ct_dataset(out, seed=seed, overwrite=overwrite, **counts)
     else:
         raise UserError(f"--kind: expected polyp or ct, got {kind!r}")
-    _console().print(f"wrote {out}: {summary}")
+    brief = {key: summary[key] for key in ("counts", "numTraining", "numTest", "seed", "size", "shape") if key in summary}
+    _console().print(f"wrote {out}: {brief}")
 
 
 @app.command()

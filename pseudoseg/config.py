@@ -338,7 +338,9 @@ def config_from_dict(raw: dict[str, Any], *, origin: str = "configuration") -> R
         # ("method.momentum.beta"); users write "method.beta".
         for name in ("supervised", "momentum", "atso", "tso"):
             key = key.replace(f"method.{name}.", "method.")
-        message = error["msg"]
+            if key == f"method.{name}":  # a check across keys of the method section
+                key = "method"
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         raise UserError(f"{origin}: {key}: {message}") from None

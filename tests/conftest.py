@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+# The networks in these tests are tiny: one thread is faster than two fighting over
+# small kernels, and keeps test timings steady on shared machines.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,19 +18,32 @@ from tests.conftest import tiny_config, write_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _kill_after_first_checkpoint(config_file: Path, stage_dir: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "pseudoseg", "train", "--config", str(config_file)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    try:
-        while not (stage_dir / "last.safetensors").is_file():
-            assert process.poll() is None, "the run ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-    assert not (stage_dir / "done.json").exists(), "the run finished before it could be killed"
+# Runs the real command line in a child process that SIGKILLs itself (no clean-up of
+# any kind) at a chosen step, deterministically, whatever the machine's load.
+KILL_AT_STEP = """
+import os, signal, sys
+from pseudoseg.methods.supervised import SupervisedStrategy
+
+real_after_step = SupervisedStrategy.after_step
+
+def after_step(self, step, epoch_ended):
+    if step == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_after_step(self, step, epoch_ended)
+
+SupervisedStrategy.after_step = after_step
+from pseudoseg.cli import main
+main(["train", "--config", sys.argv[1]])
+"""
+
+
+def _kill_at(config_file: Path, stage_dir: Path, step: int) -> None:
+    # one thread, as in this process (conftest): the same kernels give the same bits
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_STEP, str(config_file), str(step)], env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (stage_dir / "last.safetensors").is_file()
+    assert not (stage_dir / "done.json").exists()
 
 
 def _final_state(stage_dir: Path) -> dict[str, torch.Tensor]:
@@ -48,7 +60,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path: Path, tiny_polyps: Pa
     # killed after its first checkpoint, then resumed
     resumed_raw = {**raw, "run_dir": str(tmp_path / "resumed")}
     config_file = write_config(tmp_path / "resumed.yaml", resumed_raw)
-    _kill_after_first_checkpoint(config_file, tmp_path / "resumed" / "supervised")
+    _kill_at(config_file, tmp_path / "resumed" / "supervised", step=23)  # last checkpoint: step 20
     train(config_from_dict(resumed_raw), show_progress=False, log=lambda _: None)
 
     expected = _final_state(tmp_path / "uninterrupted" / "supervised")

@@ -87,10 +87,11 @@ class StageContext:
 class StageResult:
     stage_dir: Path
     best: dict[str, dict[str, Any]]
-    """Network name -> {"score", "step", "path"} of its best validation checkpoint."""
+    """Network name -> {"score", "step", "file"} of its best validation checkpoint
+    (``file`` relative to the stage directory, so run directories can move)."""
 
     def weights(self, network: str) -> Path:
-        return Path(self.best[network]["path"])
+        return self.stage_dir / self.best[network]["file"]
 
 
 class Trainer:
@@ -220,7 +221,9 @@ class Trainer:
         if spec.init_weights is not None:
             from pseudoseg.engine.checkpoint import load_weights_file
 
-            tensors, _ = load_weights_file(spec.init_weights)
+            tensors, meta = load_weights_file(spec.init_weights)
+            if meta["architecture"] != self.architecture:
+                raise UserError(f"{spec.init_weights}: weights of another architecture than this run's model section")
             student.load_state_dict(tensors)
         strategy = spec.strategy
         labeled_stream = IndexStream(spec.labeled, spec.batch_size, seed * 7 + 1)
@@ -325,7 +328,7 @@ class Trainer:
             record[f"{name}/dice"], record[f"{name}/iou"] = scores["dice"], scores["iou"]
             if name not in best or scores[metric] > best[name]["score"]:
                 path = stage_dir / f"best_{name}.safetensors"
-                best[name] = {"score": scores[metric], "metric": f"val {metric}@{self.config.eval.threshold}", "step": step, "path": str(path)}
+                best[name] = {"score": scores[metric], "metric": f"val {metric}@{self.config.eval.threshold}", "step": step, "file": path.name}
                 if self.dist.is_main:
                     meta = {"architecture": self.architecture, "preprocessing": self.preprocessing, "stage": spec.name, "network": name, "step": step, "validation": scores, "seed": self.config.seed}
                     save_weights(path, network, meta)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.trainer import StageResult
 from pseudoseg.errors import UserError
 from pseudoseg.methods.session import RunSession
@@ -34,7 +35,11 @@ def finished_stage(run_dir: Path, session: RunSession) -> StageResult:
     theirs = json.loads(split_file.read_text())
     if sorted(theirs.get("labeled", [])) != sorted(session.split.labeled) or sorted(theirs.get("validation", [])) != sorted(session.split.validation):
         raise UserError(f"method.teacher_run: {split_file} is another split than this run's; the teacher must have seen only this run's labeled images")
-    return StageResult(done.parent, json.loads(done.read_text())["best"])
+    result = StageResult(done.parent, json.loads(done.read_text())["best"])
+    _, meta = load_weights_file(result.weights("raw"))
+    if meta["architecture"] != session.trainer.architecture or meta.get("preprocessing") != session.trainer.preprocessing:
+        raise UserError(f"method.teacher_run: {result.weights('raw')} was trained with another model or preprocessing than this run's")
+    return result
 
 
 __all__ = ["SUPERVISED_STAGE_NAMES", "finished_stage"]

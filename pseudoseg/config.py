@@ -245,8 +245,13 @@ class MomentumConfig(_Section):
     """``weak_strong``: the teacher labels the weak view, the student sees a
     photometrically strong view of the same geometry; ``same``: both see the
     same augmented image (the authors' code)."""
-    student_init: Literal["scratch", "teacher"] = "scratch"
-    """The student starts from a fresh initialisation (the paper) or from the teacher."""
+    student_init: Literal["teacher", "fresh"] = "teacher"
+    """``teacher``: the student starts from the teacher's weights. ``fresh``: built
+    like the teacher was (from ``model.weights`` if set, else randomly), as in the
+    paper, whose teacher and student both start from the same ImageNet encoder.
+    Without pretrained weights a fresh student lives in a different weight space
+    than its teacher, and the online update (an average of the two) destroys the
+    teacher; hence the default."""
 
     @model_validator(mode="after")
     def _confidence_needs_hard(self) -> MomentumConfig:

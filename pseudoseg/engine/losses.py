@@ -4,6 +4,11 @@ Losses are averaged per image (Dice over each image's pixels, then the mean
 over the batch), so averaging over processes equals the loss of the global
 batch. Targets may be soft (teacher probabilities) or hard; pixels where
 ``valid`` is 0 (low-confidence pseudo labels) do not count.
+
+With soft targets MONAI's ``soft_label=True`` Dice is used, which is smallest
+exactly when the prediction equals the target. The momentum paper's code uses
+the plain Dice formula, which with soft targets rewards predictions more
+confident than the teacher; with hard targets the two coincide.
 """
 
 from __future__ import annotations

@@ -267,16 +267,20 @@ class RoundsConfig(_Section):
     subsets: int = Field(2, ge=2)
     """ATSO: number K of disjoint unlabeled subsets."""
     rounds: int = Field(4, ge=1)
+    """Rounds R after the labeled-only model."""
     round_steps: int = Field(200, ge=1)
+    """Fine-tuning steps of every round."""
     init: Literal["labeled", "continue"] = "labeled"
     """ATSO: each round starts from the labeled-only model (default) or continues
     from the previous round's model."""
     labels: Literal["hard", "soft"] = "hard"
+    """Stored pseudo labels: thresholded at 0.5, or probabilities."""
     final: Literal["last", "ensemble"] = "last"
     """``ensemble``: average the predictions of the last K round models."""
     teacher_run: Path | None = None
     """A finished supervised run to start from (else trained in ``<run_dir>/round_0``)."""
     teacher_steps: int | None = Field(None, ge=1)
+    """Steps of the labeled-only stage (default: ``train.steps``)."""
     beta: float = Field(1.0, ge=0)
     """Weight of the pseudo-labeled loss."""
 

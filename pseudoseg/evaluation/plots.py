@@ -8,6 +8,24 @@ from pathlib import Path
 from pseudoseg.fileio import atomic_path
 
 
+def _pyplot():
+    """pyplot on the file-only Agg back-end (imported lazily: it is slow to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
 def _read(path: Path) -> list[dict]:
     import json
 
@@ -16,10 +34,7 @@ def _read(path: Path) -> list[dict]:
 
 def plot_stage_curves(stage_dirs: Sequence[Path], out: Path) -> Path:
     """One panel per stage: ``<network>/dice`` on V and ``pseudo/dice`` on U against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, len(stage_dirs), figsize=(5 * len(stage_dirs), 3.6), squeeze=False)
     for axis, stage in zip(axes[0], stage_dirs):
@@ -37,19 +52,14 @@ def plot_stage_curves(stage_dirs: Sequence[Path], out: Path) -> Path:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, out)
     return out
 
 
 def plot_grid_curves(grid_dir: Path, runs: dict[str, dict[str, str]]) -> Path | None:
     """``<grid>/curves.png``: per variant with a student stage, pseudo-label Dice on U and
     validation Dice of the released (momentum) student against step, mean over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import numpy as np
 
     series: dict[str, dict[str, list[list[tuple[int, float]]]]] = {}
@@ -81,9 +91,7 @@ def plot_grid_curves(grid_dir: Path, runs: dict[str, dict[str, str]]) -> Path | 
         axis.legend(fontsize=8)
     fig.tight_layout()
     out = Path(grid_dir) / "curves.png"
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, out)
     return out
 
 
@@ -102,10 +110,7 @@ def plot_round_diagnostics(records: Sequence[dict], out: Path) -> Path:
     model and its labels). An agreement near 1 means a round's model mostly
     reproduced the labels it was given: lazy learning.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axis = plt.subplots(figsize=(6.5, 4))
     for key, label, style in _ROUND_SERIES:
@@ -120,18 +125,13 @@ def plot_round_diagnostics(records: Sequence[dict], out: Path) -> Path:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, out)
     return out
 
 
 def plot_grid_rounds(grid_dir: Path, runs: dict[str, dict[str, str]]) -> Path | None:
     """``<grid>/rounds.png``: per-round diagnostics of the variants with rounds (TSO, ATSO), mean over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
@@ -166,7 +166,5 @@ def plot_grid_rounds(grid_dir: Path, runs: dict[str, dict[str, str]]) -> Path | 
     axes[0][0].set_ylabel("Dice @ 0.5 (mean over seeds)")
     fig.tight_layout()
     out = Path(grid_dir) / "rounds.png"
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, out)
     return out

@@ -182,6 +182,8 @@ class TrainConfig(_Section):
     """Validation metric (threshold 0.5, per image) that picks the best checkpoints."""
     num_threads: int | None = Field(None, ge=1)
     """CPU threads (default: PyTorch's choice)."""
+    tensorboard: bool = False
+    """Also log every metric to TensorBoard (``<stage>/tensorboard``; needs the ``tracking`` extra)."""
     augment: AugmentConfig = AugmentConfig()
 
 

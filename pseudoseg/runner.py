@@ -67,6 +67,10 @@ def prepare_run_dir(config: RunConfig, dist: DistInfo) -> Path:
         config_file = run_dir / "config.yaml"
         if config_file.is_file():
             previous = yaml.safe_load(config_file.read_text())
+            try:  # keys added to pseudoseg since that run compare as their defaults
+                previous = RunConfig.model_validate(previous).model_dump(mode="json")
+            except ValueError:
+                pass
             key = _first_difference(previous, config.model_dump(mode="json"))
             if key is not None:
                 raise UserError(f"{run_dir}: holds a run with another configuration ({key} differs); choose a new run_dir")

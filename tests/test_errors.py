@@ -113,3 +113,13 @@ def test_evaluate_and_predict_errors(tmp_path, capsys) -> None:
     junk.write_bytes(b"not a checkpoint")
     assert str(junk) in fails(capsys, "predict", str(junk), str(tmp_path), str(tmp_path / "out"))
     assert "configuration file not found" in fails(capsys, "train", "--config", str(tmp_path / "none.yaml"))
+
+
+def test_tensorboard_without_its_extra(tmp_path, tiny_polyps, capsys) -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        line = train_with(tmp_path, tiny_polyps, capsys, "--set", "train.tensorboard=true")
+        assert "train.tensorboard" in line and "pseudoseg[tracking]" in line
+    else:
+        pytest.skip("tensorboard is installed here")

@@ -33,6 +33,7 @@ from pseudoseg.data.preprocessing import InputNormalizer, Preprocessing
 from pseudoseg.engine.checkpoint import (
     flatten_optimizer,
     load_tensors,
+    load_weights_file,
     prefixed,
     save_tensors,
     save_weights,
@@ -219,8 +220,6 @@ class Trainer:
         torch.manual_seed(seed)
         student = self.build_network()
         if spec.init_weights is not None:
-            from pseudoseg.engine.checkpoint import load_weights_file
-
             tensors, meta = load_weights_file(spec.init_weights)
             if meta["architecture"] != self.architecture:
                 raise UserError(f"{spec.init_weights}: weights of another architecture than this run's model section")
@@ -249,7 +248,7 @@ class Trainer:
         optimizer = self._optimizer(student.parameters())
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         augmenter = BatchAugmenter(cfg.train.augment, seed * 7 + 3)
-        log = MetricsLog(stage_dir / "metrics.jsonl", enabled=self.dist.is_main)
+        log = MetricsLog(stage_dir / "metrics.jsonl", enabled=self.dist.is_main, tensorboard=cfg.train.tensorboard)
         step, best = 0, {}
         last_file = stage_dir / "last.safetensors"
         if last_file.is_file():
@@ -399,11 +398,23 @@ def _validation_line(record: dict[str, Any]) -> str:
 
 
 class MetricsLog:
-    """Append-only JSON-lines log of training and validation records."""
+    """Append-only JSON-lines log of training and validation records.
 
-    def __init__(self, path: Path, *, enabled: bool) -> None:
+    With ``tensorboard``, every numeric field is also written as a TensorBoard
+    scalar (``<kind>/<field>``) under ``<stage>/tensorboard`` (the ``tracking``
+    extra installs TensorBoard).
+    """
+
+    def __init__(self, path: Path, *, enabled: bool, tensorboard: bool = False) -> None:
         self.path = path
         self.enabled = enabled
+        self._writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("train.tensorboard: TensorBoard is not installed (pip install 'pseudoseg[tracking]')") from None
+            self._writer = SummaryWriter(log_dir=str(path.parent / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -411,6 +422,11 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for key, value in record.items():
+                if key not in ("kind", "step") and isinstance(value, (int, float)) and value is not None:
+                    self._writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+            self._writer.flush()
 
     def truncate_after(self, step: int) -> None:
         """Drop records a killed run wrote after its last checkpoint."""

@@ -22,6 +22,7 @@ class ArrayStore:
     """Random-access reader/writer of the records of one ``.npy`` file."""
 
     def __init__(self, path: Path, *, writable: bool = False) -> None:
+        self._fd = -1  # so that close() works on a store whose opening failed
         self.path = Path(path)
         try:
             with open(self.path, "rb") as handle:

@@ -70,7 +70,7 @@ def _predict_images(predictor: Predictor, inputs: Path, out: Path, threshold: fl
         chunk = files[start : start + _BATCH]
         images = [read_image(path) for path in chunk]
         prob = predictor.probabilities(np.stack([resize_image(image, size) for image in images])).float().cpu()
-        for path, image, small, target in zip(chunk, images, prob, targets[start : start + _BATCH]):
+        for image, small, target in zip(images, prob, targets[start : start + _BATCH]):
             native = resize_bilinear(small, image.shape[:2])[0].clamp_(0, 1).numpy()
             mask = native >= threshold
             _save_png(target, (mask * 255).astype(np.uint8))

@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +41,6 @@ class SamplePool:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def indices_of(self, ids: Sequence[str]) -> np.ndarray:
-        position = {sample_id: index for index, sample_id in enumerate(self.ids)}
-        return np.array([position[sample_id] for sample_id in ids], dtype=np.int64)
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:

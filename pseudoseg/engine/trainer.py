@@ -175,14 +175,14 @@ class Trainer:
             out["unlabeled_targets"] = maps[0]
         return out
 
-    def eval_batches(self, indices: np.ndarray, *, with_masks: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def eval_batches(self, indices: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This process's share of ``indices``, as normalised batches (no augmentation)."""
         mine = indices[self.dist.shard()]
         size = self.config.eval.batch_size
         for start in range(0, len(mine), size):
             chunk = mine[start : start + size]
             images = self.normalizer(self.normalizer.to_unit(self.pool.images.read(chunk)))
-            masks = torch.from_numpy(self.pool.masks.read(chunk)).to(self.device).unsqueeze(1).float() if with_masks else None
+            masks = torch.from_numpy(self.pool.masks.read(chunk)).to(self.device).unsqueeze(1).float()
             yield images, masks
 
     @torch.no_grad()

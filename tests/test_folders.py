@@ -446,3 +446,10 @@ def test_discover_test_sets_errors(tmp_path: Path) -> None:
     _layout(tmp_path / "T" / "Kvasir", ["a.png"], [])
     with pytest.raises(UserError, match=re.escape(str(tmp_path / "T" / "Kvasir"))):
         discover_test_sets(tmp_path / "T")  # a malformed set fails loudly, it is not skipped
+
+
+def test_multi_class_label_map_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "labels.png"
+    Image.fromarray(np.array([[0, 1], [2, 0]], dtype=np.uint8)).save(path)
+    with pytest.raises(UserError, match=r"labels.png: mask looks like a multi-class label map \(values 0..2\)"):
+        read_mask(path)

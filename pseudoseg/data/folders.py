@@ -89,7 +89,8 @@ def read_mask(path: Path) -> np.ndarray:
       colour channels is thresholded as above, so a mask drawn in any bright
       colour counts as foreground. The alpha channel is ignored.
 
-    An all-zero mask is valid (an image without foreground).
+    An all-zero mask is valid (an image without foreground). A small-integer
+    label map of several classes (0/1/2, ...) is refused.
 
     Raises:
         UserError: naming ``path`` if the file is missing, empty, corrupt or of
@@ -116,6 +117,11 @@ def read_mask(path: Path) -> np.ndarray:
     if peak <= 1:
         return array == 1
     if peak <= 255:
+        lossy = path.suffix.lower() in (".jpg", ".jpeg")  # JPEG noise on an empty mask is not a label map
+        if not lossy and peak <= 16 and np.unique(array).size > 2:
+            # 0/1/2/... is a label map of several classes, which would all read as
+            # background under the > 128 rule: refuse rather than lose the foreground.
+            raise UserError(f"{path}: mask looks like a multi-class label map (values 0..{peak}); pseudoseg segments one foreground class, convert it to 0/255")
         return array > 128
     if peak <= 65535:
         return _scale_16_to_8(array) > 128

@@ -63,3 +63,46 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``out``; swap it in for ``out`` on success.
+
+    ``out`` must not exist, be empty, or (with ``overwrite``) is replaced, but
+    only once the new folder is complete: an interrupted build leaves neither a
+    half-written ``out`` nor a lost old one.
+    """
+    import shutil
+    import uuid
+
+    from pseudoseg.errors import UserError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} exists and is not empty; choose another folder or pass overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkdtemp: its 0700 mode would stay with the finished folder;
+    # mkdir honours the user's umask.
+    building = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.partial"
+    building.mkdir()
+    try:
+        yield building
+        if not out.exists():
+            os.replace(building, out)
+            return
+        # A folder cannot be renamed over a non-empty one, and the old data must
+        # survive until the new is in place: move it aside first.
+        old = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.old"
+        os.replace(out, old)
+        try:
+            os.replace(building, out)
+        except BaseException:
+            os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if building.exists():
+            shutil.rmtree(building, ignore_errors=True)

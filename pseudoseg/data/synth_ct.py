@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ from monai.transforms import GaussianSmooth
 
 from pseudoseg.data.volumes import save_volume
 from pseudoseg.errors import UserError
-from pseudoseg.fileio import write_json
+from pseudoseg.fileio import atomic_folder, write_json
 
 __all__ = ["GENERATOR_VERSION", "generate_ct_dataset", "render_ct_case"]
 
@@ -246,15 +244,8 @@ def generate_ct_dataset(
     ):
         raise UserError(f"shape must be three integers (x, y, z) of at least {_MIN_SHAPE}, got {shape!r}")
     shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} exists and is not empty; choose another folder or pass overwrite")
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     total = n_train + n_test
-    try:
+    with atomic_folder(out, overwrite=overwrite) as building:
         training: list[dict[str, str]] = []
         test: list[str] = []
         cases: dict[str, dict[str, Any]] = {}
@@ -290,29 +281,7 @@ def generate_ct_dataset(
             "cases": cases,
         }
         write_json(building / "dataset.json", summary)
-        _move_into_place(building, out)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     return summary
-
-
-def _move_into_place(building: Path, out: Path) -> None:
-    """Rename the finished folder onto ``out``, replacing an old one last."""
-    if not out.exists():
-        os.replace(building, out)
-        return
-    # A folder cannot be renamed over a non-empty one, and the old data must
-    # survive until the new is in place: move it aside first.
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.replace(out, old / "data")
-    try:
-        os.replace(building, out)
-    except BaseException:
-        os.replace(old / "data", out)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_count(name: str, value: int, *, minimum: int) -> None:

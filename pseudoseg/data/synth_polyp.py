@@ -34,8 +34,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import shutil
-import uuid
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -47,7 +45,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pseudoseg.errors import UserError
-from pseudoseg.fileio import write_bytes, write_json
+from pseudoseg.fileio import atomic_folder, write_bytes, write_json
 
 __all__ = [
     "DEFAULT_DOMAINS",
@@ -647,17 +645,7 @@ def generate_polyp_dataset(
         raise UserError(f"test domains are listed more than once: {', '.join(domains)}")
     for name in domains:
         polyp_domain(name)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} exists and is not empty; choose another folder or pass overwrite")
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkdtemp: it creates the folder with mode 0700, which the
-    # finished data set would keep; mkdir honours the user's umask.
-    building = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.partial"
-    building.mkdir()
-    try:
+    with atomic_folder(out, overwrite=overwrite) as building:
         jobs: list[tuple[str, str, Path, int]] = [("train", "in_domain", building / "TrainDataset", i) for i in range(n_train)]
         for name in domains:
             jobs += [(f"test/{name}", name, building / "TestDataset" / name, i) for i in range(n_test)]
@@ -684,28 +672,7 @@ def generate_polyp_dataset(
             },
         }
         write_json(building / "dataset.json", summary)
-        _move_into_place(building, out)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     return summary
-
-
-def _move_into_place(building: Path, out: Path) -> None:
-    """Rename the finished folder onto ``out``, replacing an old one last."""
-    if not out.exists():
-        os.replace(building, out)
-        return
-    # Move the old folder aside first: a directory cannot be renamed over a
-    # non-empty one, and the old data must survive until the new is in place.
-    old = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.old"
-    os.replace(out, old)
-    try:
-        os.replace(building, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

@@ -11,20 +11,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from pseudoseg.errors import UserError
+from pseudoseg.progress import wide_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Semi-supervised medical image segmentation with pseudo labels.")
 data_app = typer.Typer(no_args_is_help=True, help="Data sets: generate the built-in synthetic benchmarks.")
 app.add_typer(data_app, name="data")
-
-
-def _console() -> Console:
-    console = Console()
-    if not console.is_terminal:  # logs and pipes: wide enough for the metric tables
-        console = Console(width=160)
-    return console
 
 
 def _write_json_output(path: Optional[Path], payload: dict) -> None:
@@ -64,7 +57,7 @@ def data_synth(
     else:
         raise UserError(f"--kind: expected polyp or ct, got {kind!r}")
     brief = {key: summary[key] for key in ("counts", "numTraining", "numTest", "seed", "size", "shape") if key in summary}
-    _console().print(f"wrote {out}: {brief}")
+    wide_console().print(f"wrote {out}: {brief}")
 
 
 @app.command()
@@ -78,7 +71,7 @@ def train(
     from pseudoseg.runner import train as run_train
 
     cfg = load_config(config, set_ or [])
-    result = run_train(cfg, log=_console().print)
+    result = run_train(cfg, log=wide_console().print)
     _write_json_output(json_out, {"run_dir": str(result.run_dir), "released": result.released, "metrics": result.metrics})
 
 
@@ -104,7 +97,7 @@ def evaluate(
         raise UserError(f"--threshold: must be in (0, 1), got {threshold}")
     predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network)
     results = run_evaluate({predictor.name: predictor}, test, EvalConfig(threshold=threshold, pranet_metrics=pranet))[predictor.name]
-    console = _console()
+    console = wide_console()
     console.print(render_table(results, title=f"{model} ({predictor.name})"))
     if out is not None:
         paths = write_report(results, out, title=f"{model} ({predictor.name})", extra={"model": str(model), "network": predictor.name})
@@ -134,7 +127,7 @@ def predict(
         raise UserError(f"--threshold: must be in (0, 1), got {threshold}")
     predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network)
     written = predict_paths(predictor, inputs, out, threshold=threshold, probabilities=probabilities, overlay=overlay)
-    _console().print(f"wrote {len(written)} predictions to {out}")
+    wide_console().print(f"wrote {len(written)} predictions to {out}")
 
 
 @app.command()
@@ -155,7 +148,7 @@ def grid(
         raise UserError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
     if not seed_list:
         raise UserError("--seeds: no seed given")
-    summary = run_grid(config, out, seeds=seed_list, family=family, overrides=set_ or [], log=_console().print)
+    summary = run_grid(config, out, seeds=seed_list, family=family, overrides=set_ or [], log=wide_console().print)
     _write_json_output(json_out, summary)
 
 
@@ -168,7 +161,7 @@ def quickstart(
     """Generate the synthetic polyp data, train online momentum pseudo labeling on 20 % labels, evaluate."""
     from pseudoseg.quickstart import run_quickstart
 
-    result = run_quickstart(out, steps=steps, log=_console().print)
+    result = run_quickstart(out, steps=steps, log=wide_console().print)
     _write_json_output(json_out, {"run_dir": str(result.run_dir), "released": result.released, "metrics": result.metrics})
 
 

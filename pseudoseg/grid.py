@@ -22,6 +22,7 @@ from typing import Any
 
 from pseudoseg.config import RunConfig, apply_overrides, config_from_dict, load_config
 from pseudoseg.errors import UserError
+from pseudoseg.progress import console_print
 from pseudoseg.fileio import write_json
 
 Variant = tuple[str, Callable[[dict[str, Any], Path], dict[str, Any]]]
@@ -91,7 +92,7 @@ def grid_variants(base: RunConfig, family: str) -> list[Variant]:
     raise UserError(f"--family: expected momentum or rounds, got {family!r}")
 
 
-def run_grid(config_path: Path, out: Path, *, seeds: list[int], family: str, overrides: list[str], log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_grid(config_path: Path, out: Path, *, seeds: list[int], family: str, overrides: list[str], log: Callable[[Any], None] = console_print) -> dict[str, Any]:
     import yaml
 
     from pseudoseg.evaluation.metrics import METRIC_CONVENTIONS

@@ -43,3 +43,14 @@ def progress_bar(description: str, *, total: int, completed: int = 0, enabled: b
     with Progress(*columns, console=console, disable=not console.is_terminal, transient=False) as progress:
         task = progress.add_task(description, total=total, completed=completed, info="")
         yield _Bar(progress, task, console)
+
+
+def wide_console() -> Console:
+    """Standard output; off a terminal (logs, pipes) wide enough for the metric tables."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def console_print(message: object) -> None:
+    """Print text or a rich renderable (tables) to standard output."""
+    wide_console().print(message)

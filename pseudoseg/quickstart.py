@@ -9,9 +9,11 @@ domain and prints the table. Running it again resumes or reuses what is done.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from importlib import resources
 from pathlib import Path
 
+from pseudoseg.progress import console_print
 from pseudoseg.config import load_config
 from pseudoseg.runner import RunResult, train
 
@@ -23,7 +25,7 @@ def recipe_path(name: str) -> Path:
     return Path(str(resources.files("pseudoseg") / "configs" / name))
 
 
-def run_quickstart(out: Path, *, steps: int | None = None, log: Callable[[str], None] = print) -> RunResult:
+def run_quickstart(out: Path, *, steps: int | None = None, log: Callable[[Any], None] = console_print) -> RunResult:
     from pseudoseg.data.synth_polyp import generate_polyp_dataset
 
     out = Path(out)

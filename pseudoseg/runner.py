@@ -35,6 +35,7 @@ from pseudoseg.engine.distributed import DistInfo, barrier, init_distributed
 from pseudoseg.engine.device import resolve_device
 from pseudoseg.engine.trainer import Trainer
 from pseudoseg.errors import UserError
+from pseudoseg.progress import console_print
 from pseudoseg.fileio import write_json, write_text
 from pseudoseg.methods import RECIPES
 from pseudoseg.methods.session import RunSession
@@ -103,7 +104,7 @@ def _indices(pool: SamplePool, units: tuple[str, ...]) -> np.ndarray:
     return np.array([index for index, group in enumerate(pool.groups) if group in wanted], dtype=np.int64)
 
 
-def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> RunResult:
+def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any], None] = console_print) -> RunResult:
     """Train the configured method, evaluate the released model, write the report."""
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
@@ -162,7 +163,7 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[str],
     return RunResult(run_dir, outcome.released, outcome.networks, metrics)
 
 
-def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True, log: Callable[[Any], None] = console_print) -> dict[str, Any]:
     """Score every network the run released on the test sets; the released one is the report."""
     from pseudoseg.evaluation.evaluate import evaluate
     from pseudoseg.evaluation.report import render_table, write_report
@@ -179,9 +180,8 @@ def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True
     extra = {"run_dir": str(run_dir), "method": config.method.name, "network": released, "seed": config.seed}
     write_report(results[released], report_dir, stem="metrics", title=f"{config.method.name} ({released})", extra=extra)
     write_json(report_dir / "networks.json", {"released": released, "networks": results})
-    from rich.console import Console
-
-    Console().print(render_table(results[released], title=f"{config.method.name}: test sets ({released} network)"))
+    # log is the command line's console (rich renders the table), or print
+    log(render_table(results[released], title=f"{config.method.name}: test sets ({released} network)"))
     return json.loads((report_dir / "metrics.json").read_text())
 
 
@@ -195,7 +195,7 @@ def plot_run_curves(run_dir: Path) -> Path | None:
     return plot_stage_curves(stages, Path(run_dir) / "report" / "curves.png")
 
 
-def _cache_progress(log: Callable[[str], None]) -> Callable[[int, int], None]:
+def _cache_progress(log: Callable[[Any], None]) -> Callable[[int, int], None]:
     def report(done: int, total: int) -> None:
         if done == total:
             log(f"decoded {total} training samples into the cache")
@@ -203,7 +203,7 @@ def _cache_progress(log: Callable[[str], None]) -> Callable[[int, int], None]:
     return report
 
 
-def _eval_progress(log: Callable[[str], None]) -> Callable[[str, int, int], None]:
+def _eval_progress(log: Callable[[Any], None]) -> Callable[[str, int, int], None]:
     def report(name: str, done: int, total: int) -> None:
         if done == total:
             log(f"evaluated {name}: {total} items")

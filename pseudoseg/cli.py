@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from pseudoseg.errors import UserError
-from pseudoseg.progress import wide_console
+from pseudoseg.progress import task_bars, wide_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Semi-supervised medical image segmentation with pseudo labels.")
 data_app = typer.Typer(no_args_is_help=True, help="Data sets: generate the built-in synthetic benchmarks.")
@@ -48,12 +48,14 @@ def data_synth(
         from pseudoseg.data.synth_polyp import generate_polyp_dataset
 
         counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
-        summary = generate_polyp_dataset(out, size=size, seed=seed, overwrite=overwrite, **counts)
+        with task_bars("generating") as bars:
+            summary = generate_polyp_dataset(out, size=size, seed=seed, overwrite=overwrite, progress=bars, **counts)
     elif kind == "ct":
         from pseudoseg.data.synth_ct import generate_ct_dataset
 
         counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
-        summary = generate_ct_dataset(out, seed=seed, overwrite=overwrite, **counts)
+        with task_bars("generating") as bars:
+            summary = generate_ct_dataset(out, seed=seed, overwrite=overwrite, progress=bars, **counts)
     else:
         raise UserError(f"--kind: expected polyp or ct, got {kind!r}")
     brief = {key: summary[key] for key in ("counts", "numTraining", "numTest", "seed", "size", "shape") if key in summary}
@@ -96,7 +98,8 @@ def evaluate(
     if not 0 < threshold < 1:
         raise UserError(f"--threshold: must be in (0, 1), got {threshold}")
     predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network)
-    results = run_evaluate({predictor.name: predictor}, test, EvalConfig(threshold=threshold, pranet_metrics=pranet))[predictor.name]
+    with task_bars("evaluating") as bars:
+        results = run_evaluate({predictor.name: predictor}, test, EvalConfig(threshold=threshold, pranet_metrics=pranet), progress=bars)[predictor.name]
     console = wide_console()
     console.print(render_table(results, title=f"{model} ({predictor.name})"))
     if out is not None:

@@ -45,6 +45,29 @@ def progress_bar(description: str, *, total: int, completed: int = 0, enabled: b
         yield _Bar(progress, task, console)
 
 
+class _TaskBars:
+    """Callback ``report(done, total)`` or ``report(name, done, total)`` drawing one bar per task."""
+
+    def __init__(self, progress: Progress, description: str) -> None:
+        self._progress, self._description, self._tasks = progress, description, {}
+
+    def __call__(self, *args: object) -> None:
+        *name, done, total = args
+        label = f"{self._description} {name[0]}" if name else self._description
+        if label not in self._tasks:
+            self._tasks[label] = self._progress.add_task(label, total=total, info="")
+        self._progress.update(self._tasks[label], completed=done, total=total)
+
+
+@contextlib.contextmanager
+def task_bars(description: str) -> Iterator[_TaskBars]:
+    """Progress bars fed by a library callback (decoding a data set, evaluating test sets)."""
+    console = Console(stderr=True)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        yield _TaskBars(progress, description)
+
+
 def wide_console() -> Console:
     """Standard output; off a terminal (logs, pipes) wide enough for the metric tables."""
     console = Console()

@@ -13,7 +13,7 @@ from typing import Any
 from importlib import resources
 from pathlib import Path
 
-from pseudoseg.progress import console_print
+from pseudoseg.progress import console_print, task_bars
 from pseudoseg.config import load_config
 from pseudoseg.runner import RunResult, train
 
@@ -32,7 +32,8 @@ def run_quickstart(out: Path, *, steps: int | None = None, log: Callable[[Any], 
     data = out / "data"
     if not (data / "dataset.json").is_file():
         log(f"generating the synthetic polyp data set in {data}")
-        generate_polyp_dataset(data)
+        with task_bars("generating") as bars:
+            generate_polyp_dataset(data, progress=bars)
     overrides = [f"run_dir={out / 'run'}", f"data.train={data / 'TrainDataset'}", f"data.test={data / 'TestDataset'}"]
     if steps is not None:
         overrides.append(f"train.steps={steps}")

@@ -35,7 +35,7 @@ from pseudoseg.engine.distributed import DistInfo, barrier, init_distributed
 from pseudoseg.engine.device import resolve_device
 from pseudoseg.engine.trainer import Trainer
 from pseudoseg.errors import UserError
-from pseudoseg.progress import console_print
+from pseudoseg.progress import console_print, task_bars
 from pseudoseg.fileio import write_json, write_text
 from pseudoseg.methods import RECIPES
 from pseudoseg.methods.session import RunSession
@@ -113,7 +113,8 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
     run_dir = prepare_run_dir(config, dist)
     cache_dir = config.data.cache_dir or run_dir / "cache"
     if dist.is_main:
-        pool = load_pool(config.data, cache_dir, progress=_cache_progress(log) if show_progress else None)
+        with task_bars("decoding the training pool") as bars:
+            pool = load_pool(config.data, cache_dir, progress=bars if show_progress else None)
     barrier(dist)
     if not dist.is_main:
         pool = load_pool(config.data, cache_dir)
@@ -174,7 +175,8 @@ def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True
     if manifest.get("ensemble"):
         names.insert(0, "ensemble")
     predictors = {name: Predictor.load(run_dir / "model.json", device=config.device, amp=config.train.amp, network=name) for name in names}
-    results = evaluate(predictors, config.data.test, config.eval, progress=_eval_progress(log) if show_progress else None)
+    with task_bars("evaluating") as bars:
+        results = evaluate(predictors, config.data.test, config.eval, progress=bars if show_progress else None)
     released = "ensemble" if manifest.get("ensemble") else manifest["released"]
     report_dir = run_dir / "report"
     extra = {"run_dir": str(run_dir), "method": config.method.name, "network": released, "seed": config.seed}
@@ -193,19 +195,3 @@ def plot_run_curves(run_dir: Path) -> Path | None:
     if not stages:
         return None
     return plot_stage_curves(stages, Path(run_dir) / "report" / "curves.png")
-
-
-def _cache_progress(log: Callable[[Any], None]) -> Callable[[int, int], None]:
-    def report(done: int, total: int) -> None:
-        if done == total:
-            log(f"decoded {total} training samples into the cache")
-
-    return report
-
-
-def _eval_progress(log: Callable[[Any], None]) -> Callable[[str, int, int], None]:
-    def report(name: str, done: int, total: int) -> None:
-        if done == total:
-            log(f"evaluated {name}: {total} items")
-
-    return report

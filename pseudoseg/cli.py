@@ -44,16 +44,15 @@ def data_synth(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder (only once the new one is complete).")] = False,
 ) -> None:
     """Generate a synthetic data set (deterministic per seed)."""
+    counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
     if kind == "polyp":
         from pseudoseg.data.synth_polyp import generate_polyp_dataset
 
-        counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
         with task_bars("generating") as bars:
             summary = generate_polyp_dataset(out, size=size, seed=seed, overwrite=overwrite, progress=bars, **counts)
     elif kind == "ct":
         from pseudoseg.data.synth_ct import generate_ct_dataset
 
-        counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
         with task_bars("generating") as bars:
             summary = generate_ct_dataset(out, seed=seed, overwrite=overwrite, progress=bars, **counts)
     else:

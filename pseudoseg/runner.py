@@ -51,9 +51,16 @@ class RunResult:
     """The released model's report (``report/metrics.json``), when test sets were given."""
 
 
+# Where and how fast a run executes, not what it computes: a run may resume with
+# other values (on another machine, with more threads, with TensorBoard on).
+RUNTIME_KEYS = frozenset({"device", "train.num_threads", "train.tensorboard", "train.log_every"})
+
+
 def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
     if isinstance(old, dict) and isinstance(new, dict):
         for key in list(old) + [k for k in new if k not in old]:
+            if f"{prefix}{key}" in RUNTIME_KEYS:
+                continue
             found = _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
             if found:
                 return found

@@ -104,6 +104,9 @@ def test_rerun_resumes_and_changed_config_is_refused(tmp_path: Path, tiny_polyps
     assert run_cli("train", "--config", str(config)) == 0
     after = tree_digest(run)
     assert {k: v for k, v in after.items() if "cache" not in k and k != "report/curves.png"} == {k: v for k, v in before.items() if "cache" not in k and k != "report/curves.png"}
+    # runtime settings may change between a run and its resumption
+    assert run_cli("train", "--config", str(config), "--set", "train.num_threads=1") == 0
+    after = tree_digest(run)
     # another configuration in the same run directory: refused, nothing changed
     assert run_cli("train", "--config", str(config), "--set", "train.optim.lr=0.5") == 2
     err = capsys.readouterr().err

@@ -89,6 +89,8 @@ class MomentumStudentStrategy(Strategy):
         teacher_view = batch.unlabeled if method.views == "weak_strong" else batch.unlabeled_strong
         student_view = batch.unlabeled_strong
         self.teacher.eval()  # batch-norm running statistics, dropout off
+        if self.context.config.train.channels_last:  # the memory format the student gets
+            teacher_view = teacher_view.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             prob = torch.sigmoid(self.teacher(teacher_view).float())  # probabilities in float32, not bf16 steps
         target, valid = pseudo_targets(prob, method.labels, method.confidence)

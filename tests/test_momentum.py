@@ -90,19 +90,23 @@ def make_strategy(tmp_path: Path, **method: Any) -> MomentumStudentStrategy:
     weights = tmp_path / "teacher.safetensors"
     save_weights(weights, teacher, {"architecture": {"name": "tiny"}})
     strategy = MomentumStudentStrategy(MomentumConfig(**method), weights)
-    context = StageContext(
+    strategy.setup(tiny_context(tmp_path, strategy, RecordingLoss(), steps=10, steps_per_epoch=4))
+    return strategy
+
+
+def tiny_context(tmp_path: Path, strategy: MomentumStudentStrategy, criterion: nn.Module, *, steps: int, steps_per_epoch: int) -> StageContext:
+    """What the trainer hands a strategy, for tiny networks on the CPU."""
+    return StageContext(
         config=config_from_dict({"data": {"train": str(tmp_path)}}),
-        spec=StageSpec(name="student", strategy=strategy, steps=10, batch_size=2, labeled=np.arange(2), validation=np.arange(1)),
+        spec=StageSpec(name="student", strategy=strategy, steps=steps, batch_size=2, labeled=np.arange(2), validation=np.arange(1)),
         device=torch.device("cpu"),
         dist=DistInfo(),
         student=tiny_net(),
-        criterion=RecordingLoss(),
+        criterion=criterion,
         build_network=tiny_net,
-        steps_per_epoch=4,
+        steps_per_epoch=steps_per_epoch,
         stage_dir=tmp_path,
     )
-    strategy.setup(context)
-    return strategy
 
 
 def make_batch(seed: int, size: int = 8) -> Batch:
@@ -186,17 +190,7 @@ def test_teacher_of_another_architecture_is_a_user_error(tmp_path: Path) -> None
     weights = tmp_path / "other.safetensors"
     save_weights(weights, other, {"architecture": {"name": "other"}})
     strategy = MomentumStudentStrategy(MomentumConfig(), weights)
-    context = StageContext(
-        config=config_from_dict({"data": {"train": str(tmp_path)}}),
-        spec=StageSpec(name="student", strategy=strategy, steps=1, batch_size=2, labeled=np.arange(2), validation=np.arange(1)),
-        device=torch.device("cpu"),
-        dist=DistInfo(),
-        student=tiny_net(),
-        criterion=SegmentationLoss(),
-        build_network=tiny_net,
-        steps_per_epoch=1,
-        stage_dir=tmp_path,
-    )
+    context = tiny_context(tmp_path, strategy, SegmentationLoss(), steps=1, steps_per_epoch=1)
     with pytest.raises(UserError, match=r"method\.teacher_run: .*other\.safetensors does not fit this run's model"):
         strategy.setup(context)
 

@@ -2,7 +2,8 @@
 
 ``momentum`` (Method A, the paper's grid): supervised on the labeled split
 (which is also the teacher stage), offline x {original, momentum} teacher,
-online x {original, momentum} teacher, and supervised on 100 % of the labels.
+online x {original, momentum} teacher, a weak-to-strong baseline with a
+confidence threshold (FixMatch family), and supervised on 100 % of the labels.
 ``rounds`` (Method B): supervised on the labeled split, self-learning (TSO),
 ATSO, and the 100 % upper bound.
 
@@ -78,6 +79,10 @@ def grid_variants(base: RunConfig, family: str) -> list[Variant]:
             ("offline-momentum", semi(mode="offline", teacher="momentum")),
             ("online-original", semi(mode="online", teacher="original")),
             ("online-momentum", semi(mode="online", teacher="momentum")),
+            # The FixMatch family's weak-to-strong baseline in the same harness: the
+            # teacher is the current student itself (momentum 0), hard labels kept
+            # only where it is confident.
+            ("weak-to-strong", semi(mode="online", teacher="momentum", teacher_momentum=0.0, labels="hard", confidence=0.95)),
             ("supervised-100%", supervised(1.0)),
         ]
     if family == "rounds":

@@ -237,6 +237,9 @@ class MomentumConfig(_Section):
     """Batch-norm running statistics: averaged like parameters, or copied."""
     beta: float = Field(0.3, ge=0)
     """Weight of the loss against the teacher's pseudo labels."""
+    unlabeled_loss: Literal["segmentation", "mse"] = "segmentation"
+    """Loss against the pseudo labels: the training loss (``train.loss``), or the
+    mean squared error between probabilities (Mean Teacher's consistency)."""
     beta_rampup_steps: int = Field(0, ge=0)
     """Sigmoid ramp-up of beta over this many steps (0: constant)."""
     labels: Literal["soft", "hard"] = "soft"

@@ -214,6 +214,18 @@ def test_loss_is_supervised_plus_ramped_beta_times_unsupervised(tmp_path: Path, 
     assert 0.05 < l_unsup < 0.95 and abs(l_sup - l_unsup) > 1e-3  # the terms are distinguishable
 
 
+def test_mean_teacher_consistency_is_the_mse_between_probabilities(tmp_path: Path) -> None:
+    strategy = make_strategy(tmp_path, mode="online", unlabeled_loss="mse", beta=2.0)
+    batch = make_batch(0)
+    loss, logs = strategy.loss(batch, stub_forward, 10)
+    with torch.no_grad():
+        teacher_prob = torch.sigmoid(strategy.teacher(batch.unlabeled))
+    expected = float(((torch.sigmoid(stub_forward(batch.unlabeled_strong)) - teacher_prob) ** 2).mean())
+    assert float(logs["loss_unsup"]) == pytest.approx(expected, abs=1e-7)
+    assert float(loss) == pytest.approx(hand_dice_loss(stub_forward(batch.images), batch.masks) + 2.0 * expected, abs=1e-6)
+    assert expected > 1e-3
+
+
 def test_soft_targets_are_the_teacher_probabilities_without_gradient(tmp_path: Path) -> None:
     strategy = make_strategy(tmp_path, mode="online", labels="soft")
     batch = make_batch(1)

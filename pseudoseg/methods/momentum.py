@@ -98,7 +98,11 @@ class MomentumStudentStrategy(Strategy):
         labeled = batch.images.shape[0]
         criterion = self.context.criterion
         loss_sup = criterion(logits[:labeled], batch.masks)
-        loss_unsup = criterion(logits[labeled:], target, valid)
+        if method.unlabeled_loss == "mse":  # Mean Teacher's consistency between probabilities
+            squared = (torch.sigmoid(logits[labeled:].float()) - target) ** 2
+            loss_unsup = squared.mean() if valid is None else (squared * valid).sum() / valid.sum().clamp_min(1.0)
+        else:
+            loss_unsup = criterion(logits[labeled:], target, valid)
         beta = method.beta * sigmoid_rampup(step, method.beta_rampup_steps)
         loss = loss_sup + beta * loss_unsup
         return loss, {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach()}

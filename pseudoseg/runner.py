@@ -189,7 +189,6 @@ def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True
     extra = {"run_dir": str(run_dir), "method": config.method.name, "network": released, "seed": config.seed}
     write_report(results[released], report_dir, stem="metrics", title=f"{config.method.name} ({released})", extra=extra)
     write_json(report_dir / "networks.json", {"released": released, "networks": results})
-    # log is the command line's console (rich renders the table), or print
     log(render_table(results[released], title=f"{config.method.name}: test sets ({released} network)"))
     return json.loads((report_dir / "metrics.json").read_text())
 

@@ -95,31 +95,32 @@ def save_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     write_json(path.with_suffix(".json"), meta)
 
 
-def load_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors, meta = load_tensors(path)
-    if "architecture" not in meta:
-        raise UserError(f"{path}: not a pseudoseg weights file (no architecture in its metadata)")
-    return tensors, meta
-
-
-def load_network(path: Path, *, expect: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network stored in a weights file.
+def load_weights_file(path: Path, *, expect: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a weights file.
 
     ``expect``: the architecture the caller needs; a file of another
     architecture is an error naming the file and the first differing key.
     """
-    from pseudoseg.config import ModelConfig
-    from pseudoseg.models import build_model, describe_architecture
-
-    tensors, meta = load_weights_file(path)
-    arch = dict(meta["architecture"])
+    tensors, meta = load_tensors(path)
+    if "architecture" not in meta:
+        raise UserError(f"{path}: not a pseudoseg weights file (no architecture in its metadata)")
+    arch = meta["architecture"]
     if expect is not None and arch != expect:
-        differing = sorted(key for key in set(arch) | set(expect) if arch.get(key) != expect.get(key))
-        key = differing[0]
+        key = sorted(k for k in set(arch) | set(expect) if arch.get(k) != expect.get(k))[0]
         raise UserError(
             f"{path}: checkpoint is for another architecture (model.{key}: checkpoint has {arch.get(key)!r}, "
             f"configuration has {expect.get(key)!r})"
         )
+    return tensors, meta
+
+
+def load_network(path: Path, *, expect: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network stored in a weights file (``expect``: as :func:`load_weights_file`)."""
+    from pseudoseg.config import ModelConfig
+    from pseudoseg.models import build_model, describe_architecture
+
+    tensors, meta = load_weights_file(path, expect=expect)
+    arch = dict(meta["architecture"])
     in_channels = arch.pop("in_channels")
     config = ModelConfig.model_validate(arch)
     model = build_model(config, in_channels)

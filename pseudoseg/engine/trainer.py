@@ -220,9 +220,7 @@ class Trainer:
         torch.manual_seed(seed)
         student = self.build_network()
         if spec.init_weights is not None:
-            tensors, meta = load_weights_file(spec.init_weights)
-            if meta["architecture"] != self.architecture:
-                raise UserError(f"{spec.init_weights}: weights of another architecture than this run's model section")
+            tensors, _ = load_weights_file(spec.init_weights, expect=self.architecture)
             student.load_state_dict(tensors)
         strategy = spec.strategy
         labeled_stream = IndexStream(spec.labeled, spec.batch_size, seed * 7 + 1)
@@ -424,7 +422,7 @@ class MetricsLog:
             handle.write(json.dumps(record) + "\n")
         if self._writer is not None:
             for key, value in record.items():
-                if key not in ("kind", "step") and isinstance(value, (int, float)) and value is not None:
+                if key not in ("kind", "step") and isinstance(value, (int, float)):
                     self._writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
             self._writer.flush()
 

@@ -36,9 +36,9 @@ def finished_stage(run_dir: Path, session: RunSession) -> StageResult:
     if sorted(theirs.get("labeled", [])) != sorted(session.split.labeled) or sorted(theirs.get("validation", [])) != sorted(session.split.validation):
         raise UserError(f"method.teacher_run: {split_file} is another split than this run's; the teacher must have seen only this run's labeled images")
     result = StageResult(done.parent, json.loads(done.read_text())["best"])
-    _, meta = load_weights_file(result.weights("raw"))
-    if meta["architecture"] != session.trainer.architecture or meta.get("preprocessing") != session.trainer.preprocessing:
-        raise UserError(f"method.teacher_run: {result.weights('raw')} was trained with another model or preprocessing than this run's")
+    _, meta = load_weights_file(result.weights("raw"), expect=session.trainer.architecture)
+    if meta.get("preprocessing") != session.trainer.preprocessing:
+        raise UserError(f"method.teacher_run: {result.weights('raw')} was trained with another preprocessing than this run's")
     return result
 
 

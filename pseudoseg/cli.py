@@ -140,6 +140,7 @@ def grid(
     family: Annotated[str, typer.Option(help="momentum (Method A's grid) or rounds (supervised / TSO / ATSO).")] = "momentum",
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key of the base configuration (repeatable).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the summary here.")] = None,
+    patience: Annotated[int, typer.Option(min=1, help="Supervised rows stop after this many validations without improvement.")] = 5,
 ) -> None:
     """Run a method's experiment grid over seeds and write the side-by-side table."""
     from pseudoseg.grid import run_grid
@@ -150,7 +151,7 @@ def grid(
         raise UserError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
     if not seed_list:
         raise UserError("--seeds: no seed given")
-    summary = run_grid(config, out, seeds=seed_list, family=family, overrides=set_ or [], log=wide_console().print)
+    summary = run_grid(config, out, seeds=seed_list, family=family, overrides=set_ or [], patience=patience, log=wide_console().print)
     _write_json_output(json_out, summary)
 
 

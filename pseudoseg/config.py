@@ -160,8 +160,13 @@ class AugmentConfig(_Section):
 
 class TrainConfig(_Section):
     steps: int = Field(1000, ge=1)
-    """Optimiser steps of the stage. An epoch is one pass over the unlabeled set
-    when the method draws from it, over the labeled set otherwise."""
+    """Optimiser steps of the stage (the most it runs when ``patience`` is set). An
+    epoch is one pass over the unlabeled set when the method draws from it, over
+    the labeled set otherwise."""
+    patience: int | None = Field(None, ge=1)
+    """Stop a stage early once no network's validation score has improved for this
+    many validations (``val_every`` steps each); None: always run ``steps``. The
+    steps run are recorded with the stage (``done.json``) and in the report."""
     batch_size: int = Field(8, ge=1)
     """Labeled images per step (global, over all processes)."""
     unlabeled_batch_size: int = Field(8, ge=1)
@@ -202,7 +207,11 @@ class SupervisedConfig(_Section):
 
     name: Literal["supervised"] = "supervised"
     ema_momentum: float = Field(0.95, ge=0, lt=1)
-    """Momentum of the kept copy: ema <- m * ema + (1 - m) * network."""
+    """Momentum of the kept copy: ema <- m * ema + (1 - m) * network, per ``momentum_unit``."""
+    momentum_unit: Literal["epoch", "step"] = "epoch"
+    """What the momentum means: the share of the copy kept over one epoch (the
+    momentum paper's numbers) or over one step. Converted to the update rate of
+    ``ema_schedule``: per-epoch m over E steps is m^(1/E) per step."""
     ema_schedule: Literal["step", "epoch"] = "step"
     """Update the momentum copy after every step or at the end of every epoch."""
     ema_buffers: Literal["average", "copy"] = "average"
@@ -226,11 +235,16 @@ class MomentumConfig(_Section):
     teacher_batch_size: int | None = Field(None, ge=1)
     """Teacher-stage batch (default: labeled + unlabeled batch of the student)."""
     teacher_stage_momentum: float = Field(0.95, ge=0, lt=1)
-    """Momentum of the teacher stage's copy (the "momentum teacher")."""
+    """Momentum of the teacher stage's copy (the "momentum teacher"), per ``momentum_unit``."""
     teacher_momentum: float = Field(0.99, ge=0, lt=1)
-    """Online teacher update: teacher <- m * teacher + (1 - m) * student."""
+    """Online teacher update: teacher <- m * teacher + (1 - m) * student, per ``momentum_unit``."""
     student_momentum: float = Field(0.99, ge=0, lt=1)
-    """Momentum of the student's own copy (the released model)."""
+    """Momentum of the student's own copy (the released model), per ``momentum_unit``."""
+    momentum_unit: Literal["epoch", "step"] = "epoch"
+    """What the three momenta mean: the share kept over one epoch (the paper's numbers:
+    0.95 / 0.99 / 0.99) or over one step. They are converted to the update rate of
+    ``ema_schedule`` (per-epoch m over E steps is m^(1/E) per step), so a recipe means the
+    same at any batch size and data set size."""
     ema_schedule: Literal["step", "epoch"] = "step"
     """All momentum updates after every step (default) or once per epoch (the authors' code)."""
     ema_buffers: Literal["average", "copy"] = "average"
@@ -250,13 +264,14 @@ class MomentumConfig(_Section):
     """``weak_strong``: the teacher labels the weak view, the student sees a
     photometrically strong view of the same geometry; ``same``: both see the
     same augmented image (the authors' code)."""
-    student_init: Literal["teacher", "fresh"] = "teacher"
-    """``teacher``: the student starts from the teacher's weights. ``fresh``: built
-    like the teacher was (from ``model.weights`` if set, else randomly), as in the
-    paper, whose teacher and student both start from the same ImageNet encoder.
-    Without pretrained weights a fresh student lives in a different weight space
-    than its teacher, and the online update (an average of the two) destroys the
-    teacher; hence the default."""
+    student_init: Literal["fresh", "teacher", "random"] = "fresh"
+    """``fresh``: the student starts from the weights the teacher stage started from
+    (``model.weights`` if set, else the run's seeded initialisation): the paper's fresh
+    student, which shares its ImageNet start with the teacher. ``teacher``: from the
+    teacher's trained weights (with ``mode: online`` and equal teacher and student momenta
+    the online teacher and the student's copy are then one network: Mean Teacher).
+    ``random``: an unrelated initialisation (an ablation: averaged into a trained teacher,
+    it destroys it)."""
 
     @model_validator(mode="after")
     def _confidence_needs_hard(self) -> MomentumConfig:

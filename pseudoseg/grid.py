@@ -2,8 +2,9 @@
 
 ``momentum`` (Method A, the paper's grid): supervised on the labeled split
 (which is also the teacher stage), offline x {original, momentum} teacher,
-online x {original, momentum} teacher, a weak-to-strong baseline with a
-confidence threshold (FixMatch family), and supervised on 100 % of the labels.
+online x {original, momentum} teacher, Mean Teacher, a weak-to-strong
+baseline with a confidence threshold (FixMatch family), and supervised on
+100 % of the labels.
 ``rounds`` (Method B): supervised on the labeled split, self-learning (TSO),
 ATSO, and the 100 % upper bound.
 
@@ -46,20 +47,34 @@ def _teacher_stage(base: RunConfig) -> dict[str, Any]:
     train = base.train
     if method.name == "momentum":
         return {
-            "method": {"name": "supervised", "ema_momentum": method.teacher_stage_momentum, "ema_schedule": method.ema_schedule, "ema_buffers": method.ema_buffers},
+            "method": {
+                "name": "supervised",
+                "ema_momentum": method.teacher_stage_momentum,
+                "momentum_unit": method.momentum_unit,
+                "ema_schedule": method.ema_schedule,
+                "ema_buffers": method.ema_buffers,
+            },
             "steps": method.teacher_steps or train.steps,
             "batch_size": method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size),
         }
     return {"method": {"name": "supervised"}, "steps": method.teacher_steps or train.steps, "batch_size": train.batch_size}
 
 
-def grid_variants(base: RunConfig, family: str) -> list[Variant]:
-    """(name, function(raw base config, supervised run dir) -> raw config) for each variant."""
+def grid_variants(base: RunConfig, family: str, *, patience: int = 5) -> list[Variant]:
+    """(name, function(raw base config, supervised run dir) -> raw config) for each variant.
+
+    The supervised rows are trained until validation stops improving (``patience``
+    validations without a better checkpoint); the 100 % row may run as many epochs
+    as the labeled-only model ran on its labeled split, so the bound is not
+    under-trained on its larger training set.
+    """
     teacher = _teacher_stage(base)
 
     def supervised(fraction: float | None) -> Callable[[dict, Path], dict]:
+        steps = teacher["steps"] if fraction is None else round(teacher["steps"] / base.data.labeled_fraction)
+
         def make(raw: dict, _: Path) -> dict:
-            out = _with(raw, method=teacher["method"], train__steps=teacher["steps"], train__batch_size=teacher["batch_size"])
+            out = _with(raw, method=teacher["method"], train__steps=steps, train__batch_size=teacher["batch_size"], train__patience=patience)
             return _with(out, data__labeled_fraction=fraction) if fraction is not None else out
 
         return make
@@ -73,16 +88,32 @@ def grid_variants(base: RunConfig, family: str) -> list[Variant]:
     if family == "momentum":
         if base.method.name != "momentum":
             raise UserError("grid --family momentum: the base configuration's method.name must be momentum")
+        method = base.method
         return [
             ("supervised", supervised(None)),
             ("offline-original", semi(mode="offline", teacher="original")),
             ("offline-momentum", semi(mode="offline", teacher="momentum")),
             ("online-original", semi(mode="online", teacher="original")),
             ("online-momentum", semi(mode="online", teacher="momentum")),
-            # The FixMatch family's weak-to-strong baseline in the same harness: the
-            # teacher is the current student itself (momentum 0), hard labels kept
-            # only where it is confident.
-            ("weak-to-strong", semi(mode="online", teacher="momentum", teacher_momentum=0.0, labels="hard", confidence=0.95)),
+            # Mean Teacher (Tarvainen & Valpola 2017) in the same harness: the student starts
+            # from the labeled-only model and its own momentum copy is the teacher (equal
+            # momenta make the two copies one network); consistency is the squared error
+            # between probabilities, ramped up over the first quarter of the stage.
+            (
+                "mean-teacher",
+                semi(
+                    mode="online",
+                    teacher="momentum",
+                    student_init="teacher",
+                    teacher_momentum=method.student_momentum,
+                    unlabeled_loss="mse",
+                    beta=1.0,
+                    beta_rampup_steps=base.train.steps // 4,
+                ),
+            ),
+            # The FixMatch family's weak-to-strong baseline: the teacher is the current
+            # student itself (momentum 0), hard labels kept only where it is confident.
+            ("weak-to-strong", semi(mode="online", teacher="momentum", student_init="teacher", teacher_momentum=0.0, labels="hard", confidence=0.95)),
             ("supervised-100%", supervised(1.0)),
         ]
     if family == "rounds":
@@ -97,7 +128,16 @@ def grid_variants(base: RunConfig, family: str) -> list[Variant]:
     raise UserError(f"--family: expected momentum or rounds, got {family!r}")
 
 
-def run_grid(config_path: Path, out: Path, *, seeds: list[int], family: str, overrides: list[str], log: Callable[[Any], None] = console_print) -> dict[str, Any]:
+def run_grid(
+    config_path: Path,
+    out: Path,
+    *,
+    seeds: list[int],
+    family: str,
+    overrides: list[str],
+    patience: int = 5,
+    log: Callable[[Any], None] = console_print,
+) -> dict[str, Any]:
     import yaml
 
     from pseudoseg.evaluation.metrics import METRIC_CONVENTIONS
@@ -108,10 +148,11 @@ def run_grid(config_path: Path, out: Path, *, seeds: list[int], family: str, ove
     if base.data.test is None:
         raise UserError(f"{config_path}: data.test is required for a grid (the table is on the test sets)")
     raw_base = apply_overrides(yaml.safe_load(Path(config_path).read_text()) or {}, overrides)
-    variants = grid_variants(base, family)
+    variants = grid_variants(base, family, patience=patience)
     out = Path(out)
     cache_dir = str(base.data.cache_dir or out / "cache")
     per_variant: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
+    budgets: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
     runs: dict[str, dict[str, str]] = {}
     for seed in seeds:
         supervised_dir = out / f"seed{seed}" / "supervised"
@@ -122,11 +163,12 @@ def run_grid(config_path: Path, out: Path, *, seeds: list[int], family: str, ove
             log(f"[grid] seed {seed}: {name}")
             result = train(config, log=log)
             per_variant[name].append({k: v for k, v in result.metrics["sets"].items()})
+            budgets[name].append({key: result.budget[key] for key in ("steps", "images")})
             runs.setdefault(name, {})[str(seed)] = str(run_dir)
     summary = summarize_runs(per_variant)
     is_volume = base.data.kind == "volumes"
     columns = ("dice", "hd95_mm") if is_volume else ("dice@0.5", "meanDice")
-    write_grid_report(summary, out, stem="grid", metric_columns=columns, title=f"{family} grid over seeds {seeds}", conventions=None if is_volume else dict(METRIC_CONVENTIONS))
+    write_grid_report(summary, out, stem="grid", metric_columns=columns, title=f"{family} grid over seeds {seeds}", conventions=None if is_volume else dict(METRIC_CONVENTIONS), budgets=budgets)
     write_json(out / "runs.json", {"family": family, "seeds": seeds, "runs": runs})
     from pseudoseg.evaluation.plots import plot_grid_curves
 

@@ -33,7 +33,7 @@ from pseudoseg.data.pool import SamplePool, load_pool
 from pseudoseg.data.splits import Split, load_split, make_split, save_split, split_from_lists
 from pseudoseg.engine.distributed import DistInfo, barrier, init_distributed
 from pseudoseg.engine.device import resolve_device
-from pseudoseg.engine.trainer import Trainer
+from pseudoseg.engine.trainer import StageResult, Trainer
 from pseudoseg.errors import UserError
 from pseudoseg.progress import console_print, task_bars
 from pseudoseg.fileio import write_json, write_text
@@ -49,6 +49,29 @@ class RunResult:
     networks: dict[str, Path]
     metrics: dict[str, Any] | None
     """The released model's report (``report/metrics.json``), when test sets were given."""
+    budget: dict[str, Any] | None = None
+    """What the run's stages spent (``budget.json``, see :func:`run_budget`)."""
+
+
+def run_budget(stages: list[StageResult], run_dir: Path) -> dict[str, Any]:
+    """Optimiser steps and training images of every stage a run trained or reused, and their totals.
+
+    A stage reused from another run (``method.teacher_run``) counts: the run's
+    model depends on it. Stages are named by their folder relative to the run
+    (or the path of the run they were taken from).
+    """
+    per_stage: dict[str, dict[str, Any]] = {}
+    for stage in stages:
+        try:
+            name = str(stage.stage_dir.resolve().relative_to(Path(run_dir).resolve()))
+        except ValueError:
+            name = str(stage.stage_dir)
+        per_stage[name] = dict(stage.budget)
+    return {
+        "steps": sum(stage["steps"] for stage in per_stage.values()),
+        "images": sum(stage["images"] for stage in per_stage.values()),
+        "stages": per_stage,
+    }
 
 
 # Where and how fast a run executes, not what it computes: a run may resume with
@@ -148,6 +171,7 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
         labeled=_indices(pool, split.labeled),
         unlabeled=_indices(pool, split.unlabeled),
         validation=_indices(pool, split.validation),
+        log=log,
     )
     log(
         f"{config.method.name}: {len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled, "
@@ -156,8 +180,10 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
     outcome = RECIPES[config.method.name](session)
     from pseudoseg.inference import write_model_manifest
 
+    budget = run_budget(trainer.stages, run_dir)
     if dist.is_main:
         write_model_manifest(run_dir, outcome.released, outcome.networks, outcome.ensemble)
+        write_json(run_dir / "budget.json", budget)
         plot_run_curves(run_dir)
     barrier(dist)
     metrics = None
@@ -168,7 +194,7 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
         else:
             metrics = evaluate_run(run_dir, config, show_progress=show_progress, log=log)
     barrier(dist)
-    return RunResult(run_dir, outcome.released, outcome.networks, metrics)
+    return RunResult(run_dir, outcome.released, outcome.networks, metrics, budget)
 
 
 def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True, log: Callable[[Any], None] = console_print) -> dict[str, Any]:
@@ -187,6 +213,8 @@ def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True
     released = "ensemble" if manifest.get("ensemble") else manifest["released"]
     report_dir = run_dir / "report"
     extra = {"run_dir": str(run_dir), "method": config.method.name, "network": released, "seed": config.seed}
+    if (run_dir / "budget.json").is_file():
+        extra["budget"] = json.loads((run_dir / "budget.json").read_text())
     write_report(results[released], report_dir, stem="metrics", title=f"{config.method.name} ({released})", extra=extra)
     write_json(report_dir / "networks.json", {"released": released, "networks": results})
     log(render_table(results[released], title=f"{config.method.name}: test sets ({released} network)"))

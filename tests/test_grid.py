@@ -23,24 +23,49 @@ def _variants(raw: dict, family: str) -> dict:
     return {name: config_from_dict(make(raw, teacher_run)) for name, make in grid_variants(base, family)}
 
 
-def test_momentum_grid_is_the_papers_grid_plus_a_weak_to_strong_baseline() -> None:
+def test_momentum_grid_is_the_papers_grid_plus_mean_teacher_and_weak_to_strong() -> None:
     variants = _variants(BASE, "momentum")
-    assert list(variants) == ["supervised", "offline-original", "offline-momentum", "online-original", "online-momentum", "weak-to-strong", "supervised-100%"]
-    # the supervised variant is exactly the teacher stage the others reuse
+    assert list(variants) == [
+        "supervised",
+        "offline-original",
+        "offline-momentum",
+        "online-original",
+        "online-momentum",
+        "mean-teacher",
+        "weak-to-strong",
+        "supervised-100%",
+    ]
+    # the supervised variant is exactly the teacher stage the others reuse, trained until
+    # validation stops improving
     supervised = variants["supervised"]
     assert supervised.method.name == "supervised" and supervised.method.ema_momentum == 0.95
-    assert (supervised.train.steps, supervised.train.batch_size) == (800, 16)
+    assert supervised.method.momentum_unit == "epoch"
+    assert (supervised.train.steps, supervised.train.batch_size, supervised.train.patience) == (800, 16, 5)
     assert supervised.data.labeled_fraction == 0.2
-    assert variants["supervised-100%"].data.labeled_fraction == 1.0
-    assert variants["supervised-100%"].train.steps == 800
+    # the bound may run as many epochs on all labels as the labeled-only model ran on 20 %
+    bound = variants["supervised-100%"]
+    assert bound.data.labeled_fraction == 1.0
+    assert (bound.train.steps, bound.train.patience) == (4000, 5)
     for name in ("offline-original", "offline-momentum", "online-original", "online-momentum"):
         method = variants[name].method
         mode, teacher = name.split("-")
         assert (method.name, method.mode, method.teacher) == ("momentum", mode, teacher)
         assert method.teacher_run == Path("grid/seed0/supervised")
-        assert variants[name].train.steps == 600
+        assert method.student_init == "fresh"  # the paper's: not the teacher's weights
+        assert variants[name].train.steps == 600 and variants[name].train.patience is None
+    mean_teacher = variants["mean-teacher"].method
+    assert (mean_teacher.student_init, mean_teacher.unlabeled_loss, mean_teacher.teacher_momentum) == ("teacher", "mse", mean_teacher.student_momentum)
+    assert mean_teacher.beta_rampup_steps == 150
     weak_to_strong = variants["weak-to-strong"].method
     assert (weak_to_strong.mode, weak_to_strong.teacher_momentum, weak_to_strong.labels, weak_to_strong.confidence) == ("online", 0.0, "hard", 0.95)
+    assert weak_to_strong.student_init == "teacher"
+
+
+def test_grid_patience_is_an_option() -> None:
+    base = config_from_dict(BASE)
+    variants = dict(grid_variants(base, "momentum", patience=2))
+    raw = variants["supervised-100%"](BASE, Path("grid/seed0/supervised"))
+    assert raw["train"]["patience"] == 2
 
 
 def test_rounds_grid() -> None:
@@ -48,6 +73,7 @@ def test_rounds_grid() -> None:
     variants = _variants(raw, "rounds")
     assert list(variants) == ["supervised", "tso", "atso", "supervised-100%"]
     assert variants["supervised"].train.steps == 400
+    assert variants["supervised-100%"].train.steps == 2000  # the same epochs on five times the cases
     assert variants["tso"].method.name == "tso" and variants["atso"].method.name == "atso"
     assert variants["atso"].method.teacher_run == Path("grid/seed0/supervised")
 

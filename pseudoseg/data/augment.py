@@ -93,10 +93,13 @@ class BatchAugmenter:
         out = (images - mean) * params.gain.to(device).view(-1, 1, 1, 1) + mean
         out = out + params.bias.to(device).view(-1, 1, 1, 1) + params.shift.to(device)[:, : images.shape[1], None, None]
         if self.config.noise_std > 0:
+            # drawn on the device, one generator per image seeded from the global draw, so an
+            # image gets the same noise whichever process holds it
+            generator = torch.Generator(device=device)
             noise = torch.stack(
-                [torch.randn(images.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in params.noise_seed]
+                [torch.randn(images.shape[1:], generator=generator.manual_seed(int(s)), device=device) for s in params.noise_seed.tolist()]
             )
-            out = out + self.config.noise_std * noise.to(device)
+            out = out + self.config.noise_std * noise
         return out.clamp_(0.0, 1.0)
 
 

@@ -16,6 +16,29 @@ import torch
 from torch import nn
 
 
+def update_momentum(momentum: float, *, unit: str, schedule: str, steps_per_epoch: int) -> float:
+    """The momentum of one update, from a momentum stated per ``unit`` ("step" or "epoch").
+
+    Updates run every step or once per epoch (``schedule``). A momentum per epoch
+    applied at every one of an epoch's E steps is m^(1/E), so the copy keeps the
+    same share of its past over an epoch either way; a per-step momentum applied
+    once per epoch is m^E.
+    """
+    if unit not in ("step", "epoch") or schedule not in ("step", "epoch"):
+        raise ValueError(f"unit and schedule are 'step' or 'epoch', got {unit!r}, {schedule!r}")
+    if unit == schedule:
+        return momentum
+    if unit == "epoch":  # applied per step
+        return momentum ** (1.0 / steps_per_epoch)
+    return momentum**steps_per_epoch
+
+
+def retained_share(momentum: float, *, schedule: str, steps: int, steps_per_epoch: int) -> float:
+    """Share of its starting weights a copy keeps after ``steps`` steps of updates at ``momentum`` (per update)."""
+    updates = steps if schedule == "step" else steps // steps_per_epoch
+    return momentum**updates
+
+
 class ModelEMA:
     """A momentum copy of a source network, updated in place by :meth:`update`."""
 

@@ -33,8 +33,17 @@ class SegmentationLoss(nn.Module):
         if self.kind == "dice":
             return dice
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        if valid is None:
-            bce = bce.mean()
-        else:
-            bce = (bce * valid).sum() / valid.sum().clamp_min(1.0)
-        return dice + bce
+        return dice + masked_mean_per_image(bce, valid)
+
+
+def masked_mean_per_image(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean over each image's counted pixels, then over the batch.
+
+    Per image, so that a batch split over processes averages to the loss of the
+    whole batch even when images count different numbers of pixels (confidence
+    masks). An image with no counted pixel contributes 0.
+    """
+    if valid is None:
+        return values.flatten(1).mean(1).mean()
+    valid = valid.expand_as(values).flatten(1)
+    return ((values.flatten(1) * valid).sum(1) / valid.sum(1).clamp_min(1.0)).mean()

@@ -6,6 +6,11 @@ import numpy as np
 import torch
 
 
+def batches_per_epoch(count: int, batch_size: int) -> int:
+    """Global batches in one epoch over ``count`` samples (at least one)."""
+    return max(1, count // batch_size)
+
+
 class IndexStream:
     """Global batches of indices into a subset, reshuffled every epoch.
 
@@ -23,7 +28,7 @@ class IndexStream:
         self.seed = seed
         self.epoch = 0
         self.batch = 0
-        self.batches_per_epoch = max(1, len(self.indices) // batch_size)
+        self.batches_per_epoch = batches_per_epoch(len(self.indices), batch_size)
         self._order: np.ndarray | None = None
 
     def _epoch_order(self) -> np.ndarray:

@@ -14,6 +14,7 @@ weights as one that never stopped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -64,6 +65,9 @@ class StageSpec:
     unlabeled_batch_size: int = 0
     init_weights: Path | None = None
     """Start the student from these weights (default: fresh initialisation)."""
+    init_seed: int | None = None
+    """Seed of a fresh initialisation (default: the run's, :func:`network_seed`), so
+    every stage of a run that starts fresh starts from the same weights."""
     describe: dict[str, Any] = field(default_factory=dict)
     """Settings that define the stage; a resume with other settings is refused."""
 
@@ -90,9 +94,39 @@ class StageResult:
     best: dict[str, dict[str, Any]]
     """Network name -> {"score", "step", "file"} of its best validation checkpoint
     (``file`` relative to the stage directory, so run directories can move)."""
+    budget: dict[str, Any] = field(default_factory=dict)
+    """What the stage spent: ``steps`` (optimiser steps run), ``images`` (training
+    images drawn, labeled and unlabeled), ``max_steps``, ``stopped_early``."""
+    init_digest: str | None = None
+    """Digest of the weights the stage's student started from (:func:`weights_digest`)."""
 
     def weights(self, network: str) -> Path:
         return self.stage_dir / self.best[network]["file"]
+
+
+def stage_seed(run_seed: int, stage: str) -> int:
+    """Seed of a stage's batches and augmentation: distinct for distinct stage names.
+
+    A hash of the name, not a sum of its character codes, so ``round_12`` and
+    ``round_21`` draw different batches. 31 bits: the streams derive further seeds from it.
+    """
+    digest = hashlib.sha256(f"{run_seed}/{stage}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
+def network_seed(run_seed: int) -> int:
+    """Seed of a fresh network: the run's alone, so every stage that starts fresh
+    (the teacher stage, a fresh student) starts from the same initial weights."""
+    return stage_seed(run_seed, "network-init")
+
+
+def weights_digest(network: nn.Module) -> str:
+    """A short digest of a network's parameters and buffers (which weights a stage started from)."""
+    digest = hashlib.sha256()
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class Trainer:
@@ -118,6 +152,8 @@ class Trainer:
         self.normalizer = InputNormalizer(config.data.normalize, config.data.in_channels, self.device)
         self.show_progress = show_progress and dist.is_main
         self.preprocessing = Preprocessing.from_data(config.data).to_json()
+        self.stages: list[StageResult] = []
+        """Every stage this run trained or reused, in order (the run's budget)."""
 
     # ------------------------------------------------------------------ helpers
     def build_network(self) -> nn.Module:
@@ -206,7 +242,9 @@ class Trainer:
         if done_file.is_file():
             done = json.loads(done_file.read_text())
             if done.get("describe") == json.loads(json.dumps(describe, default=str)):
-                return StageResult(stage_dir, done["best"])
+                result = stage_result_from_done(stage_dir, done)
+                self.stages.append(result)
+                return result
             raise UserError(f"{stage_dir}: holds a finished stage with other settings; use a new run_dir")
         for size, name in ((spec.batch_size, "batch_size"), (spec.unlabeled_batch_size, "unlabeled_batch_size")):
             if size and size % self.dist.world:
@@ -216,12 +254,14 @@ class Trainer:
         if len(spec.validation) == 0:
             raise UserError("data: the validation split is empty; raise data.val_fraction (checkpoints are chosen on it)")
         cfg = self.config
-        seed = cfg.seed * 1000 + sum(map(ord, spec.name))
-        torch.manual_seed(seed)
+        seed = stage_seed(cfg.seed, spec.name)
+        torch.manual_seed(network_seed(cfg.seed) if spec.init_seed is None else spec.init_seed)
         student = self.build_network()
         if spec.init_weights is not None:
             tensors, _ = load_weights_file(spec.init_weights, expect=self.architecture)
             student.load_state_dict(tensors)
+        init_digest = weights_digest(student)
+        torch.manual_seed(seed)
         strategy = spec.strategy
         labeled_stream = IndexStream(spec.labeled, spec.batch_size, seed * 7 + 1)
         unlabeled_stream = IndexStream(spec.unlabeled, spec.unlabeled_batch_size, seed * 7 + 2) if strategy.uses_unlabeled else None
@@ -264,7 +304,7 @@ class Trainer:
         window_start, window_images = time.perf_counter(), 0
         images_per_step = spec.batch_size + (spec.unlabeled_batch_size if strategy.uses_unlabeled else 0)
         with progress_bar(f"{spec.name}", total=spec.steps, completed=step, enabled=self.show_progress) as bar:
-            while step < spec.steps:
+            while step < spec.steps and not self._patience_ran_out(best, step):
                 student.train()
                 lr = self._lr_at(step, spec.steps)
                 for group in optimizer.param_groups:
@@ -303,15 +343,35 @@ class Trainer:
                     bar.update(step, loss=values["loss"], speed=speed)
                     running, window_start, window_images = {}, time.perf_counter(), 0
                 if step % cfg.train.val_every == 0 or step == spec.steps:
+                    validation_start = time.perf_counter()
                     record = self._validate(spec, student, strategy, best, step, epoch_stream.epoch, stage_dir)
                     log.write(record)
                     bar.note(_validation_line(record))
                     self._save_last(last_file, describe, step, best, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream)
-                    window_start = time.perf_counter()
-        result = StageResult(stage_dir, best)
+                    # the training speed counts training time only
+                    window_start += time.perf_counter() - validation_start
+        budget = {
+            "steps": step,
+            "max_steps": spec.steps,
+            "images": step * images_per_step,
+            "stopped_early": step < spec.steps,
+        }
+        result = StageResult(stage_dir, best, budget, init_digest)
         if self.dist.is_main:
-            write_json(done_file, {"describe": json.loads(json.dumps(describe, default=str)), "best": best, "steps": step})
+            write_json(done_file, {"describe": json.loads(json.dumps(describe, default=str)), "best": best, **budget, "init_digest": init_digest})
+        self.stages.append(result)
         return result
+
+    def _patience_ran_out(self, best: dict[str, dict[str, Any]], step: int) -> bool:
+        """``train.patience`` validations in a row without any network improving on its best.
+
+        Decided from the checkpointed ``best`` records alone, so a resumed stage stops
+        exactly where an uninterrupted one does.
+        """
+        patience = self.config.train.patience
+        if patience is None or not best:
+            return False
+        return step - max(entry["step"] for entry in best.values()) >= patience * self.config.train.val_every
 
     def _validate(self, spec: StageSpec, student: nn.Module, strategy: Strategy, best: dict, step: int, epoch: int, stage_dir: Path) -> dict[str, Any]:
         networks = {"raw": student, **strategy.networks()}
@@ -387,6 +447,20 @@ class Trainer:
         if unlabeled_stream is not None:
             unlabeled_stream.load_state_dict(meta["unlabeled_stream"])
         return int(meta["step"]), meta["best"]
+
+
+def stage_result_from_done(stage_dir: Path, done: dict[str, Any]) -> StageResult:
+    """A finished stage as its ``done.json`` describes it."""
+    describe = done.get("describe", {})
+    steps = int(done.get("steps", describe.get("steps", 0)))
+    per_step = int(describe.get("batch_size", 0)) + int(describe.get("unlabeled_batch_size", 0))
+    budget = {
+        "steps": steps,
+        "max_steps": int(done.get("max_steps", describe.get("steps", steps))),
+        "images": int(done.get("images", steps * per_step)),
+        "stopped_early": bool(done.get("stopped_early", False)),
+    }
+    return StageResult(stage_dir, done["best"], budget, done.get("init_digest"))
 
 
 def _validation_line(record: dict[str, Any]) -> str:

@@ -339,6 +339,13 @@ def _cell(entry: Mapping[str, float] | None, decimals: int) -> str:
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
+def _budget_cell(values: Sequence[int]) -> str:
+    if not values:
+        return "–"
+    low, high = min(values), max(values)
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+
 def write_grid_report(
     summary: Mapping[str, Mapping[str, Any]],
     out_dir: str | Path,
@@ -348,8 +355,14 @@ def write_grid_report(
     title: str = "",
     conventions: Mapping[str, str] | None = None,
     decimals: int = 3,
+    budgets: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> dict[str, Path]:
     """Write a side-by-side comparison of configurations from :func:`summarize_runs`.
+
+    ``budgets``: ``{configuration: [run budget of seed 0, ...]}`` (``budget.json`` of
+    each run: total optimiser ``steps`` and training ``images``); every table then
+    carries each row's steps and images seen, so a reader sees what a comparison
+    holds constant.
 
     * Markdown: one table per metric column, rows = configurations, columns =
       number of seeds, test sets and ``Mean``; cells ``"0.812 ± 0.010"``
@@ -371,12 +384,14 @@ def write_grid_report(
 
     csv_rows: list[list[Any]] = []
     lines = [f"# {title}", ""] if title else []
+    budget_header = ["Steps", "Images seen"] if budgets else []
     for column in metric_columns:
-        header = ["Configuration", "Seeds", *set_names, "Mean"]
+        header = ["Configuration", "Seeds", *set_names, "Mean", *budget_header]
         md_rows = []
         for config, entry in summary.items():
             cells = [_cell(entry["sets"].get(name, {}).get(column), decimals) for name in set_names]
-            md_rows.append([config, str(entry["n_seeds"]), *cells, _cell(entry["mean"].get(column), decimals)])
+            spent = [_budget_cell([b["steps"] for b in budgets.get(config, [])]), _budget_cell([b["images"] for b in budgets.get(config, [])])] if budgets else []
+            md_rows.append([config, str(entry["n_seeds"]), *cells, _cell(entry["mean"].get(column), decimals), *spent])
             for name in [*set_names, "Mean"]:
                 stats = entry["mean"].get(column) if name == "Mean" else entry["sets"].get(name, {}).get(column)
                 if stats is not None:
@@ -389,7 +404,13 @@ def write_grid_report(
             f"`{column}` — {legend[column]}.",
             "",
             f"Cells: mean ± {std_kind} over seeds (number of seeds per configuration in the *Seeds* column). "
-            "*Mean* is the unweighted mean over test sets, computed per seed and then summarised over seeds.",
+            "*Mean* is the unweighted mean over test sets, computed per seed and then summarised over seeds."
+            + (
+                " *Steps* and *Images seen*: optimiser steps and training images (labeled and unlabeled) of every "
+                "stage the row's model depends on, the shared labeled-only stage included (a range where seeds differ)."
+                if budgets
+                else ""
+            ),
             "",
             *_md_table(header, md_rows),
             "",
@@ -400,6 +421,7 @@ def write_grid_report(
         "metric_columns": list(metric_columns),
         "conventions": legend,
         "configs": {config: dict(entry) for config, entry in summary.items()},
+        **({"budgets": {config: list(runs) for config, runs in budgets.items()}} if budgets else {}),
     }
     return _write_files(
         out_dir,

@@ -23,8 +23,10 @@ from torch import nn
 
 from pseudoseg.config import MomentumConfig
 from pseudoseg.engine.checkpoint import load_weights_file
-from pseudoseg.engine.ema import ModelEMA
-from pseudoseg.engine.trainer import StageContext, StageSpec
+from pseudoseg.engine.streams import batches_per_epoch
+from pseudoseg.engine.losses import masked_mean_per_image
+from pseudoseg.engine.ema import ModelEMA, retained_share, update_momentum
+from pseudoseg.engine.trainer import StageContext, StageSpec, stage_seed
 from pseudoseg.errors import UserError
 from pseudoseg.engine.strategy import Batch, Forward, Strategy
 from pseudoseg.methods.session import RecipeOutcome, RunSession
@@ -54,6 +56,16 @@ def pseudo_targets(prob: torch.Tensor, kind: str, confidence: float) -> tuple[to
     return target, (torch.maximum(prob, 1.0 - prob) >= confidence).float()
 
 
+def networks_coincide(method: MomentumConfig) -> bool:
+    """Whether the online teacher and the student's momentum copy are provably one network.
+
+    Both are momentum copies of the student with one schedule and buffer rule; they
+    coincide when they also start from the same weights (the student starts from the
+    teacher) and forget at the same rate. That is Mean Teacher.
+    """
+    return method.mode == "online" and method.student_init == "teacher" and method.teacher_momentum == method.student_momentum
+
+
 class MomentumStudentStrategy(Strategy):
     """The student stage: offline (frozen teacher) or online (momentum teacher)."""
 
@@ -63,12 +75,25 @@ class MomentumStudentStrategy(Strategy):
     def __init__(self, method: MomentumConfig, teacher_weights: Path) -> None:
         self.method = method
         self.teacher_weights = Path(teacher_weights)
+        self.coincide = networks_coincide(method)
         # Both views need the photometric draw: "same" feeds the strong view to both networks.
         self.wants_strong_view = True
+
+    def update_momenta(self, steps_per_epoch: int) -> tuple[float, float]:
+        """(teacher, student) momentum of one update, converted from ``momentum_unit``."""
+        method = self.method
+        convert = lambda m: update_momentum(m, unit=method.momentum_unit, schedule=method.ema_schedule, steps_per_epoch=steps_per_epoch)  # noqa: E731
+        return convert(method.teacher_momentum), convert(method.student_momentum)
 
     def setup(self, context: StageContext) -> None:
         super().setup(context)
         method = self.method
+        teacher_rate, student_rate = self.update_momenta(context.steps_per_epoch)
+        self.student_ema = ModelEMA(context.student, student_rate, buffers=method.ema_buffers)
+        if self.coincide:
+            self.teacher_ema: ModelEMA | None = None
+            self.teacher = self.student_ema.module
+            return
         tensors, _ = load_weights_file(self.teacher_weights)
         teacher = context.build_network()
         try:
@@ -77,12 +102,11 @@ class MomentumStudentStrategy(Strategy):
             first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
             raise UserError(f"method.teacher_run: {self.teacher_weights} does not fit this run's model ({first})") from None
         if method.mode == "online":
-            self.teacher_ema: ModelEMA | None = ModelEMA(context.student, method.teacher_momentum, buffers=method.ema_buffers, init=teacher)
+            self.teacher_ema = ModelEMA(context.student, teacher_rate, buffers=method.ema_buffers, init=teacher)
             self.teacher = self.teacher_ema.module
         else:
             self.teacher_ema = None
             self.teacher = teacher.eval().requires_grad_(False)
-        self.student_ema = ModelEMA(context.student, method.student_momentum, buffers=method.ema_buffers)
 
     def loss(self, batch: Batch, forward: Forward, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         method = self.method
@@ -100,7 +124,7 @@ class MomentumStudentStrategy(Strategy):
         loss_sup = criterion(logits[:labeled], batch.masks)
         if method.unlabeled_loss == "mse":  # Mean Teacher's consistency between probabilities
             squared = (torch.sigmoid(logits[labeled:].float()) - target) ** 2
-            loss_unsup = squared.mean() if valid is None else (squared * valid).sum() / valid.sum().clamp_min(1.0)
+            loss_unsup = masked_mean_per_image(squared, valid)
         else:
             loss_unsup = criterion(logits[labeled:], target, valid)
         beta = method.beta * sigmoid_rampup(step, method.beta_rampup_steps)
@@ -114,6 +138,8 @@ class MomentumStudentStrategy(Strategy):
                 self.teacher_ema.update()
 
     def networks(self) -> dict[str, nn.Module]:
+        if self.coincide:  # one network: validated, checkpointed and reported once
+            return {"ema": self.student_ema.module}
         return {"ema": self.student_ema.module, "teacher": self.teacher}
 
     @torch.no_grad()
@@ -134,15 +160,18 @@ def run_momentum(session: RunSession) -> RecipeOutcome:
             session,
             "teacher",
             momentum=method.teacher_stage_momentum,
+            unit=method.momentum_unit,
             schedule=method.ema_schedule,
             buffers=method.ema_buffers,
             steps=method.teacher_steps or train.steps,
             batch_size=method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size),
         )
     teacher_weights = teacher_stage.weights("ema" if method.teacher == "momentum" else "raw")
+    strategy = MomentumStudentStrategy(method, teacher_weights)
+    _explain_teacher(session, strategy)
     spec = StageSpec(
         name="student",
-        strategy=MomentumStudentStrategy(method, teacher_weights),
+        strategy=strategy,
         steps=train.steps,
         batch_size=train.batch_size,
         unlabeled_batch_size=train.unlabeled_batch_size,
@@ -150,11 +179,47 @@ def run_momentum(session: RunSession) -> RecipeOutcome:
         unlabeled=session.unlabeled,
         validation=session.validation,
         init_weights=teacher_weights if method.student_init == "teacher" else None,
+        # fresh: the run's initialisation, the one the teacher stage started from;
+        # random: another draw
+        init_seed=stage_seed(session.config.seed, "random-student") if method.student_init == "random" else None,
         describe={"strategy": "momentum", **method.model_dump(mode="json"), "teacher_weights": str(teacher_weights)},
     )
     student = session.trainer.fit(spec)
-    networks = {"ema": student.weights("ema"), "raw": student.weights("raw"), "teacher": student.weights("teacher")}
+    if method.student_init == "fresh" and teacher_stage.init_digest and student.init_digest != teacher_stage.init_digest:
+        session.log(
+            f"method.student_init: fresh, but the student did not start from the teacher stage's initial weights "
+            f"({teacher_stage.stage_dir} was trained with another seed or model.weights)"
+        )
+    networks = {"ema": student.weights("ema"), "raw": student.weights("raw")}
+    if not strategy.coincide:
+        networks["teacher"] = student.weights("teacher")
     return RecipeOutcome("ema", networks)
 
 
-__all__ = ["MomentumStudentStrategy", "pseudo_targets", "run_momentum", "sigmoid_rampup"]
+def _explain_teacher(session: RunSession, strategy: MomentumStudentStrategy) -> None:
+    """One line on what the teacher will be, and a warning where the settings destroy it."""
+    method = strategy.method
+    train = session.config.train
+    if strategy.coincide:
+        session.log(
+            "momentum: student_init: teacher with equal teacher and student momenta makes the online teacher and the "
+            "student's momentum copy one network (Mean Teacher); it is validated, saved and reported once, as ema"
+        )
+        return
+    if method.mode != "online":
+        return
+    steps_per_epoch = batches_per_epoch(len(session.unlabeled), train.unlabeled_batch_size)
+    teacher_rate, _ = strategy.update_momenta(steps_per_epoch)
+    share = retained_share(teacher_rate, schedule=method.ema_schedule, steps=train.steps, steps_per_epoch=steps_per_epoch)
+    session.log(
+        f"momentum: the online teacher keeps {share:.1%} of the trained teacher after {train.steps} steps "
+        f"(momentum {method.teacher_momentum} per {method.momentum_unit}, updated every {method.ema_schedule})"
+    )
+    if method.student_init == "random" and session.config.model.weights is None:
+        session.log(
+            "warning: method.student_init: random averages an unrelated network into the trained teacher, which "
+            "destroys it; use fresh (the teacher stage's initial weights) or teacher"
+        )
+
+
+__all__ = ["MomentumStudentStrategy", "networks_coincide", "pseudo_targets", "run_momentum", "sigmoid_rampup"]

@@ -240,6 +240,7 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
             session,
             "round_0",
             momentum=defaults.ema_momentum,
+            unit=defaults.momentum_unit,
             schedule=defaults.ema_schedule,
             buffers=defaults.ema_buffers,
             steps=method.teacher_steps or config.train.steps,

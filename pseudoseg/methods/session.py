@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -11,6 +13,7 @@ from pseudoseg.config import RunConfig
 from pseudoseg.data.pool import SamplePool
 from pseudoseg.data.splits import Split
 from pseudoseg.engine.trainer import Trainer
+from pseudoseg.progress import console_print
 
 
 @dataclass(frozen=True)
@@ -34,3 +37,5 @@ class RunSession:
     unlabeled: np.ndarray
     validation: np.ndarray
     """Pool indices of L, U and V."""
+    log: Callable[[Any], None] = console_print
+    """Where a recipe says what it decided (one line each)."""

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from pseudoseg.engine.checkpoint import load_weights_file
-from pseudoseg.engine.trainer import StageResult
+from pseudoseg.engine.trainer import StageResult, stage_result_from_done
 from pseudoseg.errors import UserError
 from pseudoseg.methods.session import RunSession
 
@@ -35,10 +35,11 @@ def finished_stage(run_dir: Path, session: RunSession) -> StageResult:
     theirs = json.loads(split_file.read_text())
     if sorted(theirs.get("labeled", [])) != sorted(session.split.labeled) or sorted(theirs.get("validation", [])) != sorted(session.split.validation):
         raise UserError(f"method.teacher_run: {split_file} is another split than this run's; the teacher must have seen only this run's labeled images")
-    result = StageResult(done.parent, json.loads(done.read_text())["best"])
+    result = stage_result_from_done(done.parent, json.loads(done.read_text()))
     _, meta = load_weights_file(result.weights("raw"), expect=session.trainer.architecture)
     if meta.get("preprocessing") != session.trainer.preprocessing:
         raise UserError(f"method.teacher_run: {result.weights('raw')} was trained with another preprocessing than this run's")
+    session.trainer.stages.append(result)  # its steps count towards this run's budget
     return result
 
 

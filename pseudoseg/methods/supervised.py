@@ -10,21 +10,23 @@ from __future__ import annotations
 from torch import nn
 
 from pseudoseg.config import SupervisedConfig
-from pseudoseg.engine.ema import ModelEMA
+from pseudoseg.engine.ema import ModelEMA, update_momentum
 from pseudoseg.engine.trainer import StageContext, StageResult, StageSpec
 from pseudoseg.engine.strategy import Strategy
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 
 
 class SupervisedStrategy(Strategy):
-    def __init__(self, momentum: float, *, schedule: str = "step", buffers: str = "average") -> None:
+    def __init__(self, momentum: float, *, unit: str = "epoch", schedule: str = "step", buffers: str = "average") -> None:
         self.momentum = momentum
+        self.unit = unit
         self.schedule = schedule
         self.buffers = buffers
 
     def setup(self, context: StageContext) -> None:
         super().setup(context)
-        self.ema = ModelEMA(context.student, self.momentum, buffers=self.buffers)
+        momentum = update_momentum(self.momentum, unit=self.unit, schedule=self.schedule, steps_per_epoch=context.steps_per_epoch)
+        self.ema = ModelEMA(context.student, momentum, buffers=self.buffers)
 
     def after_step(self, step: int, epoch_ended: bool) -> None:
         if self.schedule == "step" or epoch_ended:
@@ -34,16 +36,18 @@ class SupervisedStrategy(Strategy):
         return {"ema": self.ema.module}
 
 
-def train_labeled_stage(session: RunSession, name: str, *, momentum: float, schedule: str, buffers: str, steps: int, batch_size: int) -> StageResult:
+def train_labeled_stage(
+    session: RunSession, name: str, *, momentum: float, unit: str, schedule: str, buffers: str, steps: int, batch_size: int
+) -> StageResult:
     """A supervised stage on L (shared by every method that starts from a labeled-only model)."""
     spec = StageSpec(
         name=name,
-        strategy=SupervisedStrategy(momentum, schedule=schedule, buffers=buffers),
+        strategy=SupervisedStrategy(momentum, unit=unit, schedule=schedule, buffers=buffers),
         steps=steps,
         batch_size=batch_size,
         labeled=session.labeled,
         validation=session.validation,
-        describe={"strategy": "supervised", "momentum": momentum, "schedule": schedule, "buffers": buffers},
+        describe={"strategy": "supervised", "momentum": momentum, "momentum_unit": unit, "schedule": schedule, "buffers": buffers},
     )
     return session.trainer.fit(spec)
 
@@ -55,6 +59,7 @@ def run_supervised(session: RunSession) -> RecipeOutcome:
         session,
         "supervised",
         momentum=method.ema_momentum,
+        unit=method.momentum_unit,
         schedule=method.ema_schedule,
         buffers=method.ema_buffers,
         steps=train.steps,

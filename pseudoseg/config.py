@@ -9,8 +9,10 @@ or a value of the wrong type is reported as one line naming the key
 from __future__ import annotations
 
 import copy
+import json
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,10 +20,41 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pseudoseg.errors import UserError
 
 
+def _yaml_boolean_words(value: bool) -> tuple[str, ...]:
+    """The unquoted words YAML reads as ``value`` (YAML 1.1, as PyYAML does)."""
+    return tuple(word for word in ("true", "yes", "on", "false", "no", "off") if yaml.safe_load(word) is value)
+
+
+def literal_words(annotation: Any) -> tuple[str, ...]:
+    """The words a field accepts when its type is a ``Literal`` (also inside ``X | None``)."""
+    if get_origin(annotation) is Literal:
+        return tuple(arg for arg in get_args(annotation) if isinstance(arg, str))
+    if get_origin(annotation) in (Union, types.UnionType):
+        return tuple(word for arg in get_args(annotation) for word in literal_words(arg))
+    return ()
+
+
 class _Section(BaseModel):
     # Attribute docstrings become field descriptions: the README's configuration
     # reference is generated from them (python -m pseudoseg.config).
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _words_yaml_read_as_booleans(cls, data: Any) -> Any:
+        # YAML reads unquoted off / on / yes / no as booleans, in files and in
+        # --set alike: where a key takes one of a set of words and exactly one
+        # of them is what YAML turned into that boolean, the user meant the word.
+        if not isinstance(data, dict):
+            return data
+        words = {}
+        for name, value in data.items():
+            field = cls.model_fields.get(name) if isinstance(value, bool) else None
+            if field is not None:
+                meant = [word for word in literal_words(field.annotation) if word in _yaml_boolean_words(value)]
+                if len(meant) == 1:
+                    words[name] = meant[0]
+        return {**data, **words} if words else data
 
 
 class DataConfig(_Section):
@@ -372,7 +405,19 @@ def config_from_dict(raw: dict[str, Any], *, origin: str = "configuration") -> R
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
+        elif "input" in error and not isinstance(error["input"], dict) and error["type"] != "missing" and "got " not in message:
+            message += f", got {_as_read(error['input'])}"
         raise UserError(f"{origin}: {key}: {message}") from None
+
+
+def _as_read(value: Any) -> str:
+    """A refused value as the YAML reader produced it, with why when YAML changed a word."""
+    if isinstance(value, bool):
+        words = _yaml_boolean_words(value)
+        shown = json.dumps(value)
+        return f"{shown} (YAML reads unquoted {', '.join(words[:-1])} and {words[-1]} as {shown})"
+    shown = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

@@ -10,10 +10,46 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+TEMPORARY_SUFFIX = ".tmp"
+"""Every temporary file or folder pseudoseg makes beside a target is ``.<target name>.<random>.tmp``."""
+
+# tempfile's random part: 8 characters of [a-z0-9_]
+_TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(TEMPORARY_SUFFIX))
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` is one of pseudoseg's temporary names (``.<target>.<random>.tmp``)."""
+    return _TEMPORARY_NAME.fullmatch(name) is not None
+
+
+def remove_temporary_files(root: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders an interrupted run left under ``root``.
+
+    Only names of pseudoseg's own temporary pattern are touched (a kill between
+    writing a temporary file and renaming it leaves one behind); symbolic links
+    to folders are not followed. Returns what was removed.
+    """
+    removed = []
+    for folder, dirs, files in os.walk(root):
+        for name in [*files, *dirs]:
+            if not is_temporary_name(name):
+                continue
+            path = Path(folder) / name
+            if name in dirs and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+        dirs[:] = [name for name in dirs if not is_temporary_name(name)]
+    return sorted(removed)
 
 
 @contextlib.contextmanager
@@ -26,7 +62,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMPORARY_SUFFIX, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates the file 0600; give it the permissions an ordinary open() would.
@@ -73,7 +109,6 @@ def atomic_folder(out: str | os.PathLike, *, overwrite: bool = False) -> Iterato
     only once the new folder is complete: an interrupted build leaves neither a
     half-written ``out`` nor a lost old one.
     """
-    import shutil
     import uuid
 
     from pseudoseg.errors import UserError

@@ -36,7 +36,7 @@ from pseudoseg.engine.device import resolve_device
 from pseudoseg.engine.trainer import StageResult, Trainer
 from pseudoseg.errors import UserError
 from pseudoseg.progress import console_print, task_bars
-from pseudoseg.fileio import write_json, write_text
+from pseudoseg.fileio import is_temporary_name, remove_temporary_files, write_json, write_text
 from pseudoseg.methods import RECIPES
 from pseudoseg.methods.session import RunSession
 from pseudoseg.models import build_model, describe_architecture
@@ -105,8 +105,12 @@ def prepare_run_dir(config: RunConfig, dist: DistInfo) -> Path:
             key = _first_difference(previous, config.model_dump(mode="json"))
             if key is not None:
                 raise UserError(f"{run_dir}: holds a run with another configuration ({key} differs); choose a new run_dir")
-        elif run_dir.exists() and any(run_dir.iterdir()):
+        elif run_dir.exists() and any(not is_temporary_name(path.name) for path in run_dir.iterdir()):
             raise UserError(f"{run_dir}: exists and is not a pseudoseg run directory; choose a new run_dir")
+        # what a killed run was writing when it stopped (config.yaml included):
+        # never renamed onto its target, never read
+        if run_dir.exists():
+            remove_temporary_files(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(config_file, dump_config(config))
     barrier(dist)
@@ -189,12 +193,16 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
     metrics = None
     report = run_dir / "report" / "metrics.json"
     if config.data.test is not None and dist.is_main:
-        if report.is_file():  # a finished run started again: its report stands
+        if all((run_dir / "report" / name).is_file() for name in REPORT_FILES):  # a finished run started again: its report stands
             metrics = json.loads(report.read_text())
         else:
             metrics = evaluate_run(run_dir, config, show_progress=show_progress, log=log)
     barrier(dist)
     return RunResult(run_dir, outcome.released, outcome.networks, metrics, budget)
+
+
+REPORT_FILES = ("metrics.json", "metrics.csv", "metrics.md", "networks.json")
+"""The test-set report of a run (``report/``); a run killed while writing them writes them all again."""
 
 
 def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True, log: Callable[[Any], None] = console_print) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from PIL import Image
 from pseudoseg.config import DataConfig
 from pseudoseg.data.store import ArrayStore
 from pseudoseg.errors import UserError
-from pseudoseg.fileio import write_json
+from pseudoseg.fileio import TEMPORARY_SUFFIX, write_json
 
 CACHE_FORMAT = 1
 
@@ -123,7 +123,8 @@ def load_pool(data: DataConfig, cache_root: Path, *, progress: Callable[[int, in
 
 def _build_cache(folder: Path, ids: list[str], groups: list[str], data: DataConfig, samples, progress) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    # a temporary name, so a restarted run removes what a killed build left in its cache
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=TEMPORARY_SUFFIX, dir=folder.parent))
     try:
         size = data.image_size
         images = ArrayStore.create(staging / "images.npy", len(ids), (data.in_channels, size, size))

@@ -287,20 +287,22 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         augmenter = BatchAugmenter(cfg.train.augment, seed * 7 + 3)
         log = MetricsLog(stage_dir / "metrics.jsonl", enabled=self.dist.is_main, tensorboard=cfg.train.tensorboard)
-        step, best = 0, {}
+        # the running sums of the log window, and how many steps they hold
+        step, best, running, window_steps = 0, {}, {}, 0
         last_file = stage_dir / "last.safetensors"
         if last_file.is_file():
-            step, best = self._resume(last_file, describe, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream)
-            log.truncate_after(step)
+            step, best, running, window_steps = self._resume(last_file, describe, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream)
         elif self.dist.is_main:
             stage_dir.mkdir(parents=True, exist_ok=True)
+        # a killed run logged steps its checkpoint does not hold (or, with no
+        # checkpoint, steps the stage now runs again from 0): they are logged again
+        log.truncate_after(step)
 
         def forward(images: torch.Tensor) -> torch.Tensor:
             if cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             return model(images)
 
-        running: dict[str, torch.Tensor] = {}
         window_start, window_images = time.perf_counter(), 0
         images_per_step = spec.batch_size + (spec.unlabeled_batch_size if strategy.uses_unlabeled else 0)
         with progress_bar(f"{spec.name}", total=spec.steps, completed=step, enabled=self.show_progress) as bar:
@@ -330,24 +332,24 @@ class Trainer:
                 strategy.after_step(step, epoch_ended)
                 for key, value in {"loss": loss.detach(), **logs}.items():
                     running[key] = running.get(key, 0.0) + value.float()
+                window_steps += 1
                 window_images += images_per_step
                 if step % cfg.train.log_every == 0 or step == spec.steps:
                     elapsed = time.perf_counter() - window_start
-                    count = cfg.train.log_every if step % cfg.train.log_every == 0 else step % cfg.train.log_every
-                    keys = sorted(running)
-                    # mean over processes: each holds the loss of its share of the batch
-                    totals = all_reduce_sum(torch.stack([running[key] for key in keys]), self.dist) / self.dist.world
-                    values = {key: float(total) / count for key, total in zip(keys, totals.tolist())}  # one sync per log interval
+                    keys, totals = self._window_totals(running)
+                    values = {key: total / window_steps for key, total in zip(keys, totals.tolist())}  # one sync per log interval
                     speed = window_images / max(elapsed, 1e-9)
                     log.write({"kind": "train", "step": step, "epoch": epoch_stream.epoch, "lr": lr, "images_per_s": speed, **values})
                     bar.update(step, loss=values["loss"], speed=speed)
-                    running, window_start, window_images = {}, time.perf_counter(), 0
+                    running, window_steps, window_start, window_images = {}, 0, time.perf_counter(), 0
                 if step % cfg.train.val_every == 0 or step == spec.steps:
                     validation_start = time.perf_counter()
                     record = self._validate(spec, student, strategy, best, step, epoch_stream.epoch, stage_dir)
                     log.write(record)
                     bar.note(_validation_line(record))
-                    self._save_last(last_file, describe, step, best, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream)
+                    keys, totals = self._window_totals(running)
+                    window = (dict(zip(keys, totals.unbind())), window_steps)
+                    self._save_last(last_file, describe, step, best, window, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream)
                     # the training speed counts training time only
                     window_start += time.perf_counter() - validation_start
         budget = {
@@ -372,6 +374,13 @@ class Trainer:
         if patience is None or not best:
             return False
         return step - max(entry["step"] for entry in best.values()) >= patience * self.config.train.val_every
+
+    def _window_totals(self, running: dict[str, torch.Tensor]) -> tuple[list[str], torch.Tensor]:
+        """The log window's sums, as a mean over processes (each holds the loss of its share of the batch)."""
+        keys = sorted(running)
+        if not keys:
+            return keys, torch.zeros(0, device=self.device)
+        return keys, all_reduce_sum(torch.stack([running[key] for key in keys]), self.dist) / self.dist.world
 
     def _validate(self, spec: StageSpec, student: nn.Module, strategy: Strategy, best: dict, step: int, epoch: int, stage_dir: Path) -> dict[str, Any]:
         networks = {"raw": student, **strategy.networks()}
@@ -403,7 +412,7 @@ class Trainer:
         return self._mean_dice_iou(spec.unlabeled, strategy.pseudo_labels)["dice"]
 
     # ------------------------------------------------------------ checkpoints
-    def _save_last(self, path, describe, step, best, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> None:
+    def _save_last(self, path, describe, step, best, window, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> None:
         if not self.dist.is_main:
             return
         optim_tensors, optim_meta = flatten_optimizer(optimizer.state_dict())
@@ -413,6 +422,9 @@ class Trainer:
             **prefixed("strategy", strategy.state_tensors()),
             **{f"network.{name}.{key}": value for name, net in strategy.networks().items() for key, value in net.state_dict().items()},
             **prefixed("augment", augmenter.state_dict()),
+            # the log window so far: the first record after a resume covers the
+            # same steps, with the same mean, as in a run that never stopped
+            **prefixed("log_window", window[0]),
             "rng.torch": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
@@ -421,6 +433,7 @@ class Trainer:
             "describe": describe,
             "step": step,
             "best": best,
+            "log_window_steps": window[1],
             "optimizer": optim_meta,
             "scaler": {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in scaler.state_dict().items()},
             "labeled_stream": labeled_stream.state_dict(),
@@ -428,7 +441,7 @@ class Trainer:
         }
         save_tensors(path, tensors, meta)
 
-    def _resume(self, path, describe, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> tuple[int, dict]:
+    def _resume(self, path, describe, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> tuple[int, dict, dict[str, torch.Tensor], int]:
         tensors, meta = load_tensors(path)
         if meta.get("describe") != json.loads(json.dumps(describe, default=str)):
             raise UserError(f"{path}: an unfinished stage with other settings is in the way; use a new run_dir")
@@ -446,7 +459,10 @@ class Trainer:
         labeled_stream.load_state_dict(meta["labeled_stream"])
         if unlabeled_stream is not None:
             unlabeled_stream.load_state_dict(meta["unlabeled_stream"])
-        return int(meta["step"]), meta["best"]
+        # Every process restarts its window from the saved mean over processes:
+        # the mean over processes at the next log then adds it once.
+        window = {key: value.to(self.device) for key, value in unprefixed("log_window", tensors).items()}
+        return int(meta["step"]), meta["best"], window, int(meta.get("log_window_steps", 0))
 
 
 def stage_result_from_done(stage_dir: Path, done: dict[str, Any]) -> StageResult:
@@ -501,11 +517,22 @@ class MetricsLog:
             self._writer.flush()
 
     def truncate_after(self, step: int) -> None:
-        """Drop records a killed run wrote after its last checkpoint."""
+        """Drop records a killed run wrote after its last checkpoint (all of them for step 0).
+
+        A kill in the middle of an append leaves a last line cut short; it is dropped too.
+        """
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        write_text(self.path, "".join(line + "\n" for line in kept))
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        try:
+            json.loads(lines[-1] if lines else "{}")
+        except json.JSONDecodeError:
+            lines.pop()
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        if kept:
+            write_text(self.path, "".join(line + "\n" for line in kept))
+        else:
+            self.path.unlink()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

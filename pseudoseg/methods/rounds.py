@@ -297,6 +297,8 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
             _plot(run_dir, log)
         barrier(dist)
 
+    if dist.is_main:  # a run killed while drawing it left the previous picture, or none
+        _plot(run_dir, log)
     last = plans[-1].round
     networks = {"last": weights[last]}
     if _inside(weights[0], run_dir):  # a teacher_run's weights are reported by that run

@@ -102,7 +102,11 @@ def evaluate(
     console = wide_console()
     console.print(render_table(results, title=f"{model} ({predictor.name})"))
     if out is not None:
-        paths = write_report(results, out, title=f"{model} ({predictor.name})", extra={"model": str(model), "network": predictor.name})
+        from pseudoseg.engine.device import describe_machine, machine_line
+
+        machine = describe_machine(predictor.device, predictor.amp_dtype)
+        extra = {"model": str(model), "network": predictor.name, "machine": machine}
+        paths = write_report(results, out, title=f"{model} ({predictor.name})", extra=extra, notes=[f"Evaluated on {machine_line(machine)}."])
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
     from pseudoseg.evaluation.metrics import METRIC_CONVENTIONS
 

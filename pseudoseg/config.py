@@ -207,6 +207,13 @@ class TrainConfig(_Section):
     optim: OptimConfig = OptimConfig()
     loss: Literal["dice", "dice_bce"] = "dice"
     """Loss on logits for both labeled and pseudo-labeled images (per image, then averaged)."""
+    dice_smooth: float = Field(1e-5, gt=0)
+    """Added to the numerator and denominator of every image's soft Dice. With
+    the default (MONAI's), an image with an empty mask scores Dice loss 1
+    unless its summed foreground probability drops below about 1e-5, a cliff
+    that pulls a network towards predicting background everywhere when many
+    images are empty (CT slices above and below the organ); ``1`` turns that
+    term into a gentle penalty on the predicted area."""
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     """``auto``: bf16 where the processor supports it (CPUs with AVX-512 BF16 /
     AMX, CUDA GPUs with bf16), otherwise fp16 on CUDA, otherwise off."""

@@ -128,6 +128,32 @@ def grid_variants(base: RunConfig, family: str, *, patience: int = 5) -> list[Va
     raise UserError(f"--family: expected momentum or rounds, got {family!r}")
 
 
+def _machine(report: dict[str, Any]) -> dict[str, Any]:
+    """Training (per stage) and evaluation machine of one run's report (absent in reports of older versions)."""
+    return {"training": report.get("training_machines") or {}, "evaluation": report.get("machine")}
+
+
+def _grid_notes(machines: dict[str, dict[int, dict[str, Any]]], reports: dict[str, list[dict[str, Any]]], seeds: list[int]) -> list[str]:
+    """Markdown lines: the machines and precisions the grid's runs were trained on, and collapsed validations."""
+    from pseudoseg.engine.device import machine_line
+
+    trained: dict[str, list[str]] = {}
+    for name, per_seed in machines.items():
+        for seed, machine in per_seed.items():
+            for line in {machine_line(m) for m in machine["training"].values()} or {"not recorded"}:
+                trained.setdefault(line, []).append(f"{name} (seed {seed})")
+    if len(trained) == 1:
+        notes = [f"All runs trained on {next(iter(trained))}."]
+    else:
+        notes = [f"Trained on {line}: {', '.join(runs)}." for line, runs in trained.items()]
+    for name, per_seed in reports.items():
+        for seed, report in zip(seeds, per_seed):
+            for network, entry in (report.get("collapse") or {}).items():
+                selected = " (selected)" if entry["selected"] else ""
+                notes.append(f"**Collapse**: {name}, seed {seed}: {network} {entry['kind']} at step {', '.join(map(str, entry['steps']))}{selected}.")
+    return notes
+
+
 def run_grid(
     config_path: Path,
     out: Path,
@@ -154,6 +180,7 @@ def run_grid(
     per_variant: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
     budgets: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
     runs: dict[str, dict[str, str]] = {}
+    reports: dict[str, list[dict[str, Any]]] = {}
     for seed in seeds:
         supervised_dir = out / f"seed{seed}" / "supervised"
         for name, make in variants:
@@ -164,11 +191,23 @@ def run_grid(
             result = train(config, log=log)
             per_variant[name].append({k: v for k, v in result.metrics["sets"].items()})
             budgets[name].append({key: result.budget[key] for key in ("steps", "images")})
+            reports.setdefault(name, []).append(result.metrics)
             runs.setdefault(name, {})[str(seed)] = str(run_dir)
     summary = summarize_runs(per_variant)
     is_volume = base.data.kind == "volumes"
-    columns = ("dice", "hd95_mm") if is_volume else ("dice@0.5", "meanDice")
-    write_grid_report(summary, out, stem="grid", metric_columns=columns, title=f"{family} grid over seeds {seeds}", conventions=None if is_volume else dict(METRIC_CONVENTIONS), budgets=budgets)
+    columns = ("dice", "hd95_mm", "hd95_undefined") if is_volume else ("dice@0.5", "meanDice")
+    machines = {name: {seed: _machine(metrics) for seed, metrics in zip(seeds, per_seed)} for name, per_seed in reports.items()}
+    write_grid_report(
+        summary,
+        out,
+        stem="grid",
+        metric_columns=columns,
+        title=f"{family} grid over seeds {seeds}",
+        conventions=None if is_volume else dict(METRIC_CONVENTIONS),
+        notes=_grid_notes(machines, reports, seeds),
+        extra={"machines": machines},
+        budgets=budgets,
+    )
     write_json(out / "runs.json", {"family": family, "seeds": seeds, "runs": runs})
     from pseudoseg.evaluation.plots import plot_grid_curves
 

@@ -74,6 +74,11 @@ def wide_console() -> Console:
     return console if console.is_terminal else Console(width=160)
 
 
+def console_warn(message: str) -> None:
+    """One line on standard error, whether or not progress bars are shown."""
+    Console(stderr=True).print(message, style="yellow", highlight=False, soft_wrap=True)
+
+
 def console_print(message: object) -> None:
     """Print text or a rich renderable (tables) to standard output."""
     wide_console().print(message)

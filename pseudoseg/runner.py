@@ -8,7 +8,9 @@
                        (+ .json), last.safetensors (resume state), done.json
     model.json         which weights the run releases
     report/            metrics.{json,csv,md} of the released model on the test sets,
-                       networks.json (every network), curves.png
+                       networks.json (every network), curves.png; the JSON files
+                       and the Markdown header record the machine and precision
+                       (training and evaluation) and any collapsed validation
     cache/             decoded, resized images (unless data.cache_dir is set)
 
 Calling ``train`` again with the same configuration resumes where it stopped;
@@ -32,7 +34,7 @@ from pseudoseg.config import RunConfig, dump_config
 from pseudoseg.data.pool import SamplePool, load_pool
 from pseudoseg.data.splits import Split, load_split, make_split, save_split, split_from_lists
 from pseudoseg.engine.distributed import DistInfo, barrier, init_distributed
-from pseudoseg.engine.device import resolve_device
+from pseudoseg.engine.device import describe_machine, machine_line, resolve_amp, resolve_device
 from pseudoseg.engine.trainer import StageResult, Trainer
 from pseudoseg.errors import UserError
 from pseudoseg.progress import console_print, task_bars
@@ -208,7 +210,7 @@ REPORT_FILES = ("metrics.json", "metrics.csv", "metrics.md", "networks.json")
 def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True, log: Callable[[Any], None] = console_print) -> dict[str, Any]:
     """Score every network the run released on the test sets; the released one is the report."""
     from pseudoseg.evaluation.evaluate import evaluate
-    from pseudoseg.evaluation.report import render_table, write_report
+    from pseudoseg.evaluation.report import finite_or_none, render_table, write_report
     from pseudoseg.inference import Predictor
 
     manifest = json.loads((run_dir / "model.json").read_text())
@@ -220,13 +222,74 @@ def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True
         results = evaluate(predictors, config.data.test, config.eval, progress=bars if show_progress else None)
     released = "ensemble" if manifest.get("ensemble") else manifest["released"]
     report_dir = run_dir / "report"
-    extra = {"run_dir": str(run_dir), "method": config.method.name, "network": released, "seed": config.seed}
+    device = resolve_device(config.device)
+    provenance = {
+        "machine": describe_machine(device, resolve_amp(config.train.amp, device)),
+        "training_machines": training_machines(run_dir),
+        "collapse": collapsed_validations(run_dir),
+    }
+    extra = {"run_dir": str(run_dir), "method": config.method.name, "network": released, "seed": config.seed, **provenance}
     if (run_dir / "budget.json").is_file():
         extra["budget"] = json.loads((run_dir / "budget.json").read_text())
-    write_report(results[released], report_dir, stem="metrics", title=f"{config.method.name} ({released})", extra=extra)
-    write_json(report_dir / "networks.json", {"released": released, "networks": results})
+    notes = provenance_notes(provenance)
+    write_report(results[released], report_dir, stem="metrics", title=f"{config.method.name} ({released})", extra=extra, notes=notes)
+    write_json(report_dir / "networks.json", finite_or_none({"released": released, "networks": results, **provenance}))
+    for line in notes:
+        if line.startswith("**Collapse**"):
+            log(line.replace("**", ""))
     log(render_table(results[released], title=f"{config.method.name}: test sets ({released} network)"))
     return json.loads((report_dir / "metrics.json").read_text())
+
+
+def _stage_records(run_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(stage folder, its done.json) of every finished stage of the run, in name order."""
+    return [(path.parent, json.loads(path.read_text())) for path in sorted(Path(run_dir).glob("*/done.json"))]
+
+
+def training_machines(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Stage name -> the machine and precision its training finished on (see ``describe_machine``)."""
+    return {stage.name: done["machine"] for stage, done in _stage_records(run_dir) if "machine" in done}
+
+
+def collapsed_validations(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """``"<stage>/<network>"`` -> ``{"steps", "kind", "selected"}`` for every network that collapsed at a validation.
+
+    ``kind`` is ``empty`` (background on every validation pixel) or ``full``
+    (or both, comma-separated); ``selected`` tells whether the stage's best
+    checkpoint of that network is itself collapsed (only when every
+    validation of it was).
+    """
+    from pseudoseg.engine.trainer import read_metrics
+
+    found: dict[str, dict[str, Any]] = {}
+    for stage, done in _stage_records(run_dir):
+        for record in read_metrics(stage / "metrics.jsonl"):
+            for key, kind in record.items():
+                if record.get("kind") != "val" or not key.endswith("/collapse"):
+                    continue
+                network = key.removesuffix("/collapse")
+                entry = found.setdefault(f"{stage.name}/{network}", {"steps": [], "kind": [], "selected": done["best"].get(network, {}).get("collapse") is not None})
+                entry["steps"].append(record["step"])
+                if kind not in entry["kind"]:
+                    entry["kind"].append(kind)
+    return {name: {**entry, "kind": ",".join(entry["kind"])} for name, entry in found.items()}
+
+
+def provenance_notes(provenance: dict[str, Any]) -> list[str]:
+    """Markdown lines for a report's header: where it was computed, in which precision, and any collapse."""
+    notes = [f"Evaluated on {machine_line(provenance['machine'])}."]
+    trained = provenance.get("training_machines") or {}
+    lines = {stage: machine_line(machine) for stage, machine in trained.items()}
+    if len(set(lines.values())) == 1:
+        notes.append(f"Trained on {next(iter(lines.values()))}.")
+    else:
+        notes += [f"Stage {stage} trained on {line}." for stage, line in lines.items()]
+    for name, entry in (provenance.get("collapse") or {}).items():
+        what = {"empty": "background", "full": "foreground"}.get(entry["kind"], entry["kind"])
+        chosen = "every validation collapsed, so its selected checkpoint is collapsed too" if entry["selected"] else "its selected checkpoint is not collapsed"
+        steps = ", ".join(str(step) for step in entry["steps"])
+        notes.append(f"**Collapse**: {name} predicted {what} on every validation pixel at step {steps}; {chosen}.")
+    return notes
 
 
 def plot_run_curves(run_dir: Path) -> Path | None:

@@ -183,9 +183,9 @@ def test_patience_stops_a_stage_and_the_budget_records_it(tmp_path: Path, tiny_p
 
     def worsening(self: Trainer, indices: Any, predict: Any) -> dict[str, float]:
         value = next(scores)
-        return {"dice": value, "iou": value}
+        return {"dice": value, "iou": value, "collapse": None}
 
-    monkeypatch.setattr(Trainer, "_mean_dice_iou", worsening)
+    monkeypatch.setattr(Trainer, "score", worsening)
     config = run_config(tmp_path / "patient", tiny_polyps, train_section={"steps": 40, "val_every": 2, "patience": 2})
     result = quiet_train(config)
     done = json.loads((tmp_path / "patient" / "supervised" / "done.json").read_text())

@@ -64,6 +64,10 @@ def test_train_evaluate_predict(tmp_path: Path, tiny_polyps: Path) -> None:
     evaluated = json.loads((tmp_path / "eval.json").read_text())
     assert evaluated["sets"]["in_domain"]["dice@0.5"] == pytest.approx(sets["in_domain"]["dice@0.5"], abs=1e-6)
     assert (out / "metrics.md").read_text().count("|") > 10
+    # both reports say where and in which precision they were computed
+    assert json.loads((out / "metrics.json").read_text())["machine"]["autocast"] == "off (float32)"
+    assert summary["metrics"]["training_machines"]["supervised"]["autocast"] == "off (float32)"
+    assert "Evaluated on cpu (" in (out / "metrics.md").read_text()
 
     # predict a folder: native sizes, binary masks, probability maps, overlays; inputs untouched
     inputs = tiny_polyps / "TestDataset" / "in_domain" / "images"

@@ -20,11 +20,11 @@ from torch import nn
 
 
 class SegmentationLoss(nn.Module):
-    def __init__(self, kind: str = "dice") -> None:
+    def __init__(self, kind: str = "dice", *, smooth: float = 1e-5) -> None:
         super().__init__()
         self.kind = kind
-        self.dice = DiceLoss(sigmoid=True, soft_label=True)
-        self.masked_dice = MaskedDiceLoss(sigmoid=True, soft_label=True)
+        self.dice = DiceLoss(sigmoid=True, soft_label=True, smooth_nr=smooth, smooth_dr=smooth)
+        self.masked_dice = MaskedDiceLoss(sigmoid=True, soft_label=True, smooth_nr=smooth, smooth_dr=smooth)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         logits = logits.float()

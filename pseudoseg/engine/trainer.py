@@ -41,15 +41,15 @@ from pseudoseg.engine.checkpoint import (
     unflatten_optimizer,
     unprefixed,
 )
-from pseudoseg.engine.device import autocast, resolve_amp, resolve_device
+from pseudoseg.engine.device import autocast, describe_machine, resolve_amp, resolve_device
 from pseudoseg.engine.distributed import DistInfo, all_reduce_sum
 from pseudoseg.engine.losses import SegmentationLoss
 from pseudoseg.engine.streams import IndexStream
 from pseudoseg.errors import UserError
-from pseudoseg.evaluation.metrics import dice_iou_at_threshold
+from pseudoseg.engine.validation import ValidationTally, case_positions, prefer
 from pseudoseg.fileio import write_json, write_text
 from pseudoseg.engine.strategy import Batch, Strategy
-from pseudoseg.progress import progress_bar
+from pseudoseg.progress import console_warn, progress_bar
 
 @dataclass
 class StageSpec:
@@ -222,17 +222,25 @@ class Trainer:
             yield images, masks
 
     @torch.no_grad()
-    def _mean_dice_iou(self, indices: np.ndarray, predict: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
-        totals = torch.zeros(3, device=self.device, dtype=torch.float64)
+    def score(self, indices: np.ndarray, predict: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
+        """Dice, IoU and collapse of ``predict`` on ``indices``, in the convention of the pool's kind.
+
+        Per image for 2-D data, per case (3-D, all slices of a case at once)
+        for volumes; see :mod:`pseudoseg.engine.validation`.
+        """
         threshold = self.config.eval.threshold
+        cases, n_cases = None, None
+        if self.config.data.kind == "volumes":
+            positions, n_cases = case_positions(np.asarray(self.pool.groups)[indices])
+            mine = torch.from_numpy(positions[self.dist.shard()]).to(self.device)
+            size = self.config.eval.batch_size
+            cases = (mine[start : start + size] for start in range(0, len(mine), size))
+        tally = ValidationTally(n_cases, self.device)
         for images, masks in self.eval_batches(indices):
             with self.autocast():
                 prob = predict(images).float()
-            dice, iou = dice_iou_at_threshold(prob, masks, threshold)
-            totals += torch.stack([dice.sum().double(), iou.sum().double(), torch.tensor(float(len(dice)), device=self.device, dtype=torch.float64)])
-        totals = all_reduce_sum(totals, self.dist)
-        count = max(1.0, float(totals[2]))
-        return {"dice": float(totals[0]) / count, "iou": float(totals[1]) / count}
+            tally.update(prob, masks, threshold, next(cases) if cases is not None else None)
+        return tally.reduce(self.dist)
 
     # ------------------------------------------------------------------- stage
     def fit(self, spec: StageSpec) -> StageResult:
@@ -272,7 +280,7 @@ class Trainer:
             device=self.device,
             dist=self.dist,
             student=student,
-            criterion=SegmentationLoss(cfg.train.loss),
+            criterion=SegmentationLoss(cfg.train.loss, smooth=cfg.train.dice_smooth),
             build_network=self.build_network,
             steps_per_epoch=epoch_stream.batches_per_epoch,
             stage_dir=stage_dir,
@@ -360,7 +368,8 @@ class Trainer:
         }
         result = StageResult(stage_dir, best, budget, init_digest)
         if self.dist.is_main:
-            write_json(done_file, {"describe": json.loads(json.dumps(describe, default=str)), "best": best, **budget, "init_digest": init_digest})
+            machine = describe_machine(self.device, self.amp_dtype)
+            write_json(done_file, {"describe": json.loads(json.dumps(describe, default=str)), "best": best, **budget, "init_digest": init_digest, "machine": machine})
         self.stages.append(result)
         return result
 
@@ -386,15 +395,27 @@ class Trainer:
         networks = {"raw": student, **strategy.networks()}
         record: dict[str, Any] = {"kind": "val", "step": step, "epoch": epoch}
         metric = self.config.train.selection_metric
+        convention = "per case (3-D)" if self.config.data.kind == "volumes" else "per image"
         for name, network in networks.items():
             was_training = network.training
             network.eval()
-            scores = self._mean_dice_iou(spec.validation, lambda x, net=network: torch.sigmoid(net(x)))
+            scores = self.score(spec.validation, lambda x, net=network: torch.sigmoid(net(x)))
             network.train(was_training)
             record[f"{name}/dice"], record[f"{name}/iou"] = scores["dice"], scores["iou"]
-            if name not in best or scores[metric] > best[name]["score"]:
+            if scores["collapse"] is not None:
+                record[f"{name}/collapse"] = scores["collapse"]
+                if self.dist.is_main:
+                    what = "background" if scores["collapse"] == "empty" else "foreground"
+                    console_warn(f"warning: {spec.name} step {step}: network {name!r} predicts {what} on every validation pixel (collapsed)")
+            if prefer(scores, best.get(name), metric):
                 path = stage_dir / f"best_{name}.safetensors"
-                best[name] = {"score": scores[metric], "metric": f"val {metric}@{self.config.eval.threshold}", "step": step, "file": path.name}
+                best[name] = {
+                    "score": scores[metric],
+                    "metric": f"val {metric}@{self.config.eval.threshold} {convention}",
+                    "step": step,
+                    "file": path.name,
+                    "collapse": scores["collapse"],
+                }
                 if self.dist.is_main:
                     meta = {"architecture": self.architecture, "preprocessing": self.preprocessing, "stage": spec.name, "network": name, "step": step, "validation": scores, "seed": self.config.seed}
                     save_weights(path, network, meta)
@@ -409,7 +430,7 @@ class Trainer:
         The true masks of unlabeled images are read here and nowhere else: they
         never reach a loss.
         """
-        return self._mean_dice_iou(spec.unlabeled, strategy.pseudo_labels)["dice"]
+        return self.score(spec.unlabeled, strategy.pseudo_labels)["dice"]
 
     # ------------------------------------------------------------ checkpoints
     def _save_last(self, path, describe, step, best, window, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> None:
@@ -481,7 +502,7 @@ def stage_result_from_done(stage_dir: Path, done: dict[str, Any]) -> StageResult
 
 def _validation_line(record: dict[str, Any]) -> str:
     parts = [f"step {record['step']}"]
-    parts += [f"{key} {value:.3f}" for key, value in record.items() if "/" in key and value is not None]
+    parts += [f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}" for key, value in record.items() if "/" in key and value is not None]
     return "  ".join(parts)
 
 

@@ -100,7 +100,7 @@ def _evaluate_volumes(predictors, test_root: Path, pre: Preprocessing, config: E
     results: dict[str, PerSet] = {}
     for name, metric in metrics.items():
         summary = metric.compute()
-        results[name] = {"test": {"dice": summary["dice"], "hd95_mm": summary["hd95_mm"], "n": summary["n"]}}
+        results[name] = {"test": {key: summary[key] for key in ("dice", "hd95_mm", "hd95_undefined", "n")}}
     return results
 
 

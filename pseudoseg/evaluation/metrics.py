@@ -44,6 +44,8 @@ __all__ = [
     "PaperMetrics",
     "PraNetMetrics",
     "dice_iou_at_threshold",
+    "dice_iou_from_counts",
+    "overlap_counts",
     "resize_bilinear",
     "to_uint8_pair",
 ]
@@ -104,7 +106,12 @@ METRIC_CONVENTIONS: Mapping[str, str] = MappingProxyType(
         ),
         "hd95_mm": (
             "volume convention: 95th-percentile symmetric Hausdorff distance per case in millimetres (voxel "
-            "spacing, MONAI), averaged over the cases where it is defined; lower is better"
+            "spacing, MONAI), averaged over the cases where it is defined (not when exactly one of prediction "
+            "and label is empty; 0 when both are); empty when it is defined for no case; lower is better"
+        ),
+        "hd95_undefined": (
+            "volume convention: number of cases whose HD95 is undefined (an empty prediction against a label, "
+            "or a prediction against an empty label), left out of hd95_mm"
         ),
     }
 )
@@ -135,16 +142,32 @@ def dice_iou_at_threshold(
     Nothing here reads values back to the host, so it is cheap enough to run
     on every validation batch without stalling an accelerator.
     """
-    if prob.shape != target.shape:
-        raise ValueError(f"prob has shape {tuple(prob.shape)} but target has shape {tuple(target.shape)}")
     if prob.ndim < 2:
         raise ValueError(f"expected a batch [B, ...] of maps, got shape {tuple(prob.shape)}")
+    counts = overlap_counts(prob, target, threshold)
+    dice, iou = dice_iou_from_counts(counts[:, 0], counts[:, 1], counts[:, 2])
+    return dice.to(torch.float32), iou.to(torch.float32)
+
+
+def overlap_counts(prob: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Per map ``[|P & G|, |P|, |G|]`` of ``P = prob >= threshold`` and ``G = target > 0.5``.
+
+    Returns a float64 tensor ``[B, 3]`` on ``prob``'s device (exact integer
+    counts; float64 so that sums over a whole data set stay exact and can be
+    all-reduced). Nothing is read back to the host.
+    """
+    if prob.shape != target.shape:
+        raise ValueError(f"prob has shape {tuple(prob.shape)} but target has shape {tuple(target.shape)}")
     pred = (prob >= threshold).flatten(1)
     gt = (target if target.dtype == torch.bool else target > 0.5).flatten(1)
-
     # count_nonzero: exact integer counts, and faster than sum() on bool tensors.
-    inter = torch.count_nonzero(pred & gt, dim=1).to(torch.float32)
-    total = (torch.count_nonzero(pred, dim=1) + torch.count_nonzero(gt, dim=1)).to(torch.float32)  # |P| + |G|
+    counts = [torch.count_nonzero(pred & gt, dim=1), torch.count_nonzero(pred, dim=1), torch.count_nonzero(gt, dim=1)]
+    return torch.stack(counts, dim=1).to(torch.float64)
+
+
+def dice_iou_from_counts(inter: torch.Tensor, pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice and IoU from ``|P & G|``, ``|P|`` and ``|G|`` (any shape); both empty scores 1."""
+    total = pred + gt  # |P| + |G|
     union = total - inter
     ones = torch.ones_like(inter)
     # Both empty -> total == union == 0: the prediction is perfect, score 1.

@@ -30,6 +30,7 @@ from pseudoseg.evaluation.metrics import METRIC_CONVENTIONS
 from pseudoseg.fileio import write_json, write_text
 
 __all__ = [
+    "finite_or_none",
     "mean_over_sets",
     "render_table",
     "summarize_runs",
@@ -72,10 +73,10 @@ def _order_columns(columns: Iterable[str]) -> list[str]:
 
 
 def _metric_columns(per_set: Mapping[str, Mapping[str, Any]], *, ignore: Sequence[str] = ("n",)) -> list[str]:
-    """Names of the numeric metric columns found in any set, in report order."""
+    """Names of the metric columns (numbers, or None where undefined) found in any set, in report order."""
     return _order_columns(
         _ordered_union(
-            (k for k, v in metrics.items() if k not in ignore and _is_number(v)) for metrics in per_set.values()
+            (k for k, v in metrics.items() if k not in ignore and (_is_number(v) or v is None)) for metrics in per_set.values()
         )
     )
 
@@ -88,12 +89,12 @@ def _check_sets(per_set: Mapping[str, Mapping[str, Any]]) -> None:
             raise ValueError(f"a test set may not be called {name!r}: the name is reserved for the mean row")
 
 
-def _finite_or_none(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     """JSON has no NaN: write missing or undefined numbers as null."""
     if isinstance(value, Mapping):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     if _is_number(value):
         value = value.item() if _is_numpy_scalar(value) else value
         if isinstance(value, float) and not math.isfinite(value):
@@ -180,6 +181,7 @@ def write_report(
     title: str = "",
     extra: Mapping[str, Any] | None = None,
     conventions: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
     decimals: int = 3,
 ) -> dict[str, Path]:
     """Write ``<stem>.json``, ``<stem>.csv`` and ``<stem>.md`` for one model's test-set metrics.
@@ -189,8 +191,9 @@ def write_report(
       written as ``null``.
     * CSV: a header ``set,<columns...>,n``, one row per set, then a ``mean``
       row (unweighted mean over sets, empty ``n``). Full precision.
-    * Markdown: the table rounded to ``decimals`` and a legend that states the
-      convention of every column.
+    * Markdown: ``notes`` (lines under the title: machine, precision,
+      warnings), the table rounded to ``decimals`` and a legend that states
+      the convention of every column.
 
     ``conventions`` adds or overrides column descriptions for columns not in
     :data:`~pseudoseg.evaluation.metrics.METRIC_CONVENTIONS`. Every file is
@@ -224,6 +227,7 @@ def write_report(
     ]
     md_rows.append(["**Mean**", *(f"**{_fmt(mean.get(c), decimals)}**" for c in columns), ""])
     lines = [f"# {title}", ""] if title else []
+    lines += [*notes, ""] if notes else []
     lines += _md_table(header, md_rows)
     lines += [
         "",
@@ -239,7 +243,7 @@ def write_report(
     return _write_files(
         out_dir,
         {
-            f"{stem}.json": ("json", _finite_or_none(payload)),
+            f"{stem}.json": ("json", finite_or_none(payload)),
             f"{stem}.csv": ("text", _csv_text(["set", *columns, "n"], csv_rows)),
             f"{stem}.md": ("text", "\n".join(lines)),
         },
@@ -281,6 +285,26 @@ def _mean_std(values: Sequence[float], ddof: int) -> dict[str, float]:
     return {"mean": mean, "std": std}
 
 
+def _defined(value: Any) -> bool:
+    """A number that can be averaged: not None (JSON's undefined), not NaN or infinite."""
+    return _is_number(value) and math.isfinite(float(value))
+
+
+def _over_seeds(values: Sequence[Any], ddof: int) -> dict[str, Any]:
+    """Mean and std over the seeds where the value is defined; ``defined_seeds`` when some are not."""
+    defined = [float(v) for v in values if _defined(v)]
+    stats: dict[str, Any] = _mean_std(defined, ddof) if defined else {"mean": math.nan, "std": math.nan}
+    if len(defined) < len(values):
+        stats["defined_seeds"] = len(defined)
+    return stats
+
+
+def _seed_mean(per_set: Mapping[str, Mapping[str, Any]], column: str) -> float | None:
+    """Unweighted mean over sets of one seed; undefined when any set's value is."""
+    values = [per_set[name].get(column) for name in per_set]
+    return statistics.fmean(float(v) for v in values) if all(_defined(v) for v in values) else None
+
+
 def summarize_runs(
     runs: Mapping[str, Sequence[Mapping[str, Mapping[str, Any]]]], *, ddof: int = 1
 ) -> dict[str, dict[str, Any]]:
@@ -297,7 +321,10 @@ def summarize_runs(
         {"mean": float, "std": float}}}, "mean": {column: {"mean", "std"}}}}``.
         The ``"mean"`` entry is computed per seed (unweighted mean over sets)
         and then summarised over seeds. A column is summarised only where
-        every seed has it.
+        every seed has it. A value may be undefined in some seeds (``None``
+        or NaN, e.g. the HD95 of a run that predicts nothing): the mean and
+        std are then over the seeds where it is defined, and the entry gains
+        ``"defined_seeds"`` (their number; NaN mean when it is 0).
     """
     summary: dict[str, dict[str, Any]] = {}
     for config, seeds in runs.items():
@@ -311,32 +338,35 @@ def summarize_runs(
                     f"configuration {config!r}: seeds cover different test sets "
                     f"({sorted(set_names)} vs {sorted(per_set)})"
                 )
-        sets: dict[str, dict[str, dict[str, float]]] = {}
+        sets: dict[str, dict[str, dict[str, Any]]] = {}
         for name in set_names:
             columns = _metric_columns({s: per_set[name] for s, per_set in enumerate(seeds)})
             sets[name] = {
-                c: _mean_std([float(per_set[name][c]) for per_set in seeds], ddof)
+                c: _over_seeds([per_set[name][c] for per_set in seeds], ddof)
                 for c in columns
                 if all(c in per_set[name] for per_set in seeds)
             }
-        seed_means = [mean_over_sets(per_set) for per_set in seeds]
-        mean_columns = [c for c in _ordered_union(seed_means) if all(c in m for m in seed_means)]
+        mean_columns = [c for c in _ordered_union(sets.values()) if all(c in sets[name] for name in set_names)]
         summary[config] = {
             "n_seeds": len(seeds),
             "ddof": ddof,
             "sets": sets,
-            "mean": {c: _mean_std([m[c] for m in seed_means], ddof) for c in mean_columns},
+            "mean": {c: _over_seeds([_seed_mean(per_set, c) for per_set in seeds], ddof) for c in mean_columns},
         }
     return summary
 
 
-def _cell(entry: Mapping[str, float] | None, decimals: int) -> str:
+def _cell(entry: Mapping[str, Any] | None, decimals: int) -> str:
     if entry is None:
         return "–"
     mean, std = entry["mean"], entry["std"]
     if std is None or not math.isfinite(std):
-        return _fmt(mean, decimals)
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+        text = _fmt(mean, decimals)
+    else:
+        text = f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    if "defined_seeds" in entry and entry["defined_seeds"]:
+        text += f" ({entry['defined_seeds']} seeds)"
+    return text
 
 
 def _budget_cell(values: Sequence[int]) -> str:
@@ -354,6 +384,8 @@ def write_grid_report(
     metric_columns: Sequence[str] = ("dice@0.5",),
     title: str = "",
     conventions: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
+    extra: Mapping[str, Any] | None = None,
     decimals: int = 3,
     budgets: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> dict[str, Path]:
@@ -366,11 +398,13 @@ def write_grid_report(
 
     * Markdown: one table per metric column, rows = configurations, columns =
       number of seeds, test sets and ``Mean``; cells ``"0.812 ± 0.010"``
-      (mean ± std over seeds; the std alone is dropped when undefined). Each
-      table states the convention of its metric.
+      (mean ± std over seeds; the std alone is dropped when undefined;
+      ``(k seeds)`` when the value is defined in k seeds only). Each table
+      states the convention of its metric; ``notes`` (lines under the
+      title, e.g. the machine and precision of the runs) come first.
     * CSV (long format, easy to pivot): ``config,metric,set,mean,std,n_seeds``
       with ``set == "Mean"`` for the mean-over-sets row.
-    * JSON: ``{"title", "metric_columns", "conventions", "configs": summary}``.
+    * JSON: ``{"title", "metric_columns", "conventions", "configs": summary, **extra}``.
 
     Returns ``{"json": path, "csv": path, "md": path}``.
     """
@@ -385,6 +419,7 @@ def write_grid_report(
     csv_rows: list[list[Any]] = []
     lines = [f"# {title}", ""] if title else []
     budget_header = ["Steps", "Images seen"] if budgets else []
+    lines += [*notes, ""] if notes else []
     for column in metric_columns:
         header = ["Configuration", "Seeds", *set_names, "Mean", *budget_header]
         md_rows = []
@@ -403,7 +438,8 @@ def write_grid_report(
             "",
             f"`{column}` — {legend[column]}.",
             "",
-            f"Cells: mean ± {std_kind} over seeds (number of seeds per configuration in the *Seeds* column). "
+            f"Cells: mean ± {std_kind} over seeds (number of seeds per configuration in the *Seeds* column; "
+            "*(k seeds)*: defined in k seeds only, the mean is over those). "
             "*Mean* is the unweighted mean over test sets, computed per seed and then summarised over seeds."
             + (
                 " *Steps* and *Images seen*: optimiser steps and training images (labeled and unlabeled) of every "
@@ -422,11 +458,12 @@ def write_grid_report(
         "conventions": legend,
         "configs": {config: dict(entry) for config, entry in summary.items()},
         **({"budgets": {config: list(runs) for config, runs in budgets.items()}} if budgets else {}),
+        **(extra or {}),
     }
     return _write_files(
         out_dir,
         {
-            f"{stem}.json": ("json", _finite_or_none(payload)),
+            f"{stem}.json": ("json", finite_or_none(payload)),
             f"{stem}.csv": ("text", _csv_text(["config", "metric", "set", "mean", "std", "n_seeds"], csv_rows)),
             f"{stem}.md": ("text", "\n".join(lines)),
         },

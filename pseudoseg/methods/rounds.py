@@ -42,7 +42,9 @@ empty; "pooled": all pixels of the subset at once):
   ``changed_fraction``, the share of its pixels that flipped;
 * ``pseudo_dice`` / ``pseudo_dice_pooled``: the new labels against the true
   masks of U; ``pseudo_dice_all``: all current labels of U against them;
-* ``val_dice`` (at ``val_step``): the round model on V.
+* ``val_dice`` (at ``val_step``): the round model on V, in the validation
+  convention that chose it (per case, 3-D, for volumes; per image for 2-D
+  data; see :mod:`pseudoseg.engine.validation`).
 
 A label file that exists is complete (written under a temporary name and
 renamed), and every round is a stage with ``done.json``, so a killed run

@@ -1,0 +1,105 @@
+"""The validation score that chooses checkpoints, and the collapse check.
+
+Two conventions, one per kind of data (``train.selection_metric`` picks Dice or
+IoU in either):
+
+* **2-D images** (per image): Dice / IoU of ``prob >= threshold`` per image,
+  averaged over images. An image whose mask and prediction are both empty
+  scores 1 (the prediction is exactly right), as in the paper convention of
+  the test tables.
+* **Volumes** (per case): the slices of a case are scored as one 3-D mask at
+  the working resolution: Dice ``2 |P & G| / (|P| + |G|)`` over all slices of
+  the case, averaged over cases. A case with an organ and an empty
+  prediction scores 0, whatever share of its slices is empty. (Per-slice
+  Dice would score each empty slice 1, so a network that predicts background
+  everywhere would read about the share of empty slices.) The foreground is
+  the single binary class of the pool.
+
+**Trivial predictors never win selection.** A validation at which a network's
+thresholded prediction is empty on every validation pixel, or foreground on
+every one, is a *collapse*: it is logged, recorded in ``metrics.jsonl``
+(``<network>/collapse: "empty"`` or ``"full"``) and such a checkpoint replaces
+the stage's best only while every earlier validation of the network collapsed
+too; any non-collapsed validation replaces a collapsed best, whatever the
+scores. With many empty images (2-D) a network that predicts nothing at all
+would otherwise beat real, imperfect networks.
+
+Everything is accumulated on the device; :meth:`ValidationTally.reduce` sums
+the tallies of all processes (each scores its share of the slices, the case
+sums are added) and reads them back once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from pseudoseg.engine.distributed import DistInfo, all_reduce_sum
+from pseudoseg.evaluation.metrics import dice_iou_from_counts, overlap_counts
+
+__all__ = ["ValidationTally", "case_positions", "prefer"]
+
+
+def case_positions(groups: np.ndarray) -> tuple[np.ndarray, int]:
+    """Case number (0..C-1, in sorted case order) of every sample, and C."""
+    names, positions = np.unique(np.asarray(groups), return_inverse=True)
+    return positions.astype(np.int64), len(names)
+
+
+class ValidationTally:
+    """Sums over a validation pass, per image (``cases=None``) or per case.
+
+    Args:
+        cases: number of cases for the volume convention; ``None`` for the
+            per-image convention.
+        device: where the sums live.
+    """
+
+    def __init__(self, cases: int | None, device: torch.device) -> None:
+        self.cases = cases
+        rows = 1 if cases is None else cases
+        # per-image: [sum dice, sum iou, images]; per case: [|P & G|, |P|, |G|] per case
+        self.sums = torch.zeros(rows, 3, dtype=torch.float64, device=device)
+        self.pixels = torch.zeros(2, dtype=torch.float64, device=device)  # [predicted foreground, all]
+
+    def update(self, prob: torch.Tensor, target: torch.Tensor, threshold: float, case: torch.Tensor | None = None) -> None:
+        """Add a batch ``[B, 1, H, W]``; ``case``: the case number of each image (volume convention)."""
+        counts = overlap_counts(prob, target, threshold)
+        if self.cases is None:
+            dice, iou = dice_iou_from_counts(counts[:, 0], counts[:, 1], counts[:, 2])
+            self.sums[0] += torch.stack([dice.sum(), iou.sum(), dice.new_tensor(float(len(dice)))])
+        else:
+            if case is None:
+                raise ValueError("the volume convention needs the case of every image")
+            self.sums.index_add_(0, case.to(self.sums.device), counts)
+        self.pixels += torch.stack([counts[:, 1].sum(), counts.new_tensor(float(prob[0].numel() * len(prob)))])
+
+    def reduce(self, dist: DistInfo) -> dict[str, Any]:
+        """Scores over all processes (one read-back): ``dice``, ``iou``, ``collapse`` (None, "empty" or "full")."""
+        flat = all_reduce_sum(torch.cat([self.sums.flatten(), self.pixels]), dist).tolist()
+        sums = torch.tensor(flat[:-2], dtype=torch.float64).view(-1, 3)
+        predicted, pixels = flat[-2:]
+        if self.cases is None:
+            count = max(1.0, float(sums[0, 2]))
+            dice, iou = float(sums[0, 0]) / count, float(sums[0, 1]) / count
+        else:
+            per_case_dice, per_case_iou = dice_iou_from_counts(sums[:, 0], sums[:, 1], sums[:, 2])
+            dice, iou = float(per_case_dice.mean()), float(per_case_iou.mean())
+        collapse = None
+        if pixels > 0 and predicted == 0:
+            collapse = "empty"
+        elif pixels > 0 and predicted == pixels:
+            collapse = "full"
+        return {"dice": dice, "iou": iou, "collapse": collapse}
+
+
+def prefer(candidate: dict[str, Any], best: dict[str, Any] | None, metric: str) -> bool:
+    """Whether a validation result replaces the best so far: a non-collapsed one always wins over a collapsed one."""
+    if best is None:
+        return True
+    collapsed, best_collapsed = candidate.get("collapse") is not None, best.get("collapse") is not None
+    if collapsed != best_collapsed:
+        return best_collapsed
+    return candidate[metric] > best["score"]

@@ -242,3 +242,10 @@ def test_offline_imagenet_request_names_the_local_file_alternative(monkeypatch: 
 def test_monai_backbones_without_imagenet_weights_are_refused(encoder: str, in_channels: int, message: str) -> None:
     with pytest.raises(UserError, match=re.escape(message)):
         build_model(ModelConfig(name="flexible_unet", encoder=encoder, encoder_weights="imagenet"), in_channels)
+
+
+def test_missing_encoder_file_names_the_command_that_writes_it(tmp_path: Path) -> None:
+    path = tmp_path / "weights" / "densenet169_imagenet.safetensors"
+    config = ModelConfig(name="flexible_unet", encoder="efficientnet-b0", weights=path, weights_scope="encoder")
+    with pytest.raises(UserError, match=re.escape(f"{path}: weights file not found; `pseudoseg weights export --out {path}`")):
+        build_model(config, 3)

@@ -48,6 +48,11 @@ def load_weights(model: nn.Module, path: Path, *, scope: str = "full") -> None:
     taken. Shapes must match; missing or unexpected keys are an error naming
     the file, so a checkpoint of another architecture is never half-loaded.
     """
+    if scope == "encoder" and not Path(path).is_file():
+        raise UserError(
+            f"{path}: weights file not found; `pseudoseg weights export --out {path}` (with --model and --encoder) "
+            "writes an encoder's ImageNet weights, once, on a machine with internet"
+        )
     state = read_state_dict(path)
     if scope == "full":
         target: nn.Module = model

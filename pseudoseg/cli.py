@@ -18,6 +18,8 @@ from pseudoseg.progress import task_bars, wide_console
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Semi-supervised medical image segmentation with pseudo labels.")
 data_app = typer.Typer(no_args_is_help=True, help="Data sets: generate the built-in synthetic benchmarks.")
 app.add_typer(data_app, name="data")
+weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights as local files.")
+app.add_typer(weights_app, name="weights")
 
 
 def _write_json_output(path: Optional[Path], payload: dict) -> None:
@@ -59,6 +61,23 @@ def data_synth(
         raise UserError(f"--kind: expected polyp or ct, got {kind!r}")
     brief = {key: summary[key] for key in ("counts", "numTraining", "numTest", "seed", "size", "shape") if key in summary}
     wide_console().print(f"wrote {out}: {brief}")
+
+
+@weights_app.command("export")
+def weights_export(
+    out: Annotated[Path, typer.Option(help="File to write (*.safetensors), e.g. weights/densenet169_imagenet.safetensors.")],
+    model: Annotated[str, typer.Option(help="fpn or flexible_unet (as model.name).")] = "fpn",
+    encoder: Annotated[str, typer.Option(help="Encoder (as model.encoder).")] = "densenet169",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Download an encoder's ImageNet weights (needs internet, once) and save them for model.weights with weights_scope: encoder."""
+    from pseudoseg.config import ModelConfig
+    from pseudoseg.models.weights import export_encoder_weights
+
+    if model not in ("fpn", "flexible_unet"):
+        raise UserError(f"--model: expected fpn or flexible_unet, got {model!r}")
+    count = export_encoder_weights(ModelConfig(name=model, encoder=encoder), out, overwrite=overwrite)
+    wide_console().print(f"wrote {out}: {count} tensors of the {encoder} encoder (ImageNet); use it with model.weights: {out} and model.weights_scope: encoder")
 
 
 @app.command()

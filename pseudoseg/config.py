@@ -141,10 +141,26 @@ class ModelConfig(_Section):
     encoder: str = "resnet18"
     """``flexible_unet`` (MONAI backbones: resnet*, efficientnet-b*) and ``fpn``
     (segmentation-models-pytorch encoders, e.g. densenet169)."""
+    encoder_weights: Literal["none", "imagenet"] = "none"
+    """Initial encoder weights: ``none`` (random) or ``imagenet``, downloaded once
+    into the back-end's own cache (``fpn``: segmentation-models-pytorch;
+    ``flexible_unet``: MONAI, efficientnet-b0 to b7). ``imagenet`` needs
+    ``data.normalize: imagenet``. Offline, give the same weights as a local file
+    (``weights`` with ``weights_scope: encoder``; ``pseudoseg weights export``
+    writes it)."""
     weights: Path | None = None
     """Local weights (safetensors or a PyTorch state dict), loaded safely."""
     weights_scope: Literal["full", "encoder"] = "full"
     """Load ``weights`` into the whole network or into its encoder only."""
+
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> ModelConfig:
+        if self.encoder_weights != "none":
+            if self.name not in ("fpn", "flexible_unet"):
+                raise ValueError(f"encoder_weights: {self.name} has no pretrained encoder; imagenet is for fpn and flexible_unet")
+            if self.weights is not None:
+                raise ValueError("encoder_weights: imagenet and model.weights both set the initial weights; keep one")
+        return self
 
 
 class OptimConfig(_Section):
@@ -361,6 +377,14 @@ class RunConfig(_Section):
     eval: EvalConfig = EvalConfig()
     method: MethodConfig = SupervisedConfig()
 
+    @model_validator(mode="after")
+    def _pretrained_encoder_sees_imagenet_statistics(self) -> RunConfig:
+        # ImageNet weights expect ImageNet-normalised inputs; any other scaling
+        # silently wastes the pretraining.
+        if self.model.encoder_weights == "imagenet" and self.data.normalize != "imagenet":
+            raise ValueError(f"model.encoder_weights: imagenet needs data.normalize: imagenet, got {self.data.normalize}")
+        return self
+
     @property
     def split_seed(self) -> int:
         return self.seed if self.data.split_seed is None else self.data.split_seed
@@ -414,6 +438,11 @@ def config_from_dict(raw: dict[str, Any], *, origin: str = "configuration") -> R
             message = "unknown key"
         elif "input" in error and not isinstance(error["input"], dict) and error["type"] != "missing" and "got " not in message:
             message += f", got {_as_read(error['input'])}"
+        # A check across keys names the key it is about: "encoder_weights: ..."
+        # in the model section is reported as "model.encoder_weights: ...".
+        named, sep, rest = message.partition(": ")
+        if error["type"] == "value_error" and sep and named.replace(".", "_").isidentifier():
+            key, message = (f"{key}.{named}" if key else named), rest
         raise UserError(f"{origin}: {key}: {message}") from None
 
 

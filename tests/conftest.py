@@ -44,3 +44,12 @@ def tiny_config(tmp: Path, dataset: Path, **sections) -> dict:
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def run_cli(*argv: str) -> int:
+    """The exit code of ``pseudoseg ARGV``, run in this process."""
+    from pseudoseg.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    return exit_info.value.code

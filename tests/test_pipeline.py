@@ -10,14 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pseudoseg.cli import main
-from tests.conftest import tiny_config, write_config
-
-
-def run_cli(*argv: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    return exit_info.value.code
+from tests.conftest import run_cli, tiny_config, write_config
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

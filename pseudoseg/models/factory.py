@@ -4,11 +4,16 @@ Every network maps ``[B, C, H, W]`` images to ``[B, 1, H, W]`` logits (one
 foreground class). MONAI networks are always available; the momentum paper's
 FPN + DenseNet-169 comes from segmentation-models-pytorch, an optional extra
 that needs torchvision, so it is imported only when asked for.
+
+Pretrained encoders (``model.encoder_weights: imagenet``) come through each
+back-end's own download and cache; without a network they are a one-line
+error pointing to the local-file alternative (``model.weights``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from types import MappingProxyType
 from typing import Any
 
@@ -56,21 +61,35 @@ def _basic_unet(config: ModelConfig, in_channels: int) -> nn.Module:
 
 def _flexible_unet(config: ModelConfig, in_channels: int) -> nn.Module:
     from monai.networks.nets import FlexibleUNet
+    from monai.networks.nets.efficientnet import url_map
     from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 
     known = sorted(FLEXUNET_BACKBONE.register_dict)
     if config.encoder not in known:
         raise UserError(f"model.encoder: {config.encoder!r} is not a FlexibleUNet backbone; known: {', '.join(known)}")
-    # pretrained=False: weights never come from the network; use model.weights.
-    return FlexibleUNet(
-        in_channels=in_channels,
-        out_channels=1,
-        backbone=config.encoder,
-        pretrained=False,
-        spatial_dims=2,
-        norm=_norm(config),
-        dropout=config.dropout,
-    )
+    pretrained = config.encoder_weights == "imagenet"
+    if pretrained:
+        # MONAI's ResNet weights are MedicalNet's (3-D), and it skips ImageNet
+        # tensors whose shape differs without a word: refuse what would
+        # silently stay random.
+        with_imagenet = sorted(name for name in known if name in url_map)
+        if config.encoder not in with_imagenet:
+            raise UserError(
+                f"model.encoder_weights: MONAI has no ImageNet weights for {config.encoder}; "
+                f"use one of {', '.join(with_imagenet)}, or a local file (model.weights with weights_scope: encoder)"
+            )
+        if in_channels != 3:
+            raise UserError(f"model.encoder_weights: ImageNet weights take 3-channel images, the data has {in_channels}")
+    with _download_errors(config):
+        return FlexibleUNet(
+            in_channels=in_channels,
+            out_channels=1,
+            backbone=config.encoder,
+            pretrained=pretrained,
+            spatial_dims=2,
+            norm=_norm(config),
+            dropout=config.dropout,
+        )
 
 
 def _fpn(config: ModelConfig, in_channels: int) -> nn.Module:
@@ -81,7 +100,39 @@ def _fpn(config: ModelConfig, in_channels: int) -> nn.Module:
             "model.name: fpn needs segmentation-models-pytorch and a torchvision built for your torch "
             f"(pip install 'pseudoseg[smp]'); it could not be imported: {exc.__class__.__name__}: {exc}"
         ) from None
-    return smp.FPN(encoder_name=config.encoder, encoder_weights=None, in_channels=in_channels, classes=1)
+    encoders = smp.encoders.encoders
+    # "tu-<name>": any timm model, which smp resolves itself (pretrained tag in the name).
+    if config.encoder not in encoders and not config.encoder.startswith("tu-"):
+        raise UserError(f"model.encoder: {config.encoder!r} is not a segmentation-models-pytorch encoder; e.g. {', '.join(sorted(encoders)[:8])}, ...")
+    weights = None
+    if config.encoder_weights == "imagenet":
+        weights = "imagenet"
+        if config.encoder in encoders and weights not in encoders[config.encoder]["pretrained_settings"]:
+            offered = ", ".join(encoders[config.encoder]["pretrained_settings"]) or "none"
+            raise UserError(f"model.encoder_weights: segmentation-models-pytorch has no ImageNet weights for {config.encoder} (it offers: {offered})")
+    with _download_errors(config):
+        return smp.FPN(encoder_name=config.encoder, encoder_weights=weights, in_channels=in_channels, classes=1)
+
+
+@contextlib.contextmanager
+def _download_errors(config: ModelConfig) -> Iterator[None]:
+    """Turn a failed download of pretrained weights into a one-line user error.
+
+    The back-ends report a missing network as an ``OSError`` (urllib's
+    ``URLError``; huggingface_hub's ``LocalEntryNotFoundError``).
+    """
+    try:
+        yield
+    except OSError as exc:
+        if config.encoder_weights == "none":
+            raise
+        reason = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise UserError(
+            f"model.encoder_weights: imagenet: the {config.encoder} ImageNet weights could not be downloaded "
+            f"({exc.__class__.__name__}: {reason}); offline, use a local file instead: model.weights: FILE with "
+            f"model.weights_scope: encoder, written on a machine with internet by "
+            f"`pseudoseg weights export --model {config.name} --encoder {config.encoder} --out FILE`"
+        ) from None
 
 
 _BUILDERS: MappingProxyType[str, Callable[[ModelConfig, int], nn.Module]] = MappingProxyType(
@@ -91,14 +142,18 @@ MODEL_NAMES = tuple(_BUILDERS)
 
 
 def describe_architecture(config: ModelConfig, in_channels: int) -> dict[str, Any]:
-    """What identifies an architecture: stored with every checkpoint and compared on load."""
-    described = config.model_dump(mode="json", exclude={"weights", "weights_scope"})
+    """What identifies an architecture: stored with every checkpoint and compared on load.
+
+    Where the initial weights came from (``weights``, ``encoder_weights``) is
+    not part of it: a trained network is rebuilt without them and loaded.
+    """
+    described = config.model_dump(mode="json", exclude={"weights", "weights_scope", "encoder_weights"})
     described["in_channels"] = in_channels
     return described
 
 
 def build_model(config: ModelConfig, in_channels: int) -> nn.Module:
-    """The network named by ``config.name``, with local weights loaded if given."""
+    """The network named by ``config.name``, with pretrained or local weights if asked for."""
     model = _BUILDERS[config.name](config, in_channels)
     if config.weights is not None:
         from pseudoseg.models.weights import load_weights

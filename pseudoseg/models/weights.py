@@ -2,7 +2,8 @@
 
 Weights are read from safetensors files or from PyTorch files with
 ``torch.load(weights_only=True)``, which cannot execute code. Networks are never
-pickled whole.
+pickled whole. :func:`export_encoder_weights` writes such a file from a
+back-end's published ImageNet weights.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pseudoseg.config import ModelConfig
 from pseudoseg.errors import UserError
 
 # Prefixes under which encoders live in the supported networks (MONAI
@@ -46,6 +48,11 @@ def load_weights(model: nn.Module, path: Path, *, scope: str = "full") -> None:
     taken. Shapes must match; missing or unexpected keys are an error naming
     the file, so a checkpoint of another architecture is never half-loaded.
     """
+    if scope == "encoder" and not Path(path).is_file():
+        raise UserError(
+            f"{path}: weights file not found; `pseudoseg weights export --out {path}` (with --model and --encoder) "
+            "writes an encoder's ImageNet weights, once, on a machine with internet"
+        )
     state = read_state_dict(path)
     if scope == "full":
         target: nn.Module = model
@@ -75,3 +82,29 @@ def _encoder_of(model: nn.Module, path: Path) -> nn.Module:
         if isinstance(getattr(model, name, None), nn.Module):
             return getattr(model, name)
     raise UserError(f"{path}: model.weights_scope: encoder, but {type(model).__name__} has no separate encoder")
+
+
+def export_encoder_weights(config: ModelConfig, out: Path, *, overwrite: bool = False) -> int:
+    """Save the back-end's ImageNet weights of ``config``'s encoder as a local file.
+
+    The file holds the encoder's state dict alone (safetensors, written
+    atomically), as ``model.weights`` with ``weights_scope: encoder`` expects
+    it, so machines without a network can start from the same weights.
+    Returns the number of tensors written.
+    """
+    from safetensors.torch import save_file
+
+    from pseudoseg.fileio import atomic_path
+    from pseudoseg.models.factory import build_model
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: the weights are written as safetensors; name the file *.safetensors")
+    if out.exists() and not overwrite:
+        raise UserError(f"--out {out}: exists; pass --overwrite to replace it")
+    model = build_model(config.model_copy(update={"encoder_weights": "imagenet", "weights": None}), in_channels=3)
+    state = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in _encoder_of(model, out).state_dict().items()}
+    source = {"model": config.name, "encoder": config.encoder, "weights": "imagenet", "scope": "encoder"}
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata=source)
+    return len(state)

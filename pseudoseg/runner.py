@@ -135,11 +135,12 @@ def choose_split(config: RunConfig, pool: SamplePool, run_dir: Path) -> Split:
     for part in ("labeled", "validation"):
         wrong = [unit for unit in getattr(split, part) if unit in missing]
         if wrong:
-            raise UserError(f"{origin}: {len(wrong)} {part} id{'s' if len(wrong) > 1 else ''} have no mask, e.g. '{wrong[0]}'")
+            raise UserError(f"{origin}: {len(wrong)} {part} id{'s have' if len(wrong) > 1 else ' has'} no mask, e.g. '{wrong[0]}'")
     listed = set(split.labeled) | set(split.unlabeled) | set(split.validation)
     if not origin or data.unlabeled_list is None:  # images without a mask are unlabeled, whatever a list left out
         split = replace(split, unlabeled=split.unlabeled + tuple(unit for unit in unmasked if unit not in listed))
-    sources = {folder: tuple(unit for unit in members if unit in listed or unit in missing) for folder, members in pool.unit_sources().items()}
+        listed |= missing
+    sources = {folder: tuple(unit for unit in members if unit in listed) for folder, members in pool.unit_sources().items()}
     return replace(split, without_mask=tuple(unit for unit in split.unlabeled if unit in missing), sources=sources)
 
 

@@ -400,3 +400,22 @@ def test_predict_into_the_folder_of_jpeg_inputs_is_refused(tmp_path, tiny_polyps
     line = fails(capsys, "predict", str(tmp_path / "run"), str(folder), str(folder))
     assert f"{folder}: the output folder is the input folder" in line
     assert tree_digest(folder) == before
+
+
+def test_split_lists_and_explicit_label_modes(tmp_path, tiny_polyps, capsys) -> None:
+    from pseudoseg.errors import UserError
+    from pseudoseg.runner import choose_split
+
+    root = partial_copy(tiny_polyps, tmp_path)
+    raw = tiny_config(tmp_path, tiny_polyps, data={"train": str(root), "test": None})
+    pool = load_pool(config_from_dict(raw).data, tmp_path / "cache")
+    # A labeled list naming an image without a mask is refused, naming the list.
+    listed = tmp_path / "labeled.txt"
+    listed.write_text("train_00000\ntrain_00030\n")
+    config = config_from_dict({**raw, "data": {**raw["data"], "labeled_list": str(listed)}})
+    with pytest.raises(UserError, match=f"{listed}: 1 labeled id has no mask, e.g. 'train_00030'"):
+        choose_split(config, pool, tmp_path / "run")
+    # A fully labeled folder with labels: given keeps every mask (no hidden ones).
+    full = config_from_dict({**raw, "data": {**raw["data"], "train": str(tiny_polyps / "TrainDataset"), "labels": "given"}})
+    split = choose_split(full, load_pool(full.data, tmp_path / "cache"), tmp_path / "run")
+    assert (len(split.labeled), len(split.unlabeled), len(split.validation)) == (36, 0, 4) and split.labeled_fraction is None

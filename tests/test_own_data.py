@@ -419,3 +419,20 @@ def test_split_lists_and_explicit_label_modes(tmp_path, tiny_polyps, capsys) -> 
     full = config_from_dict({**raw, "data": {**raw["data"], "train": str(tiny_polyps / "TrainDataset"), "labels": "given"}})
     split = choose_split(full, load_pool(full.data, tmp_path / "cache"), tmp_path / "run")
     assert (len(split.labeled), len(split.unlabeled), len(split.validation)) == (36, 0, 4) and split.labeled_fraction is None
+
+
+def test_comparison_puts_the_teacher_stage_beside_the_released_model(tmp_path, tiny_polyps) -> None:
+    from pseudoseg.quickstart import compare_with_supervised
+
+    raw = tiny_config(tmp_path, tiny_polyps, method={"name": "momentum", "teacher_steps": 2, "teacher_batch_size": 4}, eval={"pranet_metrics": True})
+    config = config_from_dict(raw)
+    result = train(config, show_progress=False, log=lambda _: None)
+    lines: list = []
+    comparison = compare_with_supervised(result, config, log=lines.append)
+    assert comparison["supervised"]["weights"] == "teacher/best_ema.safetensors"
+    assert comparison["semi_supervised"]["sets"] == result.metrics["sets"]
+    assert sorted(comparison["supervised"]["sets"]) == sorted(result.metrics["sets"])
+    table = (result.run_dir / "report" / "comparison.md").read_text()
+    first = sorted(result.metrics["sets"])[0]
+    gain = result.metrics["sets"][first]["dice@0.5"] - comparison["supervised"]["sets"][first]["dice@0.5"]
+    assert f"| {first} | {comparison['supervised']['sets'][first]['dice@0.5']:.3f} |" in table and f"{gain:+.3f}" in table

@@ -16,7 +16,7 @@ from pseudoseg.errors import UserError
 from pseudoseg.progress import task_bars, wide_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Semi-supervised medical image segmentation with pseudo labels.")
-data_app = typer.Typer(no_args_is_help=True, help="Data sets: generate the built-in synthetic benchmarks.")
+data_app = typer.Typer(no_args_is_help=True, help="Data sets: check your own, generate the built-in synthetic benchmarks.")
 app.add_typer(data_app, name="data")
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights as local files.")
 app.add_typer(weights_app, name="weights")
@@ -78,6 +78,33 @@ def weights_export(
         raise UserError(f"--model: expected fpn or flexible_unet, got {model!r}")
     count = export_encoder_weights(ModelConfig(name=model, encoder=encoder), out, overwrite=overwrite)
     wide_console().print(f"wrote {out}: {count} tensors of the {encoder} encoder (ImageNet); use it with model.weights: {out} and model.weights_scope: encoder")
+
+
+@data_app.command("check")
+def data_check(
+    path: Annotated[Path, typer.Argument(help="The training data: a folder with images/ and masks/, a Decathlon or an nnU-Net data set.")],
+    kind: Annotated[str, typer.Option(help="auto, folders (2-D images) or volumes (NIfTI).")] = "auto",
+    images_dir: Annotated[str, typer.Option(help="folders: name of the images folder.")] = "images",
+    masks_dir: Annotated[str, typer.Option(help="folders: name of the masks folder.")] = "masks",
+    unlabeled: Annotated[Optional[list[Path]], typer.Option(help="A further folder of images without masks (repeatable), as data.unlabeled.")] = None,
+    test: Annotated[Optional[Path], typer.Option(help="Test data, as data.test.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the summary here.")] = None,
+) -> None:
+    """Read a data set as training would; print counts, sizes, mask values, balance and every problem.
+
+    Exit code 0 when it would train, 2 otherwise.
+    """
+    from pseudoseg.data.check import check_dataset
+
+    if kind not in ("auto", "folders", "volumes"):
+        raise UserError(f"--kind: expected auto, folders or volumes, got {kind!r}")
+    report = check_dataset(path, kind=None if kind == "auto" else kind, images_dir=images_dir, masks_dir=masks_dir, unlabeled=tuple(unlabeled or ()), test=test)
+    console = wide_console()
+    for line in report.lines():
+        console.print(line, markup=False, highlight=False)
+    _write_json_output(json_out, report.to_json())
+    if not report.ok:
+        sys.exit(2)
 
 
 @app.command()

@@ -64,8 +64,18 @@ class DataConfig(_Section):
     """``folders``: 2-D images and masks; ``volumes``: CT volumes in NIfTI."""
     train: Path
     """Training pool. ``folders``: a folder with ``images/`` and ``masks/`` (PraNet
-    layout, Kvasir-SEG as released). ``volumes``: a folder with ``imagesTr/`` and
-    ``labelsTr/`` (Medical Segmentation Decathlon layout)."""
+    layout, Kvasir-SEG as released); images without a mask are unlabeled.
+    ``volumes``: a folder with ``imagesTr/`` and ``labelsTr/`` (Medical Segmentation
+    Decathlon layout); cases without a label are unlabeled. Either kind: an nnU-Net
+    v2 raw data set (``dataset.json``, ``imagesTr/<case>_0000<file_ending>``)."""
+    unlabeled: tuple[Path, ...] = ()
+    """Further folders of images without masks (``folders``: image files; ``volumes``:
+    NIfTI files), added to the unlabeled set."""
+    labels: Literal["auto", "given", "simulated"] = "auto"
+    """Which images are labeled. ``given``: those with a mask (validation drawn
+    from them; ``labeled_fraction`` unused). ``simulated``: a benchmark, the masks of
+    all but ``labeled_fraction`` of them are hidden. ``auto``: ``simulated`` when every
+    image has a mask and there is no ``unlabeled`` folder, ``given`` otherwise."""
     test: Path | None = None
     """Test sets. ``folders``: a parent of several sets (``TestDataset/<name>/images``)
     or one set. ``volumes``: a folder with ``imagesTs/`` and ``labelsTs/``."""
@@ -79,7 +89,8 @@ class DataConfig(_Section):
     """``imagenet``: ImageNet mean/std (RGB photographs, pretrained encoders);
     ``unit``: scale to [-1, 1] (CT slices)."""
     labeled_fraction: float = 0.2
-    """Fraction of the pool (after validation) that keeps its masks, in (0, 1]."""
+    """Simulated labels: fraction of the masked images (after validation) that keep
+    their masks, in (0, 1]. Not used when the labels are given."""
     val_fraction: float = 0.1
     """Fraction of the pool held out for validation (checkpoint choice), in [0, 1)."""
     split_seed: int | None = None
@@ -98,6 +109,9 @@ class DataConfig(_Section):
     """``volumes``: intensity window in HU, clipped and rescaled."""
     context: int = Field(0, ge=0)
     """``volumes``: neighbouring slices on each side given as extra channels."""
+    channels: int | None = Field(None, ge=1)
+    """``volumes``: image channels per case (files ``_0000``, ``_0001``, ...); read
+    from an nnU-Net ``dataset.json`` (``channel_names``) when not set, else 1."""
 
     @field_validator("labeled_fraction")
     @classmethod
@@ -120,9 +134,18 @@ class DataConfig(_Section):
             raise ValueError(f"lower bound must be below upper bound, got {list(value)}")
         return value
 
+    @model_validator(mode="after")
+    def _channels_from_dataset_json(self) -> DataConfig:
+        if self.channels is None and self.kind == "volumes":
+            from pseudoseg.data.nnunet import channel_count
+
+            # Resolved once here, so config.yaml records the network's input channels.
+            object.__setattr__(self, "channels", channel_count(self.train) or 1)
+        return self
+
     @property
     def in_channels(self) -> int:
-        return 3 if self.kind == "folders" else 2 * self.context + 1
+        return 3 if self.kind == "folders" else (self.channels or 1) * (2 * self.context + 1)
 
 
 class ModelConfig(_Section):
@@ -443,6 +466,8 @@ def config_from_dict(raw: dict[str, Any], *, origin: str = "configuration") -> R
         named, sep, rest = message.partition(": ")
         if error["type"] == "value_error" and sep and named.replace(".", "_").isidentifier():
             key, message = (f"{key}.{named}" if key else named), rest
+        if error["type"] == "missing" and key == "data":
+            key, message = "data.train", "required (the training folder); the data section is missing"
         raise UserError(f"{origin}: {key}: {message}") from None
 
 

@@ -8,6 +8,7 @@ crash never corrupts a checkpoint, report or manifest that was there before.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -52,6 +53,30 @@ def remove_temporary_files(root: str | os.PathLike) -> list[Path]:
     return sorted(removed)
 
 
+# Failures of the disk, not of pseudoseg: reported as the user's to fix.
+_DISK_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk, a quota or a missing permission while writing ``path``
+    into a one-line :class:`~pseudoseg.errors.UserError` naming it."""
+    from pseudoseg.errors import UserError
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        raise UserError(f"{path}: cannot write ({_DISK_ERRORS[exc.errno]})") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
@@ -61,17 +86,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``path`` is untouched.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMPORARY_SUFFIX, dir=target.parent)
-    os.close(fd)
+    with disk_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMPORARY_SUFFIX, dir=target.parent)
+        os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates the file 0600; give it the permissions an ordinary open() would.
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     try:
-        yield tmp
-        os.replace(tmp, target)
+        with disk_errors(target):
+            yield tmp
+            os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -45,6 +45,10 @@ def predict_paths(predictor: Predictor, inputs: Path, out: Path, *, threshold: f
     inputs, out = Path(inputs), Path(out)
     if not inputs.exists():
         raise UserError(f"{inputs}: not found")
+    source_folder = inputs if inputs.is_dir() else inputs.parent
+    if out.resolve() == source_folder.resolve():
+        # Masks would land among the images (a.jpg -> a.png) and be read as images next time.
+        raise UserError(f"{out}: the output folder is the input folder (predictions would overwrite an input or land among them); choose another output folder")
     if predictor.preprocessing.kind == "volumes":
         if probabilities or overlay:
             raise UserError("--probabilities/--overlay: not available for CT volumes; the label map is written")
@@ -96,11 +100,27 @@ def _predict_volumes(predictor: Predictor, inputs: Path, out: Path, threshold: f
         name = path.name
         return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else name[: -len(".nii")]
 
-    targets = [out / f"{case_id(path)}.nii.gz" for path in files]
-    _check_disjoint(files, targets)
     pre = predictor.preprocessing
-    for path, target in zip(files, targets):
-        slices, _ = case_slices(VolumeCase(case_id(path), path, None), window=pre.window, size=pre.image_size, context=pre.context, with_labels=False)
+    channels = pre.in_channels // (2 * pre.context + 1)
+    if channels == 1:
+        cases = [VolumeCase(case_id(path), path, None) for path in files]
+    else:  # nnU-Net naming: <case>_0000, <case>_0001, ... one file per channel
+        by_case: dict[str, dict[int, Path]] = {}
+        for path in files:
+            stem, _, number = case_id(path).rpartition("_")
+            if not (stem and number.isdigit() and len(number) == 4):
+                raise UserError(f"{path}: the model takes {channels} channels; name the files <case>_0000 .. <case>_{channels - 1:04d}")
+            by_case.setdefault(stem, {})[int(number)] = path
+        cases = []
+        for name, found in sorted(by_case.items()):
+            if sorted(found) != list(range(channels)):
+                raise UserError(f"{inputs}: case {name!r} has channels {sorted(found)}; the model takes {channels} (_0000 .. _{channels - 1:04d})")
+            cases.append(VolumeCase(name, found[0], None, tuple(found[c] for c in range(1, channels))))
+    targets = [out / f"{case.case_id}.nii.gz" for case in cases]
+    _check_disjoint(files, targets)
+    for case, target in zip(cases, targets):
+        path = case.image_path
+        slices, _ = case_slices(case, window=pre.window, size=pre.image_size, context=pre.context, with_labels=False)
         reference = load_volume(path, read_data=False)
         prob = slices_to_volume(predict_slices(predictor, slices, _BATCH), reference)
         write_label_volume(target, (prob >= threshold).astype(np.uint8), reference)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from pseudoseg.engine.device import describe_machine, machine_line, resolve_amp,
 from pseudoseg.engine.trainer import StageResult, Trainer
 from pseudoseg.errors import UserError
 from pseudoseg.progress import console_print, task_bars
-from pseudoseg.fileio import is_temporary_name, remove_temporary_files, write_json, write_text
+from pseudoseg.fileio import disk_errors, is_temporary_name, remove_temporary_files, write_json, write_text
 from pseudoseg.methods import RECIPES
 from pseudoseg.methods.session import RunSession
 from pseudoseg.models import build_model, describe_architecture
@@ -97,42 +97,102 @@ def prepare_run_dir(config: RunConfig, dist: DistInfo) -> Path:
     """Create the run directory, or check that an existing one holds this same run."""
     run_dir = Path(config.run_dir)
     if dist.is_main:  # one process checks and writes; the others wait for it
-        config_file = run_dir / "config.yaml"
-        if config_file.is_file():
-            previous = yaml.safe_load(config_file.read_text())
-            try:  # keys added to pseudoseg since that run compare as their defaults
-                previous = RunConfig.model_validate(previous).model_dump(mode="json")
-            except ValueError:
-                pass
-            key = _first_difference(previous, config.model_dump(mode="json"))
-            if key is not None:
-                raise UserError(f"{run_dir}: holds a run with another configuration ({key} differs); choose a new run_dir")
-        elif run_dir.exists() and any(not is_temporary_name(path.name) for path in run_dir.iterdir()):
-            raise UserError(f"{run_dir}: exists and is not a pseudoseg run directory; choose a new run_dir")
-        # what a killed run was writing when it stopped (config.yaml included):
-        # never renamed onto its target, never read
-        if run_dir.exists():
-            remove_temporary_files(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(config_file, dump_config(config))
+        with disk_errors(run_dir):
+            _claim_run_dir(config, run_dir)
     barrier(dist)
     return run_dir
 
 
+def _claim_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """Check that ``run_dir`` is new or holds this same run; write its config.yaml."""
+    config_file = run_dir / "config.yaml"
+    if config_file.is_file():
+        previous = yaml.safe_load(config_file.read_text())
+        try:  # keys added to pseudoseg since that run compare as their defaults
+            previous = RunConfig.model_validate(previous).model_dump(mode="json")
+        except ValueError:
+            pass
+        key = _first_difference(previous, config.model_dump(mode="json"))
+        if key is not None:
+            raise UserError(f"{run_dir}: holds a run with another configuration ({key} differs); choose a new run_dir")
+    elif run_dir.exists() and any(not is_temporary_name(path.name) for path in run_dir.iterdir()):
+        raise UserError(f"{run_dir}: exists and is not a pseudoseg run directory; choose a new run_dir")
+    # what a killed run was writing when it stopped (config.yaml included):
+    # never renamed onto its target, never read
+    if run_dir.exists():
+        remove_temporary_files(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(config_file, dump_config(config))
+
+
 def choose_split(config: RunConfig, pool: SamplePool, run_dir: Path) -> Split:
-    """The run's split over the pool's units (images, or patient cases)."""
+    """The run's split over the pool's units (images, or patient cases).
+
+    Units without a true mask are always unlabeled. With ``data.labels``
+    ``simulated`` (``auto`` when every unit has a mask and no ``data.unlabeled``
+    folder is given) validation and labeled units are drawn among the masked
+    ones exactly as :func:`make_split` draws them, and the units without a mask
+    join U. With ``given``, validation is drawn among the masked units with the
+    same seed and every other masked unit is labeled.
+
+    Raises:
+        UserError: if a split read from a manifest or lists makes a unit
+            without a mask labeled or validation.
+    """
     data = config.data
-    units = sorted(set(pool.groups))
+    units = pool.units()
+    masked = pool.units_with_mask()
+    unmasked = sorted(set(units) - set(masked))
     manifest = run_dir / "split.json"
     if manifest.is_file():
-        return load_split(manifest, ids=units)
-    if data.split is not None:
+        split = load_split(manifest, ids=units)
+        origin = str(manifest)
+    elif data.split is not None:
         split = load_split(data.split, ids=units)
+        origin = str(data.split)
     elif data.labeled_list is not None:
         split = split_from_lists(units, labeled=data.labeled_list, unlabeled=data.unlabeled_list, validation=data.validation_list)
+        origin = str(data.labeled_list)
     else:
-        split = make_split(units, labeled_fraction=data.labeled_fraction, val_fraction=data.val_fraction, seed=config.split_seed)
-    return split
+        origin = ""
+        simulate = data.labels == "simulated" or (data.labels == "auto" and not unmasked and not data.unlabeled)
+        if simulate:
+            split = make_split(masked, labeled_fraction=data.labeled_fraction, val_fraction=data.val_fraction, seed=config.split_seed)
+        else:
+            split = replace(make_split(masked, labeled_fraction=1.0, val_fraction=data.val_fraction, seed=config.split_seed), labeled_fraction=None)
+    missing = set(unmasked)
+    for part in ("labeled", "validation"):
+        wrong = [unit for unit in getattr(split, part) if unit in missing]
+        if wrong:
+            raise UserError(f"{origin}: {len(wrong)} {part} id{'s have' if len(wrong) > 1 else ' has'} no mask, e.g. '{wrong[0]}'")
+    listed = set(split.labeled) | set(split.unlabeled) | set(split.validation)
+    if not origin or data.unlabeled_list is None:  # images without a mask are unlabeled, whatever a list left out
+        split = replace(split, unlabeled=split.unlabeled + tuple(unit for unit in unmasked if unit not in listed))
+        listed |= missing
+    sources = {folder: tuple(unit for unit in members if unit in listed) for folder, members in pool.unit_sources().items()}
+    return replace(split, without_mask=tuple(unit for unit in split.unlabeled if unit in missing), sources=sources)
+
+
+def split_line(config: RunConfig, split: Split, pool: SamplePool, unlabeled: np.ndarray, run_dir: Path) -> str:
+    """The run's first line: the split's counts and where its labels come from."""
+    noun = "cases" if config.data.kind == "volumes" else "images"
+    counts = f"{config.method.name}: {len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled, {len(split.validation)} validation {noun}"
+    if split.source == "lists":
+        how = "split from lists"
+    elif split.labels == "given":
+        unused = "" if config.data.labels == "given" else f"; data.labeled_fraction {config.data.labeled_fraction:g} not used"
+        how = f"labels as given: the {len(split.without_mask)} unlabeled have no mask{unused}"
+    else:
+        how = f"labels simulated: masks of {len(split.hidden_masks)} hidden (data.labeled_fraction {split.labeled_fraction:g}, split seed {split.seed})"
+        if split.without_mask:
+            how += f", {len(split.without_mask)} without a mask"
+    scored = len(pool.with_true_masks(unlabeled))
+    if config.method.name != "supervised" and len(unlabeled):
+        if scored == 0:
+            how += "; pseudo-label Dice not computed (no true masks in U)"
+        elif scored < len(unlabeled):
+            how += f"; pseudo-label Dice on the {len(split.hidden_masks)} unlabeled {noun} with a true mask"
+    return f"{counts} ({how}); run directory {run_dir}"
 
 
 def _indices(pool: SamplePool, units: tuple[str, ...]) -> np.ndarray:
@@ -157,6 +217,7 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
     split = choose_split(config, pool, run_dir)
     if dist.is_main and not (run_dir / "split.json").is_file():
         save_split(split, run_dir / "split.json")
+    log(split_line(config, split, pool, _indices(pool, split.unlabeled), run_dir))
     in_channels = config.data.in_channels
     architecture = describe_architecture(config.model, in_channels)
     trainer = Trainer(
@@ -179,10 +240,6 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
         validation=_indices(pool, split.validation),
         log=log,
     )
-    log(
-        f"{config.method.name}: {len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled, "
-        f"{len(split.validation)} validation ({'cases' if config.data.kind == 'volumes' else 'images'}); run directory {run_dir}"
-    )
     outcome = RECIPES[config.method.name](session)
     from pseudoseg.inference import write_model_manifest
 
@@ -190,7 +247,8 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
     if dist.is_main:
         write_model_manifest(run_dir, outcome.released, outcome.networks, outcome.ensemble)
         write_json(run_dir / "budget.json", budget)
-        plot_run_curves(run_dir)
+        no_truth = len(session.unlabeled) and not len(pool.with_true_masks(session.unlabeled))
+        plot_run_curves(run_dir, note="no true masks in U: pseudo-label Dice not computed" if no_truth else None)
     barrier(dist)
     metrics = None
     report = run_dir / "report" / "metrics.json"
@@ -292,11 +350,11 @@ def provenance_notes(provenance: dict[str, Any]) -> list[str]:
     return notes
 
 
-def plot_run_curves(run_dir: Path) -> Path | None:
+def plot_run_curves(run_dir: Path, *, note: str | None = None) -> Path | None:
     """``report/curves.png``: validation Dice of every network and pseudo-label Dice, per stage."""
     from pseudoseg.evaluation.plots import plot_stage_curves
 
     stages = sorted(path.parent for path in Path(run_dir).glob("*/metrics.jsonl"))
     if not stages:
         return None
-    return plot_stage_curves(stages, Path(run_dir) / "report" / "curves.png")
+    return plot_stage_curves(stages, Path(run_dir) / "report" / "curves.png", note=note)

@@ -127,7 +127,7 @@ def test_config_file_errors(tmp_path: Path) -> None:
     bad.write_text("- a list\n")
     with pytest.raises(UserError, match="expected a mapping"):
         load_config(bad)
-    with pytest.raises(UserError, match="data: Field required"):
+    with pytest.raises(UserError, match="data.train: required"):
         config_from_dict({})
 
 

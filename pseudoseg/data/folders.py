@@ -41,6 +41,79 @@ class ImagePair:
     stem: str
     image: Path
     mask: Path | None
+    channels: tuple[Path, ...] = ()
+    """nnU-Net data sets: one file per channel (``<case>_0000.png``, ``_0001``, ...),
+    ``image`` being the first; empty for an ordinary image file."""
+
+
+def read_pair_image(pair: ImagePair) -> np.ndarray:
+    """The image of ``pair`` as ``uint8 [H, W, 3]``, its channel files stacked when it has several.
+
+    An nnU-Net case of one channel file reads like any image (grayscale is
+    repeated, RGB kept); three channel files (R, G, B) are stacked.
+
+    Raises:
+        UserError: naming the file for channel files of different sizes, or a
+            case of two or more than three channels.
+    """
+    if len(pair.channels) <= 1:
+        return read_image(pair.image)
+    if len(pair.channels) != 3:
+        raise UserError(f"{pair.image}: 2-D images with {len(pair.channels)} channels are not supported (1, or 3 as R, G, B)")
+    planes = [read_image(path)[:, :, 0] for path in pair.channels]
+    for path, plane in zip(pair.channels[1:], planes[1:]):
+        if plane.shape != planes[0].shape:
+            raise UserError(f"{path}: channel is {plane.shape[0]}x{plane.shape[1]} but {pair.channels[0]} is {planes[0].shape[0]}x{planes[0].shape[1]}")
+    return np.stack(planes, axis=2)
+
+
+def looks_like_mask(array: np.ndarray) -> bool:
+    """Whether a decoded file holds a segmentation mask rather than an image.
+
+    True for grayscale data (or colour with equal channels) that is binary
+    (two values or fewer) or a small-integer label map (values up to 16).
+    """
+    if array.ndim == 3:
+        colour = array[:, :, :3] if array.shape[2] >= 3 else array[:, :, :1]
+        if not (colour == colour[:, :, :1]).all():
+            return False
+        array = colour[:, :, 0]
+    if array.dtype == np.bool_:
+        return True
+    values = np.unique(array)
+    if values.size <= 2:
+        return True
+    return bool(np.issubdtype(array.dtype, np.integer) and values.max() <= 16)
+
+
+def find_unlabeled_images(folder: Path, *, images_dir: str = "images", checked: int = 8) -> list[ImagePair]:
+    """The images of an image-only folder (``data.unlabeled``), sorted by stem, without masks.
+
+    ``folder`` holds the image files, or an ``images_dir`` sub-folder that does.
+    Up to ``checked`` files spread over the folder are decoded: if every one
+    of them looks like a mask (:func:`looks_like_mask`), the folder is refused,
+    since masks trained on as images would teach the network nothing useful.
+
+    Raises:
+        UserError: naming the folder if it is missing, holds no images, or holds masks.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"unlabeled folder not found: {folder} (data.unlabeled)")
+    images = folder / images_dir if (folder / images_dir).is_dir() else folder
+    files = _list_image_files(images)
+    if not files:
+        raise UserError(
+            f"{images}: no images found for data.unlabeled (accepted suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    pairs = [ImagePair(stem, files[stem], None) for stem in sorted(files)]
+    picks = sorted({round(i * (len(pairs) - 1) / max(checked - 1, 1)) for i in range(min(checked, len(pairs)))})
+    if all(looks_like_mask(_read_array(pairs[i].image)) for i in picks):
+        raise UserError(
+            f"{images}: holds masks, not images (all {len(picks)} files checked are binary or label maps); "
+            "data.unlabeled takes folders of images without masks"
+        )
+    return pairs
 
 
 # --------------------------------------------------------------------------- decoding
@@ -289,6 +362,11 @@ def find_pairs_in(images: Path, masks: Path | None, require_masks: bool = True) 
     if not masks.is_dir():
         raise UserError(f"masks folder not found: {masks}")
     mask_files = _list_image_files(masks)
+    if mask_files and not set(mask_files) & set(image_files):
+        raise UserError(
+            f"no mask in {masks} matches an image in {images} by file stem "
+            f"(masks like '{min(mask_files)}', images like '{min(image_files)}')"
+        )
     orphan_masks = sorted(set(mask_files) - set(image_files))
     if orphan_masks:
         raise UserError(

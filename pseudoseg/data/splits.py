@@ -19,7 +19,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from pseudoseg.errors import UserError
 from pseudoseg.fileio import write_json
 
 MANIFEST_FORMAT = "pseudoseg-split"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 _SOURCES = ("random", "lists")
 # Suffixes tolerated (and stripped) in list files, beyond the 2-D image ones.
 _LIST_SUFFIXES = (".nii.gz", ".nii", ".npy", ".npz", ".h5", ".mha", ".nrrd", *sorted(IMAGE_SUFFIXES))
@@ -53,15 +53,34 @@ class Split:
     val_fraction: float | None
     labeled_fraction: float | None
     source: str
+    without_mask: tuple[str, ...] = ()
+    """Ids of U that have no true mask at all (given unlabeled); the other ids of U
+    have a mask that the split hides (simulated)."""
+    sources: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The folder each id was read from: folder -> ids (empty when not recorded)."""
 
     def __post_init__(self) -> None:
-        for name in ("labeled", "unlabeled", "validation"):
+        for name in ("labeled", "unlabeled", "validation", "without_mask"):
             object.__setattr__(self, name, tuple(sorted(getattr(self, name))))
+        object.__setattr__(self, "sources", {folder: tuple(sorted(ids)) for folder, ids in self.sources.items()})
+        if not set(self.without_mask) <= set(self.unlabeled):
+            raise ValueError("ids without a mask can only be unlabeled")
         if self.source not in _SOURCES:
             raise ValueError(f"source must be one of {_SOURCES}, got {self.source!r}")
         overlap = _first_overlap(self.labeled, self.unlabeled, self.validation)
         if overlap is not None:
             raise ValueError(f"id {overlap!r} is in two parts of the split")
+
+    @property
+    def labels(self) -> str:
+        """``given``: U is exactly the images without a mask; ``simulated``: U includes hidden masks."""
+        return "given" if set(self.unlabeled) == set(self.without_mask) else "simulated"
+
+    @property
+    def hidden_masks(self) -> tuple[str, ...]:
+        """Ids of U whose true mask exists (hidden from training; diagnostics may use it)."""
+        missing = set(self.without_mask)
+        return tuple(item for item in self.unlabeled if item not in missing)
 
     def to_json(self) -> dict[str, Any]:
         """The manifest payload: parameters, counts (for people reading it) and the ids."""
@@ -69,6 +88,7 @@ class Split:
             "format": MANIFEST_FORMAT,
             "version": MANIFEST_VERSION,
             "source": self.source,
+            "labels": self.labels,
             "seed": self.seed,
             "val_fraction": self.val_fraction,
             "labeled_fraction": self.labeled_fraction,
@@ -80,6 +100,8 @@ class Split:
             "labeled": list(self.labeled),
             "unlabeled": list(self.unlabeled),
             "validation": list(self.validation),
+            "without_mask": list(self.without_mask),
+            "sources": {folder: list(ids) for folder, ids in self.sources.items()},
         }
 
     @classmethod
@@ -124,6 +146,13 @@ class Split:
             raise UserError(f"{origin}: id '{overlap}' is in two parts of the split")
         if not parts["labeled"]:
             raise UserError(f"{origin}: the labeled list is empty")
+        # Manifests before version 2 record neither; their U had hidden masks only.
+        without_mask = payload.get("without_mask", [])
+        sources = payload.get("sources", {})
+        if not isinstance(without_mask, list) or not set(without_mask) <= set(parts["unlabeled"]):
+            raise UserError(f"{origin}: 'without_mask' must list ids of the unlabeled part")
+        if not isinstance(sources, dict) or not all(isinstance(ids, list) for ids in sources.values()):
+            raise UserError(f"{origin}: 'sources' must map folders to lists of ids")
         return cls(
             labeled=parts["labeled"],
             unlabeled=parts["unlabeled"],
@@ -132,6 +161,8 @@ class Split:
             val_fraction=fractions["val_fraction"],
             labeled_fraction=fractions["labeled_fraction"],
             source=source,
+            without_mask=tuple(without_mask),
+            sources={str(folder): tuple(ids) for folder, ids in sources.items()},
         )
 
 

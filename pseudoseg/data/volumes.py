@@ -56,6 +56,12 @@ class VolumeCase:
     case_id: str
     image_path: Path
     label_path: Path | None
+    extra_channels: tuple[Path, ...] = ()
+    """Further channels of a multi-channel case (nnU-Net ``_0001``, ...); ``image_path`` is channel 0."""
+
+    @property
+    def channel_paths(self) -> tuple[Path, ...]:
+        return (self.image_path, *self.extra_channels)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -127,6 +133,37 @@ def discover_cases(
             raise UserError(f"{images[case_id]}: image has no label in {labels_folder}")
         cases.append(VolumeCase(case_id=case_id, image_path=images[case_id], label_path=label))
     return cases
+
+
+def volume_cases(
+    root: Path,
+    *,
+    images_dir: str = "imagesTr",
+    labels_dir: str = "labelsTr",
+    require_labels: bool = True,
+) -> list[VolumeCase]:
+    """The cases of ``root``: an nnU-Net v2 raw data set when its ``dataset.json``
+    says so (several channels allowed), the Decathlon layout otherwise.
+
+    Raises:
+        UserError: as :func:`discover_cases`, or for the first disagreement
+            between an nnU-Net ``dataset.json`` and the files.
+    """
+    from pseudoseg.data.nnunet import check_num_training, list_cases, raise_first, read_dataset_json
+
+    dataset = read_dataset_json(root)
+    if dataset is None:
+        return discover_cases(root, images_dir=images_dir, labels_dir=labels_dir, require_labels=require_labels)
+    if not dataset.file_ending.lower().endswith(NIFTI_SUFFIXES):
+        raise UserError(f"{dataset.path}: file_ending {dataset.file_ending} is not NIfTI; read it with data.kind: folders")
+    problems: list[str] = []
+    raw = list_cases(dataset, images_dir, labels_dir, problems)
+    if raw and images_dir == "imagesTr":
+        check_num_training(dataset, raw, problems)
+    if require_labels:
+        problems += [f"{case.channels[0]}: image has no label in {root / labels_dir}" for case in raw if case.label is None]
+    raise_first(problems)
+    return [VolumeCase(case.case_id, case.channels[0], case.label, case.channels[1:]) for case in raw]
 
 
 def _list_volumes(folder: Path) -> dict[str, Path]:
@@ -270,8 +307,9 @@ def case_slices(
             non-zero value (so liver + tumour labels give the whole organ).
 
     Returns:
-        ``(images, labels)``: ``uint8 [Z, 2*context+1, size, size]`` with the
-        centre slice in channel ``context``, and ``uint8 [Z, size, size]`` in
+        ``(images, labels)``: ``uint8 [Z, C*(2*context+1), size, size]`` for a
+        case of ``C`` channels (channel by channel, each with the centre slice
+        at ``context``), and ``uint8 [Z, size, size]`` in
         {0, 1} (``None`` when ``with_labels`` is false).
 
     Raises:
@@ -284,18 +322,14 @@ def case_slices(
     if context < 0:
         raise ValueError(f"context must be non-negative, got {context}")
     image = _as_3d(load_volume(case.image_path), case.image_path)
-    canonical = nib.as_closest_canonical(image)
-    data = np.asanyarray(canonical.dataobj)
-
-    windowed = np.empty((data.shape[2], size, size), dtype=np.uint8)
-    for start in range(0, data.shape[2], _SLICE_BLOCK):
-        block = np.moveaxis(data[:, :, start : start + _SLICE_BLOCK], 2, 0)  # [z, x, y]
-        unit = _resize(_window_unit(block, window), (size, size), mode="bilinear")
-        windowed[start : start + block.shape[0]] = _to_uint8(unit)
-    depth = windowed.shape[0]
-    offsets = np.arange(-context, context + 1)
-    neighbours = np.clip(np.arange(depth)[:, None] + offsets[None, :], 0, depth - 1)
-    images = windowed[neighbours]  # [Z, 2*context+1, size, size]
+    stacks = [_channel_slices(image, window, size, context)]
+    for path in case.extra_channels:
+        channel = _as_3d(load_volume(path), path)
+        if channel.shape != image.shape or nib.aff2axcodes(channel.affine) != nib.aff2axcodes(image.affine):
+            raise UserError(f"{path}: channel shape {channel.shape} or orientation differs from {case.image_path} {image.shape}")
+        stacks.append(_channel_slices(channel, window, size, context))
+    images = stacks[0] if len(stacks) == 1 else np.concatenate(stacks, axis=1)
+    depth = images.shape[0]
 
     if not with_labels:
         return images, None
@@ -319,6 +353,20 @@ def case_slices(
         block = np.moveaxis(mask[:, :, start : start + _SLICE_BLOCK], 2, 0).astype(np.float32)
         labels[start : start + block.shape[0]] = _resize(block, (size, size), mode="nearest-exact") > 0.5
     return images, labels
+
+
+def _channel_slices(image: nib.Nifti1Image, window: tuple[float, float], size: int, context: int) -> np.ndarray:
+    """One channel's axial slices, windowed and resized, with ``context`` neighbours: ``uint8 [Z, 2*context+1, S, S]``."""
+    data = np.asanyarray(nib.as_closest_canonical(image).dataobj)
+    windowed = np.empty((data.shape[2], size, size), dtype=np.uint8)
+    for start in range(0, data.shape[2], _SLICE_BLOCK):
+        block = np.moveaxis(data[:, :, start : start + _SLICE_BLOCK], 2, 0)  # [z, x, y]
+        unit = _resize(_window_unit(block, window), (size, size), mode="bilinear")
+        windowed[start : start + block.shape[0]] = _to_uint8(unit)
+    depth = windowed.shape[0]
+    offsets = np.arange(-context, context + 1)
+    neighbours = np.clip(np.arange(depth)[:, None] + offsets[None, :], 0, depth - 1)
+    return windowed[neighbours]
 
 
 def _as_3d(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:

@@ -261,6 +261,9 @@ class Trainer:
             raise UserError("data: the labeled split is empty; raise data.labeled_fraction")
         if len(spec.validation) == 0:
             raise UserError("data: the validation split is empty; raise data.val_fraction (checkpoints are chosen on it)")
+        flags = self.pool.mask_flags()
+        if not (flags[spec.labeled].all() and flags[spec.validation].all()):
+            raise ValueError(f"stage {spec.name}: a labeled or validation sample has no mask")  # a bug, never the user's input
         cfg = self.config
         seed = stage_seed(cfg.seed, spec.name)
         torch.manual_seed(network_seed(cfg.seed) if spec.init_seed is None else spec.init_seed)
@@ -419,18 +422,22 @@ class Trainer:
                 if self.dist.is_main:
                     meta = {"architecture": self.architecture, "preprocessing": self.preprocessing, "stage": spec.name, "network": name, "step": step, "validation": scores, "seed": self.config.seed}
                     save_weights(path, network, meta)
-        if strategy.renders_pseudo_labels and len(spec.unlabeled):
-            record["pseudo/dice"] = self._pseudo_label_dice(spec, strategy)
+        if strategy.renders_pseudo_labels:
+            pseudo_dice = self._pseudo_label_dice(spec, strategy)
+            if pseudo_dice is not None:  # absent, not zero, where U has no true masks
+                record["pseudo/dice"] = pseudo_dice
         return record
 
     @torch.no_grad()
-    def _pseudo_label_dice(self, spec: StageSpec, strategy: Strategy) -> float:
-        """Dice of the current pseudo labels against the true masks of U (diagnostic only).
+    def _pseudo_label_dice(self, spec: StageSpec, strategy: Strategy) -> float | None:
+        """Dice of the current pseudo labels against the true masks of U (diagnostic only),
+        over the images of U that have one; ``None`` when none has.
 
         The true masks of unlabeled images are read here and nowhere else: they
         never reach a loss.
         """
-        return self.score(spec.unlabeled, strategy.pseudo_labels)["dice"]
+        scored = self.pool.with_true_masks(spec.unlabeled)
+        return self.score(scored, strategy.pseudo_labels)["dice"] if len(scored) else None
 
     # ------------------------------------------------------------ checkpoints
     def _save_last(self, path, describe, step, best, window, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> None:

@@ -80,12 +80,12 @@ def _evaluate_folders(predictors, test_root: Path, pre: Preprocessing, config: E
 
 
 def _evaluate_volumes(predictors, test_root: Path, pre: Preprocessing, config: EvalConfig, progress) -> dict[str, PerSet]:
-    from pseudoseg.data.volumes import case_slices, discover_cases, load_volume, slices_to_volume, voxel_spacing
+    from pseudoseg.data.volumes import case_slices, load_volume, slices_to_volume, volume_cases, voxel_spacing
     from pseudoseg.evaluation.volume_metrics import VolumeMetrics
 
     images_dir = "imagesTs" if (test_root / "imagesTs").is_dir() else "imagesTr"
     labels_dir = images_dir.replace("images", "labels")
-    cases = discover_cases(test_root, images_dir=images_dir, labels_dir=labels_dir, require_labels=True)
+    cases = volume_cases(test_root, images_dir=images_dir, labels_dir=labels_dir, require_labels=True)
     metrics = {name: VolumeMetrics() for name in predictors}
     for done, case in enumerate(cases, 1):
         slices, _ = case_slices(case, window=pre.window, size=pre.image_size, context=pre.context, with_labels=False)

@@ -32,8 +32,11 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_stage_curves(stage_dirs: Sequence[Path], out: Path) -> Path:
-    """One panel per stage: ``<network>/dice`` on V and ``pseudo/dice`` on U against step."""
+def plot_stage_curves(stage_dirs: Sequence[Path], out: Path, *, note: str | None = None) -> Path:
+    """One panel per stage: ``<network>/dice`` on V and ``pseudo/dice`` on U against step.
+
+    ``note`` is written under the panels (e.g. why a pseudo-label curve is absent).
+    """
     plt = _pyplot()
 
     fig, axes = plt.subplots(1, len(stage_dirs), figsize=(5 * len(stage_dirs), 3.6), squeeze=False)
@@ -52,6 +55,9 @@ def plot_stage_curves(stage_dirs: Sequence[Path], out: Path) -> Path:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     fig.tight_layout()
+    if note:
+        fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=8, style="italic")
+        fig.subplots_adjust(bottom=0.2)
     _save(fig, out)
     return out
 
@@ -119,6 +125,8 @@ def plot_round_diagnostics(records: Sequence[dict], out: Path) -> Path:
             axis.plot(*zip(*points), style, label=label)
     method = records[0].get("method", "") if records else ""
     axis.set_title(f"{method} rounds: pseudo-label agreement and quality", fontsize=10)
+    if not any(r.get("pseudo_dice") is not None for r in records):
+        axis.text(0.5, 0.02, "no true masks in U: pseudo-label quality not computed", transform=axis.transAxes, ha="center", fontsize=8, style="italic")
     axis.set_xlabel("round (0: labeled-only model)")
     axis.set_ylabel("Dice @ 0.5 (per image)")
     axis.set_xticks(sorted({r["round"] for r in records}))

@@ -41,7 +41,8 @@ empty; "pooled": all pixels of the subset at once):
   labels against its previous ones (close to 1: lazy learning), and
   ``changed_fraction``, the share of its pixels that flipped;
 * ``pseudo_dice`` / ``pseudo_dice_pooled``: the new labels against the true
-  masks of U; ``pseudo_dice_all``: all current labels of U against them;
+  masks of U; ``pseudo_dice_all``: all current labels of U against them
+  (over the images of U that have a true mask; ``null`` where none has);
 * ``val_dice`` (at ``val_step``): the round model on V, in the validation
   convention that chose it (per case, 3-D, for volumes; per image for 2-D
   data; see :mod:`pseudoseg.engine.validation`).
@@ -390,18 +391,28 @@ def read_rounds(path: Path) -> list[dict[str, Any]]:
     return sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()), key=lambda r: r["round"])
 
 
-def _mask_dice(session: RunSession, files: dict[int, _LabelFile], subsets: list[np.ndarray]) -> float:
+def _true_mask_dice(session: RunSession, read, indices: np.ndarray) -> dict[str, float | None]:
+    """Labels read by ``read`` against the true masks of the members of ``indices`` that
+    have one (diagnostic only); ``None`` values where none has."""
+    scored = session.pool.with_true_masks(indices)
+    if not len(scored):
+        return {"dice": None, "dice_pooled": None, "n": 0}
+    return label_agreement(read, session.pool.masks.read, scored, threshold_b=1)
+
+
+def _mask_dice(session: RunSession, files: dict[int, _LabelFile], subsets: list[np.ndarray]) -> float | None:
     """Per-image Dice of the current labels of all of U against U's true masks (diagnostic only)."""
     total, count = 0.0, 0
     for k, part in enumerate(subsets):
         store = files[k].open()
         try:
-            scores = label_agreement(store.read, session.pool.masks.read, part, threshold_b=1)
+            scores = _true_mask_dice(session, store.read, part)
         finally:
             store.close()
-        total += scores["dice"] * scores["n"]
-        count += scores["n"]
-    return total / max(count, 1)
+        if scores["n"]:
+            total += scores["dice"] * scores["n"]
+            count += scores["n"]
+    return total / count if count else None
 
 
 def _validation_dice(stage: StageResult) -> dict[str, Any]:
@@ -415,7 +426,7 @@ def _initial_record(session: RunSession, stage: StageResult, initial: _LabelFile
     run_dir = Path(session.run_dir)
     store = initial.open()
     try:
-        pseudo = label_agreement(store.read, session.pool.masks.read, initial.indices, threshold_b=1)
+        pseudo = _true_mask_dice(session, store.read, initial.indices)
     finally:
         store.close()
     return {
@@ -452,7 +463,7 @@ def _round_record(
     new, old = fresh.open(), previous.open()
     try:
         agreement = label_agreement(new.read, old.read, fresh.indices)
-        pseudo = label_agreement(new.read, session.pool.masks.read, fresh.indices, threshold_b=1)
+        pseudo = _true_mask_dice(session, new.read, fresh.indices)
     finally:
         new.close()
         old.close()

@@ -345,12 +345,13 @@ class MomentumConfig(_Section):
     same augmented image (the authors' code)."""
     student_init: Literal["fresh", "teacher", "random"] = "fresh"
     """``fresh``: the student starts from the weights the teacher stage started from
-    (``model.weights`` if set, else the run's seeded initialisation): the paper's fresh
-    student, which shares its ImageNet start with the teacher. ``teacher``: from the
-    teacher's trained weights (with ``mode: online`` and equal teacher and student momenta
-    the online teacher and the student's copy are then one network: Mean Teacher).
-    ``random``: an unrelated initialisation (an ablation: averaged into a trained teacher,
-    it destroys it)."""
+    (``model.weights`` / ``model.encoder_weights`` if set, else the run's seeded
+    initialisation): the paper's fresh student, which shares its ImageNet start with the
+    teacher. ``teacher``: from the teacher's trained weights (measured better without
+    pretrained weights, see the README; with ``mode: online`` and equal teacher and
+    student momenta the online teacher and the student's copy are then one network: Mean
+    Teacher). ``random``: an unrelated initialisation (an ablation: averaged into a
+    trained teacher, it destroys it)."""
 
     @model_validator(mode="after")
     def _confidence_needs_hard(self) -> MomentumConfig:

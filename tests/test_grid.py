@@ -9,6 +9,7 @@ import pytest
 from pseudoseg.config import config_from_dict
 from pseudoseg.errors import UserError
 from pseudoseg.grid import grid_variants
+from pseudoseg.methods.momentum import networks_coincide
 
 BASE = {
     "data": {"train": "pool", "test": "tests"},
@@ -51,7 +52,7 @@ def test_momentum_grid_is_the_papers_grid_plus_mean_teacher_and_weak_to_strong()
         mode, teacher = name.split("-")
         assert (method.name, method.mode, method.teacher) == ("momentum", mode, teacher)
         assert method.teacher_run == Path("grid/seed0/supervised")
-        assert method.student_init == "fresh"  # the paper's: not the teacher's weights
+        assert not networks_coincide(method)  # never Mean Teacher under another name
         assert variants[name].train.steps == 600 and variants[name].train.patience is None
     mean_teacher = variants["mean-teacher"].method
     assert (mean_teacher.student_init, mean_teacher.unlabeled_loss, mean_teacher.teacher_momentum) == ("teacher", "mse", mean_teacher.student_momentum)

@@ -328,6 +328,13 @@ class MomentumConfig(_Section):
     """All momentum updates after every step (default) or once per epoch (the authors' code)."""
     ema_buffers: Literal["average", "copy"] = "average"
     """Batch-norm running statistics: averaged like parameters, or copied."""
+    teacher_follows: Literal["auto", "from_start", "once_caught_up"] = "auto"
+    """``mode: online``: when the online teacher starts following the student.
+    ``from_start`` (the paper); ``once_caught_up``: from the first validation at which the
+    student's momentum copy scores at least the teacher (until then the teacher is frozen,
+    as offline), so a student that starts far from the teacher is not averaged into it
+    while it is still worse; ``auto``: ``from_start`` when the student starts from the
+    teacher (``student_init: teacher``), ``once_caught_up`` otherwise."""
     beta: float = Field(0.3, ge=0)
     """Weight of the loss against the teacher's pseudo labels."""
     unlabeled_loss: Literal["segmentation", "mse"] = "segmentation"

@@ -90,7 +90,7 @@ def make_strategy(tmp_path: Path, **method: Any) -> MomentumStudentStrategy:
     weights = tmp_path / "teacher.safetensors"
     save_weights(weights, teacher, {"architecture": {"name": "tiny"}})
     # momenta per step unless a test says otherwise: the hand-replayed updates below use them as they are
-    strategy = MomentumStudentStrategy(MomentumConfig(**{"momentum_unit": "step", **method}), weights)
+    strategy = MomentumStudentStrategy(MomentumConfig(**{"momentum_unit": "step", "teacher_follows": "from_start", **method}), weights)
     strategy.setup(tiny_context(tmp_path, strategy, RecordingLoss(), steps=10, steps_per_epoch=4))
     return strategy
 
@@ -374,7 +374,7 @@ def run_config(run_dir: Path, dataset: Path, *, method: dict[str, Any] | None = 
         "data": {"train": str(dataset / "TrainDataset"), "image_size": 32},
         "model": {"name": "unet", "channels": [4, 8], "num_res_units": 1},
         "train": {"steps": 12, "val_every": 5, "log_every": 1, "batch_size": 4, "unlabeled_batch_size": 4, "amp": "off", "num_threads": 1, **(train_section or {})},
-        "method": {"name": "supervised"} if method is None else {"name": "momentum", "teacher_momentum": 0.9, "student_momentum": 0.8, "momentum_unit": "step", **method},
+        "method": {"name": "supervised"} if method is None else {"name": "momentum", "teacher_momentum": 0.9, "student_momentum": 0.8, "momentum_unit": "step", "teacher_follows": "from_start", **method},
     }
 
 

@@ -18,8 +18,9 @@ from pseudoseg.engine.ema import retained_share, update_momentum
 from pseudoseg.engine.losses import SegmentationLoss, masked_mean_per_image
 from pseudoseg.engine.trainer import Trainer, network_seed, stage_seed
 from pseudoseg.evaluation.report import summarize_runs, write_grid_report
-from pseudoseg.methods.momentum import networks_coincide
+from pseudoseg.methods.momentum import networks_coincide, teacher_waits_for_student
 from pseudoseg.runner import train
+from tests.test_momentum import make_strategy
 from tests.test_momentum import run_config as momentum_run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +84,15 @@ def test_measured_share_of_the_trained_teacher_matches_the_schedule(tmp_path: Pa
     config = run_config(
         tmp_path / "share",
         tiny_polyps,
-        method={"mode": "online", "teacher": "original", "teacher_momentum": 0.5, "momentum_unit": "epoch", "ema_schedule": "epoch", "teacher_run": str(teacher_run)},
+        method={
+            "mode": "online",
+            "teacher": "original",
+            "teacher_momentum": 0.5,
+            "momentum_unit": "epoch",
+            "ema_schedule": "epoch",
+            "teacher_follows": "from_start",
+            "teacher_run": str(teacher_run),
+        },
         train_section={"steps": steps, "val_every": steps, "optim": {"lr": 1e-12}},
     )
     quiet_train(config)
@@ -151,7 +160,7 @@ def test_a_random_student_in_an_online_run_is_warned_about(tmp_path: Path, tiny_
     config = run_config(tmp_path / "warn", tiny_polyps, method={"student_init": "random", "teacher_run": str(teacher_run)}, train_section={"steps": 4})
     train(config_from_dict(config), show_progress=False, log=lambda line: lines.append(str(line)))
     assert any(line.startswith("warning: method.student_init: random") for line in lines)
-    assert any("online teacher keeps" in line for line in lines)
+    assert any("the online teacher follows the student once the student's copy scores at least the teacher" in line for line in lines)
 
 
 # ------------------------------------------------------------------ engine facts
@@ -214,3 +223,38 @@ def test_grid_tables_carry_steps_and_images(tmp_path: Path) -> None:
     assert "| Steps | Images seen |" in text
     assert "| 800 | 12,800 |" in text and "| 1,400–1,500 | 22,400–24,000 |" in text
     assert json.loads(paths["json"].read_text())["budgets"]["semi"][1]["steps"] == 1500
+
+
+# ------------------------------------------------------------------ a student that starts away from the teacher
+
+
+@pytest.mark.parametrize(
+    ("init", "follows", "gated"),
+    [("fresh", "auto", True), ("random", "auto", True), ("teacher", "auto", False), ("teacher", "once_caught_up", True), ("fresh", "from_start", False)],
+)
+def test_which_online_teachers_wait_for_the_student(init: str, follows: str, gated: bool) -> None:
+    assert teacher_waits_for_student(MomentumConfig(student_init=init, teacher_follows=follows)) is gated
+    assert not teacher_waits_for_student(MomentumConfig(mode="offline", student_init=init, teacher_follows=follows))
+
+
+def test_a_waiting_teacher_is_frozen_until_the_students_copy_catches_up(tmp_path: Path) -> None:
+    strategy = make_strategy(tmp_path, mode="online", student_init="fresh", teacher_follows="auto", teacher_momentum=0.5)
+    frozen = {k: v.clone() for k, v in strategy.teacher.state_dict().items()}
+    with torch.no_grad():
+        for parameter in strategy.context.student.parameters():
+            parameter.add_(1.0)
+    strategy.after_step(1, False)
+    assert all(torch.equal(frozen[k], v) for k, v in strategy.teacher.state_dict().items())
+    assert strategy.after_validation({"ema/dice": 0.4, "teacher/dice": 0.5}) == {"teacher/following": False}
+    assert strategy.state_tensors()["following"].item() is False
+    strategy.after_step(2, False)
+    assert all(torch.equal(frozen[k], v) for k, v in strategy.teacher.state_dict().items())
+    assert strategy.after_validation({"ema/dice": 0.5, "teacher/dice": 0.5}) == {"teacher/following": True}
+    strategy.after_step(3, False)
+    assert any(not torch.equal(frozen[k], v) for k, v in strategy.teacher.state_dict().items() if v.is_floating_point())
+    # once following, always following; and the decision survives a resume
+    assert strategy.after_validation({"ema/dice": 0.1, "teacher/dice": 0.9}) == {"teacher/following": True}
+    resumed = make_strategy(tmp_path / "again", mode="online", student_init="fresh", teacher_follows="auto")
+    assert resumed.following is False
+    resumed.load_state_tensors(strategy.state_tensors())
+    assert resumed.following is True

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -67,6 +67,11 @@ class Strategy:
 
     def after_step(self, step: int, epoch_ended: bool) -> None:
         """After each optimiser step: momentum updates and the like."""
+
+    def after_validation(self, record: dict[str, Any]) -> dict[str, Any]:
+        """After each validation (``record``: ``"<network>/dice"`` and the like, equal on every
+        process): decisions taken on the validation split; returns fields to log with it."""
+        return {}
 
     def networks(self) -> dict[str, nn.Module]:
         """Extra networks to validate and checkpoint, by name (the student is always there)."""

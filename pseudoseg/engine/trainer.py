@@ -356,6 +356,7 @@ class Trainer:
                 if step % cfg.train.val_every == 0 or step == spec.steps:
                     validation_start = time.perf_counter()
                     record = self._validate(spec, student, strategy, best, step, epoch_stream.epoch, stage_dir)
+                    record.update(strategy.after_validation(record))
                     log.write(record)
                     bar.note(_validation_line(record))
                     keys, totals = self._window_totals(running)

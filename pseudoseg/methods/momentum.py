@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,6 +67,13 @@ def networks_coincide(method: MomentumConfig) -> bool:
     return method.mode == "online" and method.student_init == "teacher" and method.teacher_momentum == method.student_momentum
 
 
+def teacher_waits_for_student(method: MomentumConfig) -> bool:
+    """Whether the online teacher is frozen until the student's copy scores at least the teacher on V."""
+    if method.mode != "online" or method.teacher_follows == "from_start":
+        return False
+    return method.teacher_follows == "once_caught_up" or method.student_init != "teacher"
+
+
 class MomentumStudentStrategy(Strategy):
     """The student stage: offline (frozen teacher) or online (momentum teacher)."""
 
@@ -76,6 +84,9 @@ class MomentumStudentStrategy(Strategy):
         self.method = method
         self.teacher_weights = Path(teacher_weights)
         self.coincide = networks_coincide(method)
+        self.gated = teacher_waits_for_student(method)
+        self.following = not self.gated
+        """Whether the online teacher follows the student yet (set at a validation)."""
         # Both views need the photometric draw: "same" feeds the strong view to both networks.
         self.wants_strong_view = True
 
@@ -134,8 +145,22 @@ class MomentumStudentStrategy(Strategy):
     def after_step(self, step: int, epoch_ended: bool) -> None:
         if self.method.ema_schedule == "step" or epoch_ended:
             self.student_ema.update()
-            if self.teacher_ema is not None:
+            if self.teacher_ema is not None and self.following:
                 self.teacher_ema.update()
+
+    def after_validation(self, record: dict[str, Any]) -> dict[str, Any]:
+        if not self.gated:
+            return {}
+        if not self.following and record["ema/dice"] >= record["teacher/dice"]:
+            self.following = True
+        return {"teacher/following": self.following}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"following": torch.tensor(self.following)}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if "following" in tensors:
+            self.following = bool(tensors["following"])
 
     def networks(self) -> dict[str, nn.Module]:
         if self.coincide:  # one network: validated, checkpointed and reported once
@@ -211,9 +236,10 @@ def _explain_teacher(session: RunSession, strategy: MomentumStudentStrategy) -> 
     steps_per_epoch = batches_per_epoch(len(session.unlabeled), train.unlabeled_batch_size)
     teacher_rate, _ = strategy.update_momenta(steps_per_epoch)
     share = retained_share(teacher_rate, schedule=method.ema_schedule, steps=train.steps, steps_per_epoch=steps_per_epoch)
+    waits = " once the student's copy scores at least the teacher on validation" if strategy.gated else ""
     session.log(
-        f"momentum: the online teacher keeps {share:.1%} of the trained teacher after {train.steps} steps "
-        f"(momentum {method.teacher_momentum} per {method.momentum_unit}, updated every {method.ema_schedule})"
+        f"momentum: the online teacher follows the student{waits}; it keeps at least {share:.1%} of the trained teacher "
+        f"after {train.steps} steps (momentum {method.teacher_momentum} per {method.momentum_unit}, updated every {method.ema_schedule})"
     )
     if method.student_init == "random" and session.config.model.weights is None:
         session.log(
@@ -222,4 +248,4 @@ def _explain_teacher(session: RunSession, strategy: MomentumStudentStrategy) -> 
         )
 
 
-__all__ = ["MomentumStudentStrategy", "networks_coincide", "pseudo_targets", "run_momentum", "sigmoid_rampup"]
+__all__ = ["MomentumStudentStrategy", "networks_coincide", "teacher_waits_for_student", "pseudo_targets", "run_momentum", "sigmoid_rampup"]

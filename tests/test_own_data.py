@@ -350,11 +350,13 @@ def test_empty_configuration_file_names_data_train(tmp_path, capsys) -> None:
     assert fails(capsys, "train", "--config", str(config)) == f"pseudoseg: error: {config}: data.train: required (the training folder); the data section is missing"
 
 
+def no_space(*args, **kwargs):
+    """A writer on a full disk."""
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def test_full_disk_while_writing_a_checkpoint(tmp_path, tiny_polyps, capsys, monkeypatch) -> None:
     config = bad_config(tmp_path, tiny_polyps, tiny_polyps / "TrainDataset")
-
-    def no_space(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("pseudoseg.engine.checkpoint.save_file", no_space)
     line = fails(capsys, "train", "--config", str(config))
@@ -364,9 +366,6 @@ def test_full_disk_while_writing_a_checkpoint(tmp_path, tiny_polyps, capsys, mon
 
 def test_full_disk_while_writing_the_image_cache(tmp_path, tiny_polyps, capsys, monkeypatch) -> None:
     config = bad_config(tmp_path, tiny_polyps, tiny_polyps / "TrainDataset")
-
-    def no_space(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("pseudoseg.data.store.ArrayStore.write", no_space)
     line = fails(capsys, "train", "--config", str(config))

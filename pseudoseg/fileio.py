@@ -20,7 +20,9 @@ from typing import Any
 
 
 TEMPORARY_SUFFIX = ".tmp"
-"""Every temporary file or folder pseudoseg makes beside a target is ``.<target name>.<random>.tmp``."""
+"""Every temporary file or folder pseudoseg makes beside a target inside a run directory is
+``.<target name>.<random>.tmp`` (the data generators' :func:`atomic_folder` works outside
+run directories and names its folders ``.partial`` / ``.old``)."""
 
 # tempfile's random part: 8 characters of [a-z0-9_]
 _TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(TEMPORARY_SUFFIX))

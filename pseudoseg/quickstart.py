@@ -65,7 +65,7 @@ def compare_with_supervised(result: RunResult, config: RunConfig, *, log: Callab
 
     report = result.run_dir / "report"
     saved = report / "comparison.json"
-    if saved.is_file():  # a finished quick start run again
+    if saved.is_file() and (report / "comparison.md").is_file():  # a finished quick start run again
         comparison = json.loads(saved.read_text())
     else:
         stage = _labeled_only_weights(result.run_dir, config)

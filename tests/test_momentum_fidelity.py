@@ -17,6 +17,7 @@ from pseudoseg.engine.checkpoint import load_tensors
 from pseudoseg.engine.ema import retained_share, update_momentum
 from pseudoseg.engine.losses import SegmentationLoss, masked_mean_per_image
 from pseudoseg.engine.trainer import Trainer, network_seed, stage_seed
+from pseudoseg.errors import UserError
 from pseudoseg.evaluation.report import summarize_runs, write_grid_report
 from pseudoseg.methods.momentum import networks_coincide, teacher_waits_for_student
 from pseudoseg.runner import train
@@ -233,7 +234,9 @@ def test_grid_tables_carry_steps_and_images(tmp_path: Path) -> None:
     [("fresh", "auto", True), ("random", "auto", True), ("teacher", "auto", False), ("teacher", "once_caught_up", True), ("fresh", "from_start", False)],
 )
 def test_which_online_teachers_wait_for_the_student(init: str, follows: str, gated: bool) -> None:
-    assert teacher_waits_for_student(MomentumConfig(student_init=init, teacher_follows=follows)) is gated
+    assert teacher_waits_for_student(MomentumConfig(student_init=init, teacher_follows=follows, teacher_momentum=0.999)) is gated
+    # one network (Mean Teacher) has no teacher to hold back
+    assert not teacher_waits_for_student(MomentumConfig(student_init="teacher", teacher_follows="once_caught_up"))
     assert not teacher_waits_for_student(MomentumConfig(mode="offline", student_init=init, teacher_follows=follows))
 
 
@@ -246,6 +249,8 @@ def test_a_waiting_teacher_is_frozen_until_the_students_copy_catches_up(tmp_path
     strategy.after_step(1, False)
     assert all(torch.equal(frozen[k], v) for k, v in strategy.teacher.state_dict().items())
     assert strategy.after_validation({"ema/dice": 0.4, "teacher/dice": 0.5}) == {"teacher/following": False}
+    # a collapsed copy never counts as caught up, whatever its score
+    assert strategy.after_validation({"ema/dice": 0.9, "teacher/dice": 0.5, "ema/collapse": "empty"}) == {"teacher/following": False}
     assert strategy.state_tensors()["following"].item() is False
     strategy.after_step(2, False)
     assert all(torch.equal(frozen[k], v) for k, v in strategy.teacher.state_dict().items())
@@ -258,3 +263,10 @@ def test_a_waiting_teacher_is_frozen_until_the_students_copy_catches_up(tmp_path
     assert resumed.following is False
     resumed.load_state_tensors(strategy.state_tensors())
     assert resumed.following is True
+
+
+def test_given_labels_without_unlabeled_images_say_how_to_get_some(tmp_path: Path, tiny_polyps: Path) -> None:
+    config = run_config(tmp_path / "all-labeled", tiny_polyps, method={})
+    config["data"]["labels"] = "given"
+    with pytest.raises(UserError, match=r"^data: momentum needs unlabeled images, and every image has a mask; add images without masks \(data.unlabeled\)"):
+        quiet_train(config)

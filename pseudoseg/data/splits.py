@@ -73,8 +73,10 @@ class Split:
 
     @property
     def labels(self) -> str:
-        """``given``: U is exactly the images without a mask; ``simulated``: U includes hidden masks."""
-        return "given" if set(self.unlabeled) == set(self.without_mask) else "simulated"
+        """``given``: the data decided (U is exactly the images without a mask, no fraction was
+        drawn); ``simulated``: a seeded fraction decided which masks to use (at 1.0, all)."""
+        given = self.labeled_fraction is None and set(self.unlabeled) == set(self.without_mask)
+        return "given" if given else "simulated"
 
     @property
     def hidden_masks(self) -> tuple[str, ...]:

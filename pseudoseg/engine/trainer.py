@@ -47,7 +47,7 @@ from pseudoseg.engine.losses import SegmentationLoss
 from pseudoseg.engine.streams import IndexStream
 from pseudoseg.errors import UserError
 from pseudoseg.engine.validation import ValidationTally, case_positions, prefer
-from pseudoseg.fileio import write_json, write_text
+from pseudoseg.fileio import disk_errors, write_json, write_text
 from pseudoseg.engine.strategy import Batch, Strategy
 from pseudoseg.progress import console_warn, progress_bar
 
@@ -536,14 +536,15 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self._writer is not None:
-            for key, value in record.items():
-                if key not in ("kind", "step") and isinstance(value, (int, float)):
-                    self._writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
-            self._writer.flush()
+        with disk_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if self._writer is not None:
+                for key, value in record.items():
+                    if key not in ("kind", "step") and isinstance(value, (int, float)):
+                        self._writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+                self._writer.flush()
 
     def truncate_after(self, step: int) -> None:
         """Drop records a killed run wrote after its last checkpoint (all of them for step 0).

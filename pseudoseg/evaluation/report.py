@@ -430,7 +430,7 @@ def write_grid_report(
             for name in [*set_names, "Mean"]:
                 stats = entry["mean"].get(column) if name == "Mean" else entry["sets"].get(name, {}).get(column)
                 if stats is not None:
-                    csv_rows.append([config, column, name, stats["mean"], stats["std"], entry["n_seeds"]])
+                    csv_rows.append([config, column, name, stats["mean"], stats["std"], stats.get("defined_seeds") or entry["n_seeds"]])
         ddofs = sorted({int(entry.get("ddof", 1)) for entry in summary.values()})
         std_kind = "sample standard deviation" if ddofs == [1] else f"standard deviation (ddof {ddofs})"
         lines += [

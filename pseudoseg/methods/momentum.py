@@ -69,7 +69,7 @@ def networks_coincide(method: MomentumConfig) -> bool:
 
 def teacher_waits_for_student(method: MomentumConfig) -> bool:
     """Whether the online teacher is frozen until the student's copy scores at least the teacher on V."""
-    if method.mode != "online" or method.teacher_follows == "from_start":
+    if method.mode != "online" or method.teacher_follows == "from_start" or networks_coincide(method):
         return False
     return method.teacher_follows == "once_caught_up" or method.student_init != "teacher"
 
@@ -151,8 +151,10 @@ class MomentumStudentStrategy(Strategy):
     def after_validation(self, record: dict[str, Any]) -> dict[str, Any]:
         if not self.gated:
             return {}
-        if not self.following and record["ema/dice"] >= record["teacher/dice"]:
-            self.following = True
+        metric = self.context.config.train.selection_metric
+        # a collapsed copy (empty or full everywhere) never counts as caught up
+        caught_up = record.get("ema/collapse") is None and record[f"ema/{metric}"] >= record[f"teacher/{metric}"]
+        self.following = self.following or caught_up
         return {"teacher/following": self.following}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -176,8 +178,7 @@ class MomentumStudentStrategy(Strategy):
 def run_momentum(session: RunSession) -> RecipeOutcome:
     method: MomentumConfig = session.config.method
     train = session.config.train
-    if len(session.unlabeled) == 0:
-        raise UserError("data.labeled_fraction: the momentum method needs unlabeled images; use a fraction below 1")
+    session.require_unlabeled()
     if method.teacher_run is not None:
         teacher_stage = finished_stage(method.teacher_run, session)
     else:
@@ -241,7 +242,7 @@ def _explain_teacher(session: RunSession, strategy: MomentumStudentStrategy) -> 
         f"momentum: the online teacher follows the student{waits}; it keeps at least {share:.1%} of the trained teacher "
         f"after {train.steps} steps (momentum {method.teacher_momentum} per {method.momentum_unit}, updated every {method.ema_schedule})"
     )
-    if method.student_init == "random" and session.config.model.weights is None:
+    if method.student_init == "random":
         session.log(
             "warning: method.student_init: random averages an unrelated network into the trained teacher, which "
             "destroys it; use fresh (the teacher stage's initial weights) or teacher"

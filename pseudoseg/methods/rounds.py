@@ -206,7 +206,7 @@ class _LabelFile:
 def run_atso(session: RunSession) -> RecipeOutcome:
     """ATSO: K disjoint subsets of U, each relabelled by a model that did not train on it."""
     method: RoundsConfig = session.config.method
-    _need_unlabeled(session)
+    session.require_unlabeled()
     subsets = split_subsets(session.unlabeled, session.pool.groups, method.subsets, seed=session.config.split_seed)
     return run_rounds(session, atso_schedule(method.rounds, method.subsets, init=method.init), subsets)
 
@@ -218,13 +218,8 @@ def run_tso(session: RunSession) -> RecipeOutcome:
     every round continues); with ``final: ensemble`` the last ``subsets``
     round models are averaged, as for ATSO, so the two stay comparable.
     """
-    _need_unlabeled(session)
+    session.require_unlabeled()
     return run_rounds(session, tso_schedule(session.config.method.rounds), [np.sort(session.unlabeled)])
-
-
-def _need_unlabeled(session: RunSession) -> None:
-    if len(session.unlabeled) == 0:
-        raise UserError(f"data.labeled_fraction: {session.config.method.name} needs unlabeled images; use a fraction below 1")
 
 
 def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.ndarray]) -> RecipeOutcome:

@@ -13,6 +13,7 @@ from pseudoseg.config import RunConfig
 from pseudoseg.data.pool import SamplePool
 from pseudoseg.data.splits import Split
 from pseudoseg.engine.trainer import Trainer
+from pseudoseg.errors import UserError
 from pseudoseg.progress import console_print
 
 
@@ -39,3 +40,15 @@ class RunSession:
     """Pool indices of L, U and V."""
     log: Callable[[Any], None] = console_print
     """Where a recipe says what it decided (one line each)."""
+
+    def require_unlabeled(self) -> None:
+        """A semi-supervised method needs images without (used) masks: say how to get some."""
+        if len(self.unlabeled):
+            return
+        name = self.config.method.name
+        if self.split.labels == "given":
+            raise UserError(
+                f"data: {name} needs unlabeled images, and every image has a mask; add images without masks "
+                "(data.unlabeled) or hide some with data.labels: simulated and a data.labeled_fraction below 1"
+            )
+        raise UserError(f"data.labeled_fraction: {name} needs unlabeled images; use a fraction below 1")

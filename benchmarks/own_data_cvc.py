@@ -2,9 +2,10 @@
 
 Builds a partially labeled copy of CVC-ClinicDB (612 colonoscopy frames
 ``images/N.png`` + ``masks/N.png``, N = 1..612) in OUT/data, trains online
-momentum pseudo labeling on it as a user with such a folder would (images
-without a mask are the unlabeled set; ``data.labels: auto`` takes the masks as
-given), and puts the supervised model (the teacher stage, trained on the same
+momentum pseudo labeling on it with the shipped recipe
+(``configs/polyp_momentum_cvc.yaml``, unchanged but for the paths), as a user
+with such a folder would (images without a mask are the unlabeled set;
+``data.labels: auto`` takes the masks as given), and puts the supervised model (the teacher stage, trained on the same
 labeled frames only) beside the semi-supervised one on the test frames.
 
 Consecutive frames come from the same video sequence, so the copy is made of
@@ -29,8 +30,6 @@ import os
 import sys
 import time
 from pathlib import Path
-
-import yaml
 
 TEST = range(551, 613)
 TRAIN = range(1, 551)
@@ -61,23 +60,14 @@ def _link(target: Path, link: Path) -> None:
         os.symlink(target.resolve(), link)
 
 
-def config(out: Path, threads: int) -> dict:
-    return {
-        "run_dir": str(out / "run"),
-        "seed": 0,
-        "data": {"kind": "folders", "train": str(out / "data" / "train"), "test": str(out / "data" / "test"), "image_size": 96, "val_fraction": 0.1},
-        "model": {"name": "unet", "channels": [16, 32, 64, 128], "num_res_units": 2, "norm": "batch"},
-        "train": {
-            "steps": 400,
-            "batch_size": 8,
-            "unlabeled_batch_size": 8,
-            "loss": "dice",
-            "optim": {"name": "adam", "lr": 0.001, "schedule": "cosine"},
-            "val_every": 100,
-            "num_threads": threads,
-        },
-        "method": {"name": "momentum", "mode": "online", "teacher": "momentum", "teacher_steps": 600, "teacher_batch_size": 16, "beta": 0.3, "labels": "soft"},
-    }
+def overrides(out: Path, threads: int) -> list[str]:
+    """The shipped CVC-ClinicDB recipe, unchanged but for where the data and the run are."""
+    return [
+        f"run_dir={out / 'run'}",
+        f"data.train={out / 'data' / 'train'}",
+        f"data.test={out / 'data' / 'test'}",
+        f"train.num_threads={threads}",
+    ]
 
 
 def main() -> None:
@@ -87,18 +77,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
-    from pseudoseg.config import config_from_dict
+    from pseudoseg.config import load_config
     from pseudoseg.progress import wide_console
-    from pseudoseg.quickstart import compare_with_supervised
+    from pseudoseg.quickstart import compare_with_supervised, recipe_path
     from pseudoseg.runner import train
 
     build_copy(args.source, args.out / "data")
-    raw = config(args.out, args.threads)
-    (args.out / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    recipe = recipe_path("polyp_momentum_cvc.yaml")
+    settings = overrides(args.out, args.threads)
     console = wide_console()
-    console.print(f"configuration: {args.out / 'config.yaml'} (pseudoseg train --config {args.out / 'config.yaml'} runs the same)")
+    console.print(f"the same run: pseudoseg train --config {recipe} " + " ".join(f"--set {item}" for item in settings))
     started = time.perf_counter()
-    cfg = config_from_dict(raw)
+    cfg = load_config(recipe, settings)
     result = train(cfg, log=console.print)
     compare_with_supervised(result, cfg, log=console.print)
     console.print(f"wall time {time.perf_counter() - started:.0f} s")

@@ -89,7 +89,7 @@ def make_config(args: argparse.Namespace, run_dir: Path) -> RunConfig:
                 "amp": args.amp,
                 "channels_last": args.channels_last,
             },
-            "method": {"name": "momentum", "mode": args.mode, "views": args.views},
+            "method": {"name": "momentum", "mode": args.mode, "views": args.views, "teacher_follows": "from_start"},  # both copies updated every step
         }
     )
 

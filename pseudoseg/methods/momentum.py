@@ -8,9 +8,13 @@ on labeled + unlabeled batches::
     loss = L_sup(student(x_l), y_l) + beta * L_unsup(student(x_u'), teacher(x_u))
 
 where the teacher renders its labels without gradients, in eval mode and in
-the same mixed precision. *Offline*, the teacher is frozen; *online*, it is
-itself a momentum copy of the student, so its labels improve as the student
-does. The student keeps its own momentum copy, which is the released model.
+the same mixed precision. *Offline*, the teacher is frozen; *online*, it
+starts as the trained teacher and is then a momentum copy of the student, so
+its labels improve as the student does (a student that does not start from the
+teacher is first given time to catch up on validation: ``teacher_follows``).
+The student keeps its own momentum copy, which is the released model. Momenta
+are stated per epoch or per step (``momentum_unit``) and converted to the rate
+of the updates.
 """
 
 from __future__ import annotations

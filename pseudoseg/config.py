@@ -287,10 +287,11 @@ class SupervisedConfig(_Section):
     name: Literal["supervised"] = "supervised"
     ema_momentum: float = Field(0.95, ge=0, lt=1)
     """Momentum of the kept copy: ema <- m * ema + (1 - m) * network, per ``momentum_unit``."""
-    momentum_unit: Literal["epoch", "step"] = "epoch"
-    """What the momentum means: the share of the copy kept over one epoch (the
-    momentum paper's numbers) or over one step. Converted to the update rate of
-    ``ema_schedule``: per-epoch m over E steps is m^(1/E) per step."""
+    momentum_unit: Literal["step", "epoch"] = "step"
+    """What the momentum means: the share of the copy kept over one step (default:
+    a copy of the last ~1/(1-m) steps, whatever the data set's size) or over one epoch
+    (the momentum paper's numbers, for its teacher stage). Converted to the update rate
+    of ``ema_schedule``: per-epoch m over E steps is m^(1/E) per step."""
     ema_schedule: Literal["step", "epoch"] = "step"
     """Update the momentum copy after every step or at the end of every epoch."""
     ema_buffers: Literal["average", "copy"] = "average"

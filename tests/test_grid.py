@@ -75,6 +75,8 @@ def test_rounds_grid() -> None:
     assert list(variants) == ["supervised", "tso", "atso", "supervised-100%"]
     assert variants["supervised"].train.steps == 400
     assert variants["supervised-100%"].train.steps == 2000  # the same epochs on five times the cases
+    # the supervised copy forgets per step: per epoch, a long epoch would leave it mostly its random start
+    assert variants["supervised"].method.momentum_unit == "step" and variants["supervised"].method.ema_momentum == 0.95
     assert variants["tso"].method.name == "tso" and variants["atso"].method.name == "atso"
     assert variants["atso"].method.teacher_run == Path("grid/seed0/supervised")
 

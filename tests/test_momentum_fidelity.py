@@ -270,3 +270,16 @@ def test_given_labels_without_unlabeled_images_say_how_to_get_some(tmp_path: Pat
     config["data"]["labels"] = "given"
     with pytest.raises(UserError, match=r"^data: momentum needs unlabeled images, and every image has a mask; add images without masks \(data.unlabeled\)"):
         quiet_train(config)
+
+
+def test_a_released_copy_that_would_keep_its_start_is_warned_about(tmp_path: Path, tiny_polyps: Path, teacher_run: Path) -> None:
+    """0.99 per epoch over a stage of a few epochs leaves the student's copy mostly where it started."""
+    lines: list[str] = []
+    method = {"momentum_unit": "epoch", "student_momentum": 0.99, "teacher_momentum": 0.99, "teacher_run": str(teacher_run)}
+    config = run_config(tmp_path / "slow", tiny_polyps, method=method, train_section={"steps": 4})
+    train(config_from_dict(config), show_progress=False, log=lambda line: lines.append(str(line)))
+    assert sum(line.startswith("warning: the student's momentum copy (the released model) keeps") for line in lines) == 1
+    lines.clear()
+    config = run_config(tmp_path / "fast", tiny_polyps, method={**method, "momentum_unit": "step", "student_momentum": 0.5}, train_section={"steps": 4})
+    train(config_from_dict(config), show_progress=False, log=lambda line: lines.append(str(line)))
+    assert not any("keeps" in line and "starting weights" in line for line in lines)

@@ -227,9 +227,22 @@ def run_momentum(session: RunSession) -> RecipeOutcome:
 
 
 def _explain_teacher(session: RunSession, strategy: MomentumStudentStrategy) -> None:
-    """One line on what the teacher will be, and a warning where the settings destroy it."""
+    """One line on what the teacher will be, and warnings where the settings defeat the method."""
     method = strategy.method
     train = session.config.train
+    steps_per_epoch = batches_per_epoch(len(session.unlabeled), train.unlabeled_batch_size)
+    teacher_rate, student_rate = strategy.update_momenta(steps_per_epoch)
+
+    def kept(rate: float) -> float:
+        return retained_share(rate, schedule=method.ema_schedule, steps=train.steps, steps_per_epoch=steps_per_epoch)
+
+    # the released model is the student's copy: it must have left its starting weights behind
+    if kept(student_rate) > 0.1:
+        session.log(
+            f"warning: the student's momentum copy (the released model) keeps {kept(student_rate):.0%} of its starting "
+            f"weights after {train.steps} steps (momentum {method.student_momentum} per {method.momentum_unit}, "
+            f"{steps_per_epoch} steps per epoch); train longer or state the momenta per step (method.momentum_unit: step)"
+        )
     if strategy.coincide:
         session.log(
             "momentum: student_init: teacher with equal teacher and student momenta makes the online teacher and the "
@@ -238,13 +251,10 @@ def _explain_teacher(session: RunSession, strategy: MomentumStudentStrategy) -> 
         return
     if method.mode != "online":
         return
-    steps_per_epoch = batches_per_epoch(len(session.unlabeled), train.unlabeled_batch_size)
-    teacher_rate, _ = strategy.update_momenta(steps_per_epoch)
-    share = retained_share(teacher_rate, schedule=method.ema_schedule, steps=train.steps, steps_per_epoch=steps_per_epoch)
     waits = " once the student's copy scores at least the teacher on validation" if strategy.gated else ""
     session.log(
-        f"momentum: the online teacher follows the student{waits}; it keeps at least {share:.1%} of the trained teacher "
-        f"after {train.steps} steps (momentum {method.teacher_momentum} per {method.momentum_unit}, updated every {method.ema_schedule})"
+        f"momentum: the online teacher follows the student{waits}; it keeps at least {kept(teacher_rate):.1%} of the trained "
+        f"teacher after {train.steps} steps (momentum {method.teacher_momentum} per {method.momentum_unit}, updated every {method.ema_schedule})"
     )
     if method.student_init == "random":
         session.log(

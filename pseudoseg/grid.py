@@ -24,6 +24,7 @@ from typing import Any
 
 from pseudoseg.config import RunConfig, apply_overrides, config_from_dict, load_config
 from pseudoseg.errors import UserError
+from pseudoseg.methods.momentum import teacher_stage_settings
 from pseudoseg.progress import console_print
 from pseudoseg.fileio import write_json
 
@@ -46,17 +47,8 @@ def _teacher_stage(base: RunConfig) -> dict[str, Any]:
     method = base.method
     train = base.train
     if method.name == "momentum":
-        return {
-            "method": {
-                "name": "supervised",
-                "ema_momentum": method.teacher_stage_momentum,
-                "momentum_unit": method.momentum_unit,
-                "ema_schedule": method.ema_schedule,
-                "ema_buffers": method.ema_buffers,
-            },
-            "steps": method.teacher_steps or train.steps,
-            "batch_size": method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size),
-        }
+        supervised, steps, batch_size = teacher_stage_settings(method, train)
+        return {"method": supervised.model_dump(mode="json"), "steps": steps, "batch_size": batch_size}
     return {"method": {"name": "supervised"}, "steps": method.teacher_steps or train.steps, "batch_size": train.batch_size}
 
 

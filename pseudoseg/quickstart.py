@@ -20,6 +20,7 @@ from typing import Any
 from rich.table import Table
 
 from pseudoseg.config import RunConfig, load_config
+from pseudoseg.evaluation.report import mean_over_sets
 from pseudoseg.fileio import write_json, write_text
 from pseudoseg.progress import console_print, task_bars
 from pseudoseg.runner import RunResult, train
@@ -93,13 +94,11 @@ def _labeled_only_weights(run_dir: Path, config: RunConfig) -> Path:
 def _rows(comparison: dict[str, Any]) -> list[list[str]]:
     supervised, semi = comparison["supervised"]["sets"], comparison["semi_supervised"]["sets"]
     rows = []
-    names = list(semi)
-    means = {key: [sum(table[name][c] for name in names) / len(names) for c in COMPARED] for key, table in (("sup", supervised), ("semi", semi))}
-    for name in [*names, "mean"]:
+    tables = {"sup": {**supervised, "mean": mean_over_sets(supervised)}, "semi": {**semi, "mean": mean_over_sets(semi)}}
+    for name in [*semi, "mean"]:
         row = [name]
-        for i, column in enumerate(COMPARED):
-            a = means["sup"][i] if name == "mean" else supervised[name][column]
-            b = means["semi"][i] if name == "mean" else semi[name][column]
+        for column in COMPARED:
+            a, b = tables["sup"][name][column], tables["semi"][name][column]
             row += [f"{a:.3f}", f"{b:.3f}", f"{b - a:+.3f}"]
         rows.append(row)
     return rows

@@ -62,23 +62,31 @@ class ValidationTally:
         rows = 1 if cases is None else cases
         # per-image: [sum dice, sum iou, images]; per case: [|P & G|, |P|, |G|] per case
         self.sums = torch.zeros(rows, 3, dtype=torch.float64, device=device)
-        self.pixels = torch.zeros(2, dtype=torch.float64, device=device)  # [predicted foreground, all]
+        self.predicted = torch.zeros(1, dtype=torch.float64, device=device)  # predicted foreground pixels
+        # counts known on the host: added to the device sums once, in reduce()
+        self.images = 0
+        self.pixels = 0
 
     def update(self, prob: torch.Tensor, target: torch.Tensor, threshold: float, case: torch.Tensor | None = None) -> None:
         """Add a batch ``[B, 1, H, W]``; ``case``: the case number of each image (volume convention)."""
         counts = overlap_counts(prob, target, threshold)
         if self.cases is None:
             dice, iou = dice_iou_from_counts(counts[:, 0], counts[:, 1], counts[:, 2])
-            self.sums[0] += torch.stack([dice.sum(), iou.sum(), dice.new_tensor(float(len(dice)))])
+            self.sums[0, :2] += torch.stack([dice.sum(), iou.sum()])
+            self.images += len(prob)
         else:
             if case is None:
                 raise ValueError("the volume convention needs the case of every image")
             self.sums.index_add_(0, case.to(self.sums.device), counts)
-        self.pixels += torch.stack([counts[:, 1].sum(), counts.new_tensor(float(prob[0].numel() * len(prob)))])
+        self.predicted += counts[:, 1].sum()
+        self.pixels += prob[0].numel() * len(prob)
 
     def reduce(self, dist: DistInfo) -> dict[str, Any]:
         """Scores over all processes (one read-back): ``dice``, ``iou``, ``collapse`` (None, "empty" or "full")."""
-        flat = all_reduce_sum(torch.cat([self.sums.flatten(), self.pixels]), dist).tolist()
+        if self.cases is None:
+            self.sums[0, 2] += self.images
+        pixels = self.predicted.new_tensor([float(self.pixels)])
+        flat = all_reduce_sum(torch.cat([self.sums.flatten(), self.predicted, pixels]), dist).tolist()
         sums = torch.tensor(flat[:-2], dtype=torch.float64).view(-1, 3)
         predicted, pixels = flat[-2:]
         if self.cases is None:

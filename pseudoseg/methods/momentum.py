@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pseudoseg.config import MomentumConfig
+from pseudoseg.config import MomentumConfig, SupervisedConfig, TrainConfig
 from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.streams import batches_per_epoch
 from pseudoseg.engine.losses import masked_mean_per_image
@@ -179,6 +179,18 @@ class MomentumStudentStrategy(Strategy):
         return torch.sigmoid(self.teacher(images))
 
 
+def teacher_stage_settings(method: MomentumConfig, train: TrainConfig) -> tuple[SupervisedConfig, int, int]:
+    """The teacher stage as a supervised run: its method section, steps and batch size
+    (the grid's supervised row is exactly this stage, shared by the semi-supervised rows)."""
+    supervised = SupervisedConfig(
+        ema_momentum=method.teacher_stage_momentum,
+        momentum_unit=method.momentum_unit,
+        ema_schedule=method.ema_schedule,
+        ema_buffers=method.ema_buffers,
+    )
+    return supervised, method.teacher_steps or train.steps, method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size)
+
+
 def run_momentum(session: RunSession) -> RecipeOutcome:
     method: MomentumConfig = session.config.method
     train = session.config.train
@@ -186,15 +198,16 @@ def run_momentum(session: RunSession) -> RecipeOutcome:
     if method.teacher_run is not None:
         teacher_stage = finished_stage(method.teacher_run, session)
     else:
+        supervised, steps, batch_size = teacher_stage_settings(method, train)
         teacher_stage = train_labeled_stage(
             session,
             "teacher",
-            momentum=method.teacher_stage_momentum,
-            unit=method.momentum_unit,
-            schedule=method.ema_schedule,
-            buffers=method.ema_buffers,
-            steps=method.teacher_steps or train.steps,
-            batch_size=method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size),
+            momentum=supervised.ema_momentum,
+            unit=supervised.momentum_unit,
+            schedule=supervised.ema_schedule,
+            buffers=supervised.ema_buffers,
+            steps=steps,
+            batch_size=batch_size,
         )
     teacher_weights = teacher_stage.weights("ema" if method.teacher == "momentum" else "raw")
     strategy = MomentumStudentStrategy(method, teacher_weights)
@@ -263,4 +276,4 @@ def _explain_teacher(session: RunSession, strategy: MomentumStudentStrategy) -> 
         )
 
 
-__all__ = ["MomentumStudentStrategy", "networks_coincide", "teacher_waits_for_student", "pseudo_targets", "run_momentum", "sigmoid_rampup"]
+__all__ = ["MomentumStudentStrategy", "teacher_stage_settings", "networks_coincide", "teacher_waits_for_student", "pseudo_targets", "run_momentum", "sigmoid_rampup"]

@@ -217,6 +217,8 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
     split = choose_split(config, pool, run_dir)
     if dist.is_main and not (run_dir / "split.json").is_file():
         save_split(split, run_dir / "split.json")
+    if not dist.is_main:  # one copy of every line, whatever the number of processes
+        log = _silent
     log(split_line(config, split, pool, _indices(pool, split.unlabeled), run_dir))
     in_channels = config.data.in_channels
     architecture = describe_architecture(config.model, in_channels)
@@ -263,6 +265,10 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
 
 REPORT_FILES = ("metrics.json", "metrics.csv", "metrics.md", "networks.json")
 """The test-set report of a run (``report/``); a run killed while writing them writes them all again."""
+
+
+def _silent(_: Any) -> None:
+    pass
 
 
 def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True, log: Callable[[Any], None] = console_print) -> dict[str, Any]:

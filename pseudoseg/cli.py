@@ -191,6 +191,7 @@ def grid(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key of the base configuration (repeatable).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the summary here.")] = None,
     patience: Annotated[int, typer.Option(min=1, help="Supervised rows stop after this many validations without improvement.")] = 5,
+    variants: Annotated[Optional[str], typer.Option(help="Comma-separated rows to run (default: all; the supervised row always runs).")] = None,
 ) -> None:
     """Run a method's experiment grid over seeds and write the side-by-side table."""
     from pseudoseg.grid import run_grid
@@ -201,7 +202,8 @@ def grid(
         raise UserError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
     if not seed_list:
         raise UserError("--seeds: no seed given")
-    summary = run_grid(config, out, seeds=seed_list, family=family, overrides=set_ or [], patience=patience, log=wide_console().print)
+    rows = [name.strip() for name in variants.split(",") if name.strip()] if variants else None
+    summary = run_grid(config, out, seeds=seed_list, family=family, overrides=set_ or [], patience=patience, variants=rows, log=wide_console().print)
     _write_json_output(json_out, summary)
 
 

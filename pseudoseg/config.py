@@ -377,10 +377,16 @@ class RoundsConfig(_Section):
     rounds: int = Field(4, ge=1)
     """Rounds R after the labeled-only model."""
     round_steps: int = Field(200, ge=1)
-    """Fine-tuning steps of every round."""
-    init: Literal["labeled", "continue"] = "labeled"
-    """ATSO: each round starts from the labeled-only model (default) or continues
-    from the previous round's model."""
+    """Training steps of every round. The released model of TSO and of ``init:
+    continue`` has had M0 + R x round_steps steps; of ``init: labeled``, M0 +
+    round_steps; of ``init: initial``, round_steps (``budget.json``)."""
+    init: Literal["labeled", "initial", "continue"] = "labeled"
+    """ATSO: where each round starts. ``labeled``: the labeled-only model M0;
+    ``initial``: the weights M0 started from (``model.weights`` /
+    ``model.encoder_weights``, else the run's seeded initialisation), the paper's
+    student that does not continue from its teacher; ``continue``: the previous
+    round's model, which rendered the labels it trains on (self-training on one
+    subset at a time, flagged ``own_labels`` in ``rounds.jsonl``). TSO always continues."""
     labels: Literal["hard", "soft"] = "hard"
     """Stored pseudo labels: thresholded at 0.5, or probabilities."""
     final: Literal["last", "ensemble"] = "last"

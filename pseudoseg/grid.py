@@ -6,7 +6,11 @@ online x {original, momentum} teacher, Mean Teacher, a weak-to-strong
 baseline with a confidence threshold (FixMatch family), and supervised on
 100 % of the labels.
 ``rounds`` (Method B): supervised on the labeled split, self-learning (TSO),
-ATSO, and the 100 % upper bound.
+ATSO from each start (the labeled-only model, its initial weights, the
+previous round), with K = 3 and with the ensemble of the last K models, each
+at TSO's total steps, ATSO from each start at TSO's *released-model* steps
+(each round a full schedule), and the 100 % upper bound. Every table shows
+both budgets and the per-seed differences from TSO.
 
 All variants of one seed share the seed's split, and the semi-supervised
 variants start from that seed's supervised run (the same teacher), so the
@@ -111,13 +115,45 @@ def grid_variants(base: RunConfig, family: str, *, patience: int = 5) -> list[Va
     if family == "rounds":
         if base.method.name not in ("atso", "tso"):
             raise UserError("grid --family rounds: the base configuration's method.name must be atso or tso")
+        method = base.method
+        subsets = method.subsets
+        # TSO's released model and its whole run both have M0 + R x s steps. ATSO rows with
+        # round_steps s spend the same total; "-full" rows give every round the steps that
+        # make the released model's equal TSO's (M0's actual steps are read from the seed's
+        # supervised run, which may have stopped early).
+        R, s = method.rounds, method.round_steps
+
+        def atso(**settings: Any) -> Callable[[dict, Path], dict]:
+            return semi(name="atso", subsets=subsets, final="last", **settings)
+
+        def atso_initial_full(raw: dict, teacher_run: Path) -> dict:
+            return atso(init="initial", round_steps=_stage_steps(teacher_run) + R * s)(raw, teacher_run)
+
         return [
             ("supervised", supervised(None)),
-            ("tso", semi(name="tso")),
-            ("atso", semi(name="atso")),
+            ("tso", semi(name="tso", subsets=subsets, final="last")),
+            ("atso", atso(init="labeled", round_steps=s)),
+            ("atso-initial", atso(init="initial", round_steps=s)),
+            ("atso-continue", atso(init="continue", round_steps=s)),
+            (f"atso-k{3 if subsets != 3 else 2}", semi(name="atso", subsets=3 if subsets != 3 else 2, final="last", init="labeled", round_steps=s)),
+            ("atso-ensemble", semi(name="atso", subsets=subsets, final="ensemble", init="labeled", round_steps=s)),
+            ("atso-full", atso(init="labeled", round_steps=R * s)),
+            ("atso-initial-full", atso_initial_full),
             ("supervised-100%", supervised(1.0)),
         ]
     raise UserError(f"--family: expected momentum or rounds, got {family!r}")
+
+
+def _stage_steps(run_dir: Path) -> int:
+    """Optimiser steps a finished supervised run spent (its ``budget.json``)."""
+    path = Path(run_dir) / "budget.json"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; the seed's supervised run must finish first")
+    return int(json.loads(path.read_text())["steps"])
+
+
+REFERENCE_ROWS = {"momentum": "supervised", "rounds": "tso"}
+"""The row each family's paired differences are taken from."""
 
 
 def _machine(report: dict[str, Any]) -> dict[str, Any]:
@@ -154,8 +190,13 @@ def run_grid(
     family: str,
     overrides: list[str],
     patience: int = 5,
+    variants: list[str] | None = None,
     log: Callable[[Any], None] = console_print,
 ) -> dict[str, Any]:
+    """Train every variant of ``family`` (or the named ``variants``) for each seed and write the tables.
+
+    The seed's ``supervised`` run is trained first whenever a semi-supervised
+    variant is run, since they start from it."""
     import yaml
 
     from pseudoseg.evaluation.metrics import METRIC_CONVENTIONS
@@ -166,7 +207,16 @@ def run_grid(
     if base.data.test is None:
         raise UserError(f"{config_path}: data.test is required for a grid (the table is on the test sets)")
     raw_base = apply_overrides(yaml.safe_load(Path(config_path).read_text()) or {}, overrides)
-    variants = grid_variants(base, family, patience=patience)
+    every = grid_variants(base, family, patience=patience)
+    if variants:
+        unknown = [name for name in variants if name not in dict(every)]
+        if unknown:
+            raise UserError(f"--variants: unknown {', '.join(unknown)}; the {family} grid has {', '.join(name for name, _ in every)}")
+        wanted = {"supervised", *variants}  # every semi-supervised row starts from the seed's supervised run
+        variants_run = [(name, make) for name, make in every if name in wanted]
+    else:
+        variants_run = every
+    variants = variants_run
     out = Path(out)
     cache_dir = str(base.data.cache_dir or out / "cache")
     per_variant: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
@@ -182,7 +232,7 @@ def run_grid(
             log(f"[grid] seed {seed}: {name}")
             result = train(config, log=log)
             per_variant[name].append({k: v for k, v in result.metrics["sets"].items()})
-            budgets[name].append({key: result.budget[key] for key in ("steps", "images")})
+            budgets[name].append({key: result.budget[key] for key in ("released_steps", "steps", "images") if key in result.budget})
             reports.setdefault(name, []).append(result.metrics)
             runs.setdefault(name, {})[str(seed)] = str(run_dir)
     summary = summarize_runs(per_variant)
@@ -199,6 +249,7 @@ def run_grid(
         notes=_grid_notes(machines, reports, seeds),
         extra={"machines": machines},
         budgets=budgets,
+        paired=(REFERENCE_ROWS[family], seeds, per_variant) if REFERENCE_ROWS[family] in per_variant else None,
     )
     write_json(out / "runs.json", {"family": family, "seeds": seeds, "runs": runs})
     from pseudoseg.evaluation.plots import plot_grid_curves

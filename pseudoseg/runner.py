@@ -55,25 +55,39 @@ class RunResult:
     """What the run's stages spent (``budget.json``, see :func:`run_budget`)."""
 
 
-def run_budget(stages: list[StageResult], run_dir: Path) -> dict[str, Any]:
+def run_budget(stages: list[StageResult], run_dir: Path, released: list[StageResult] | None = None) -> dict[str, Any]:
     """Optimiser steps and training images of every stage a run trained or reused, and their totals.
 
     A stage reused from another run (``method.teacher_run``) counts: the run's
     model depends on it. Stages are named by their folder relative to the run
     (or the path of the run they were taken from).
+
+    ``released``: the stages holding the released weights (several for an
+    ensemble). ``released_steps`` is then what those weights received: the
+    steps of every stage in their lineage (the stages they were fine-tuned
+    from, down to a fresh start), each counted once; ``steps`` is everything
+    the run spent. Self-learning that continues from round to round releases
+    a model of ``steps`` steps; ATSO that restarts every round from the
+    labeled-only model releases one of M0 + one round.
     """
-    per_stage: dict[str, dict[str, Any]] = {}
-    for stage in stages:
+
+    def name(stage: StageResult) -> str:
         try:
-            name = str(stage.stage_dir.resolve().relative_to(Path(run_dir).resolve()))
+            return str(stage.stage_dir.resolve().relative_to(Path(run_dir).resolve()))
         except ValueError:
-            name = str(stage.stage_dir)
-        per_stage[name] = dict(stage.budget)
-    return {
+            return str(stage.stage_dir)
+
+    per_stage = {name(stage): {**stage.budget, "lineage_steps": stage.lineage_steps} for stage in stages}
+    budget: dict[str, Any] = {
         "steps": sum(stage["steps"] for stage in per_stage.values()),
         "images": sum(stage["images"] for stage in per_stage.values()),
-        "stages": per_stage,
     }
+    if released:
+        lineage = {name(ancestor): ancestor for stage in released for ancestor in stage.lineage or (stage,)}
+        budget["released_steps"] = sum(ancestor.budget["steps"] for ancestor in lineage.values())
+        budget["released_stages"] = list(lineage)
+    budget["stages"] = per_stage
+    return budget
 
 
 # Where and how fast a run executes, not what it computes: a run may resume with
@@ -245,7 +259,8 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
     outcome = RECIPES[config.method.name](session)
     from pseudoseg.inference import write_model_manifest
 
-    budget = run_budget(trainer.stages, run_dir)
+    released = outcome.ensemble or [outcome.networks[outcome.released]]
+    budget = run_budget(trainer.stages, run_dir, [stage for stage in map(trainer.stage_holding, released) if stage is not None])
     if dist.is_main:
         write_model_manifest(run_dir, outcome.released, outcome.networks, outcome.ensemble)
         write_json(run_dir / "budget.json", budget)

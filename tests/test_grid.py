@@ -69,16 +69,60 @@ def test_grid_patience_is_an_option() -> None:
     assert raw["train"]["patience"] == 2
 
 
-def test_rounds_grid() -> None:
-    raw = {**BASE, "data": {**BASE["data"], "kind": "volumes"}, "method": {"name": "atso", "teacher_steps": 400}}
-    variants = _variants(raw, "rounds")
-    assert list(variants) == ["supervised", "tso", "atso", "supervised-100%"]
+def _write_budget(run_dir: Path, steps: int) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "budget.json").write_text(f'{{"steps": {steps}, "images": {8 * steps}, "stages": {{}}}}')
+
+
+def test_rounds_grid_holds_each_budget_against_tso(tmp_path: Path) -> None:
+    raw = {**BASE, "data": {**BASE["data"], "kind": "volumes"}, "method": {"name": "atso", "teacher_steps": 400, "rounds": 4, "round_steps": 150}}
+    teacher_run = tmp_path / "seed0" / "supervised"
+    _write_budget(teacher_run, 350)  # M0 stopped early, at 350 of its 400 steps
+    base = config_from_dict(raw)
+    variants = {name: config_from_dict(make(raw, teacher_run)) for name, make in grid_variants(base, "rounds")}
+    assert list(variants) == [
+        "supervised",
+        "tso",
+        "atso",
+        "atso-initial",
+        "atso-continue",
+        "atso-k3",
+        "atso-ensemble",
+        "atso-full",
+        "atso-initial-full",
+        "supervised-100%",
+    ]
     assert variants["supervised"].train.steps == 400
     assert variants["supervised-100%"].train.steps == 2000  # the same epochs on five times the cases
     # the supervised copy forgets per step: per epoch, a long epoch would leave it mostly its random start
     assert variants["supervised"].method.momentum_unit == "step" and variants["supervised"].method.ema_momentum == 0.95
-    assert variants["tso"].method.name == "tso" and variants["atso"].method.name == "atso"
-    assert variants["atso"].method.teacher_run == Path("grid/seed0/supervised")
+    tso = variants["tso"].method
+    assert (tso.name, tso.rounds, tso.round_steps, tso.final) == ("tso", 4, 150, "last")
+
+    def settings(name: str) -> tuple:
+        method = variants[name].method
+        return (method.name, method.init, method.subsets, method.final, method.rounds, method.round_steps)
+
+    # equal total steps (M0 + 4 x 150, as TSO): one row per start, K = 3, the ensemble
+    assert settings("atso") == ("atso", "labeled", 2, "last", 4, 150)
+    assert settings("atso-initial") == ("atso", "initial", 2, "last", 4, 150)
+    assert settings("atso-continue") == ("atso", "continue", 2, "last", 4, 150)
+    assert settings("atso-k3") == ("atso", "labeled", 3, "last", 4, 150)
+    assert settings("atso-ensemble") == ("atso", "labeled", 2, "ensemble", 4, 150)
+    # equal released-model steps (M0 + 600, as TSO's): from M0, every round trains 600 steps;
+    # from the initial weights, M0's actual steps + 600
+    assert settings("atso-full") == ("atso", "labeled", 2, "last", 4, 600)
+    assert settings("atso-initial-full") == ("atso", "initial", 2, "last", 4, 350 + 600)
+    for name in variants:
+        if name.startswith(("tso", "atso")):
+            assert variants[name].method.teacher_run == teacher_run
+
+
+def test_rounds_grid_needs_the_supervised_budget_for_the_initial_full_row(tmp_path: Path) -> None:
+    raw = {**BASE, "data": {**BASE["data"], "kind": "volumes"}, "method": {"name": "atso"}}
+    make = dict(grid_variants(config_from_dict(raw), "rounds"))["atso-initial-full"]
+    with pytest.raises(UserError, match="budget.json: not found"):
+        make(raw, tmp_path / "seed0" / "supervised")
 
 
 def test_family_must_match_the_base_method() -> None:

@@ -209,10 +209,19 @@ def test_patience_stops_a_stage_and_the_budget_records_it(tmp_path: Path, tiny_p
 def test_budget_counts_a_reused_teacher_stage(tmp_path: Path, tiny_polyps: Path, teacher_run: Path) -> None:
     result = quiet_train(run_config(tmp_path / "reuse", tiny_polyps, method={"teacher_run": str(teacher_run)}, train_section={"steps": 4}))
     stages = result.budget["stages"]
-    assert stages["student"] == {"steps": 4, "max_steps": 4, "images": 4 * 8, "stopped_early": False}
+    assert stages["student"] == {"steps": 4, "max_steps": 4, "images": 4 * 8, "stopped_early": False, "lineage_steps": 4}
     teacher_stage = next(value for key, value in stages.items() if key.endswith("supervised"))
     assert teacher_stage["steps"] == 8 and teacher_stage["images"] == 8 * 4
     assert result.budget["steps"] == 12 and result.budget["images"] == 32 + 32
+    # a fresh student's weights received its own steps only; the teacher's count in the total
+    assert (result.budget["released_steps"], result.budget["released_stages"]) == (4, ["student"])
+
+
+def test_released_steps_of_a_student_started_from_the_teacher(tmp_path: Path, tiny_polyps: Path, teacher_run: Path) -> None:
+    result = quiet_train(run_config(tmp_path / "reuse", tiny_polyps, method={"teacher_run": str(teacher_run), "student_init": "teacher"}, train_section={"steps": 4}))
+    assert result.budget["stages"]["student"]["lineage_steps"] == 8 + 4
+    assert result.budget["released_steps"] == result.budget["steps"] == 12
+    assert result.budget["released_stages"][-1] == "student" and result.budget["released_stages"][0].endswith("supervised")
 
 
 def test_grid_tables_carry_steps_and_images(tmp_path: Path) -> None:

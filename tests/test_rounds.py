@@ -44,12 +44,18 @@ def test_atso_schedule_three_subsets() -> None:
     assert [p.init_from for p in atso_schedule(4, 3, init="continue")] == [0, 1, 2, 3]
 
 
+def test_atso_schedule_from_the_initial_weights() -> None:
+    assert atso_schedule(3, 2, init="initial") == plans([(1, 0, 1, None, 0), (2, 1, 0, None, 1), (3, 0, 1, None, 2)])
+    with pytest.raises(ValueError, match="labeled, initial, continue"):
+        atso_schedule(3, 2, init="pretrained")
+
+
 def test_tso_schedule_is_self_learning() -> None:
     assert tso_schedule(3) == plans([(1, 0, 0, 0, 0), (2, 0, 0, 1, 1), (3, 0, 0, 2, 2)])
 
 
 @pytest.mark.parametrize("subsets", [2, 3, 4])
-@pytest.mark.parametrize("init", ["labeled", "continue"])
+@pytest.mark.parametrize("init", ["labeled", "initial", "continue"])
 def test_atso_never_relabels_what_it_trained_on(subsets: int, init: str) -> None:
     schedule = atso_schedule(9, subsets, init=init)
     trained = {0: None, **{p.round: p.train_subset for p in schedule}}
@@ -205,6 +211,70 @@ def test_tso_on_volumes(tiny_ct: Path, cache: Path, tmp_path: Path) -> None:
     train(config_from_dict(rounds_config(run, volume_data(tiny_ct, cache), name="tso", rounds=2)), show_progress=False, log=lambda _: None)
     check_tso_provenance(check_run_files(run, "tso", rounds=2, subsets=1))
     assert json.loads((run / "model.json").read_text())["ensemble"] is None
+    # self-learning releases a model that received every step of the run
+    budget = json.loads((run / "budget.json").read_text())
+    assert budget["released_steps"] == budget["steps"] == 3 + 2 * 2
+    assert [(r["steps"], r["released_steps"], r["total_steps"], r.get("own_labels")) for r in read_rounds(run)] == [
+        (3, 3, 3, None),
+        (2, 5, 5, True),
+        (2, 7, 7, True),
+    ]
+
+
+def _digest_of_file(raw: dict, weights: Path) -> str:
+    """The digest (as in done.json's init_digest) of a network holding the weights of a file."""
+    from pseudoseg.engine.checkpoint import load_weights_file
+    from pseudoseg.engine.trainer import weights_digest
+    from pseudoseg.models import build_model
+
+    config = config_from_dict(raw)
+    network = build_model(config.model, config.data.in_channels)
+    network.load_state_dict(load_weights_file(weights)[0])
+    return weights_digest(network)
+
+
+@pytest.mark.parametrize("init", ["labeled", "initial", "continue"])
+def test_atso_start_options_start_where_they_say(init: str, tiny_ct: Path, cache: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    raw = rounds_config(run, volume_data(tiny_ct, cache), name="atso", init=init)
+    logged: list[str] = []
+    train(config_from_dict(raw), show_progress=False, log=lambda line: logged.append(str(line)))
+    done = {r: json.loads((run / f"round_{r}" / "done.json").read_text()) for r in range(4)}
+    started_from = {r: done[r]["init_digest"] for r in range(1, 4)}
+    if init == "labeled":  # every round from M0's released weights
+        assert set(started_from.values()) == {_digest_of_file(raw, run / "round_0" / "best_raw.safetensors")}
+    elif init == "initial":  # every round from the weights M0 itself started from, not from M0
+        assert set(started_from.values()) == {done[0]["init_digest"]}
+        assert done[0]["init_digest"] != _digest_of_file(raw, run / "round_0" / "best_raw.safetensors")
+    else:  # round r from round r - 1's weights
+        assert started_from == {r: _digest_of_file(raw, run / f"round_{r - 1}" / "best_raw.safetensors") for r in range(1, 4)}
+    records = read_rounds(run)[1:]
+    assert {r["init"] for r in records} == {init}
+    assert [r["init_weights"] for r in records] == [
+        {"labeled": "round_0/best_raw.safetensors", "initial": "initial", "continue": f"round_{r - 1}/best_raw.safetensors"}[init] for r in (1, 2, 3)
+    ]
+    # continue is flagged: each round fine-tunes the model that rendered its labels; from M0, only
+    # round 1 does (M0 labelled everything); from the initial weights, none
+    assert [r["own_labels"] for r in records] == {"labeled": [True, False, False], "initial": [False, False, False], "continue": [True, True, True]}[init]
+    assert any("init: continue" in line and "self-training" in line for line in logged) == (init == "continue")
+    # the budget: 3 steps of M0, 2 per round; what the released model received depends on the start
+    assert [(r["steps"], r["total_steps"]) for r in records] == [(2, 5), (2, 7), (2, 9)]
+    released = {"labeled": [5, 5, 5], "initial": [2, 2, 2], "continue": [5, 7, 9]}[init]
+    assert [r["released_steps"] for r in records] == released
+    budget = json.loads((run / "budget.json").read_text())
+    assert (budget["steps"], budget["released_steps"]) == (9, released[-1])
+    assert budget["released_stages"] == {"labeled": ["round_0", "round_3"], "initial": ["round_3"], "continue": ["round_0", "round_1", "round_2", "round_3"]}[init]
+    # the gain a round buys: its labels of the subset it relabels against the true masks, minus the previous ones'
+    for record in records:
+        assert record["gain"] == pytest.approx(record["pseudo_dice"] - record["previous_pseudo_dice"])
+        assert record["gain_pooled"] == pytest.approx(record["pseudo_dice_pooled"] - record["previous_pseudo_dice_pooled"])
+
+
+def test_ensemble_budget_counts_every_member(atso_volumes: tuple[Path, dict]) -> None:
+    run, _ = atso_volumes  # final: ensemble of rounds 2 and 3, both fine-tuned from M0
+    budget = json.loads((run / "budget.json").read_text())
+    assert budget["released_stages"] == ["round_0", "round_2", "round_3"]
+    assert budget["released_steps"] == 3 + 2 + 2
 
 
 @pytest.mark.parametrize("method", ["atso", "tso"])

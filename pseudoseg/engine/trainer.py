@@ -99,9 +99,19 @@ class StageResult:
     images drawn, labeled and unlabeled), ``max_steps``, ``stopped_early``."""
     init_digest: str | None = None
     """Digest of the weights the stage's student started from (:func:`weights_digest`)."""
+    lineage: tuple[StageResult, ...] = field(default=(), repr=False, compare=False)
+    """The stages this one's weights descend from, oldest first, itself last: the
+    stage whose weights it started from (``StageSpec.init_weights``), that
+    stage's own origin, and so on. Set by :meth:`Trainer.fit`; a stage started
+    from fresh or external weights is its own whole lineage."""
 
     def weights(self, network: str) -> Path:
         return self.stage_dir / self.best[network]["file"]
+
+    @property
+    def lineage_steps(self) -> int:
+        """Optimiser steps the stage's weights received, counting every stage they descend from."""
+        return sum(stage.budget.get("steps", 0) for stage in self.lineage or (self,))
 
 
 def stage_seed(run_seed: int, stage: str) -> int:
@@ -247,11 +257,12 @@ class Trainer:
         stage_dir = self.run_dir / spec.name
         done_file = stage_dir / "done.json"
         describe = {"steps": spec.steps, "batch_size": spec.batch_size, "unlabeled_batch_size": spec.unlabeled_batch_size, **spec.describe}
+        origin = self.stage_holding(spec.init_weights)
         if done_file.is_file():
             done = json.loads(done_file.read_text())
             if done.get("describe") == json.loads(json.dumps(describe, default=str)):
                 result = stage_result_from_done(stage_dir, done)
-                self.stages.append(result)
+                self._record(result, origin)
                 return result
             raise UserError(f"{stage_dir}: holds a finished stage with other settings; use a new run_dir")
         for size, name in ((spec.batch_size, "batch_size"), (spec.unlabeled_batch_size, "unlabeled_batch_size")):
@@ -374,8 +385,23 @@ class Trainer:
         if self.dist.is_main:
             machine = describe_machine(self.device, self.amp_dtype)
             write_json(done_file, {"describe": json.loads(json.dumps(describe, default=str)), "best": best, **budget, "init_digest": init_digest, "machine": machine})
-        self.stages.append(result)
+        self._record(result, origin)
         return result
+
+    def stage_holding(self, weights: Path | None) -> StageResult | None:
+        """The stage of this run (trained or reused) whose folder holds ``weights``, if any."""
+        if weights is None:
+            return None
+        resolved = Path(weights).resolve()
+        for stage in reversed(self.stages):
+            if resolved.is_relative_to(stage.stage_dir.resolve()):
+                return stage
+        return None
+
+    def _record(self, result: StageResult, origin: StageResult | None) -> None:
+        """Count ``result`` in the run's budget, descended from ``origin`` (the stage it started from)."""
+        result.lineage = (*(origin.lineage or (origin,)), result) if origin is not None else (result,)
+        self.stages.append(result)
 
     def _patience_ran_out(self, best: dict[str, dict[str, Any]], step: int) -> bool:
         """``train.patience`` validations in a row without any network improving on its best.

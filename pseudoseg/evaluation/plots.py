@@ -107,6 +107,8 @@ _ROUND_SERIES: tuple[tuple[str, str, str], ...] = (
     ("pseudo_dice_all", "all current labels of U vs. true masks", "^--"),
     ("val_dice", "round model on V", "d-"),
 )
+_GRID_ROUND_SERIES = (*_ROUND_SERIES, ("gain", "gain on the relabelled subset (Dice after - before)", "v-"))
+"""The grid's panels add the gain a round buys, on its own axis (a difference, near 0)."""
 
 
 def plot_round_diagnostics(records: Sequence[dict], out: Path) -> Path:
@@ -151,8 +153,8 @@ def plot_grid_rounds(grid_dir: Path, runs: dict[str, dict[str, str]]) -> Path | 
                 by_variant.setdefault(variant, []).append(sorted(_read(log), key=lambda r: r["round"]))
     if not by_variant:
         return None
-    fig, axes = plt.subplots(1, len(_ROUND_SERIES), figsize=(4.6 * len(_ROUND_SERIES), 3.8), squeeze=False)
-    for axis, (key, label, style) in zip(axes[0], _ROUND_SERIES):
+    fig, axes = plt.subplots(1, len(_GRID_ROUND_SERIES), figsize=(4.6 * len(_GRID_ROUND_SERIES), 3.8), squeeze=False)
+    for axis, (key, label, style) in zip(axes[0], _GRID_ROUND_SERIES):
         for variant, seeds in sorted(by_variant.items()):
             per_round: dict[int, list[float]] = {}
             for records in seeds:

@@ -369,6 +369,58 @@ def _cell(entry: Mapping[str, Any] | None, decimals: int) -> str:
     return text
 
 
+def paired_differences(
+    runs: Mapping[str, Sequence[Mapping[str, Mapping[str, Any]]]], reference: str, column: str, *, ddof: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Per-seed differences of each configuration's mean over sets from ``reference``'s, seed by seed.
+
+    Args:
+        runs: ``{configuration: [per_set dict of seed 0, of seed 1, ...]}`` with the
+            same seeds in the same order for every configuration (a grid's runs).
+        reference: the configuration subtracted.
+        column: the metric.
+
+    Returns:
+        ``{configuration: {"differences": [per seed, None where undefined], "mean",
+        "std", "positive": seeds with a difference > 0, "defined": seeds with one}}``
+        for every configuration but the reference. A difference is paired: both
+        runs of a seed share the split and the labeled-only model, so the spread
+        of the differences, not of the two columns, says whether a gap is noise.
+    """
+    if reference not in runs:
+        raise ValueError(f"reference configuration {reference!r} is not among {sorted(runs)}")
+    base = [_seed_mean(per_set, column) if all(column in entry for entry in per_set.values()) else None for per_set in runs[reference]]
+    out: dict[str, dict[str, Any]] = {}
+    for config, seeds in runs.items():
+        if config == reference:
+            continue
+        if len(seeds) != len(base):
+            raise ValueError(f"configuration {config!r} has {len(seeds)} seeds, the reference {len(base)}")
+        values = [_seed_mean(per_set, column) if all(column in entry for entry in per_set.values()) else None for per_set in seeds]
+        differences = [v - b if _defined(v) and _defined(b) else None for v, b in zip(values, base)]
+        defined = [d for d in differences if d is not None]
+        stats = _mean_std(defined, ddof) if defined else {"mean": math.nan, "std": math.nan}
+        out[config] = {"differences": differences, **stats, "positive": sum(d > 0 for d in defined), "defined": len(defined)}
+    return out
+
+
+def _paired_lines(differences: Mapping[str, Mapping[str, Any]], reference: str, column: str, seeds: Sequence[int], decimals: int) -> list[str]:
+    header = ["Configuration", *[f"seed {seed}" for seed in seeds], "Mean ± std", "Above in"]
+    rows = []
+    for config, entry in differences.items():
+        cells = ["–" if d is None else f"{d:+.{decimals}f}" for d in entry["differences"]]
+        summary = _cell({"mean": entry["mean"], "std": entry["std"]}, decimals) if entry["defined"] else "–"
+        rows.append([config, *cells, summary, f"{entry['positive']}/{entry['defined']} seeds"])
+    return [
+        f"Paired differences of *Mean* from `{reference}`, seed by seed (each seed's runs share its split and "
+        "labeled-only model); a gap whose sign changes between seeds, or whose mean is within about one std of 0, "
+        "is within the noise.",
+        "",
+        *_md_table(header, rows),
+        "",
+    ]
+
+
 def _budget_cell(values: Sequence[int]) -> str:
     if not values:
         return "–"
@@ -388,13 +440,18 @@ def write_grid_report(
     extra: Mapping[str, Any] | None = None,
     decimals: int = 3,
     budgets: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    paired: tuple[str, Sequence[int], Mapping[str, Sequence[Mapping[str, Mapping[str, Any]]]]] | None = None,
 ) -> dict[str, Path]:
     """Write a side-by-side comparison of configurations from :func:`summarize_runs`.
 
     ``budgets``: ``{configuration: [run budget of seed 0, ...]}`` (``budget.json`` of
-    each run: total optimiser ``steps`` and training ``images``); every table then
-    carries each row's steps and images seen, so a reader sees what a comparison
-    holds constant.
+    each run: total optimiser ``steps``, training ``images`` and, where known, the
+    ``released_steps`` of the released model); every table then carries each row's
+    steps and images seen, so a reader sees what a comparison holds constant.
+
+    ``paired``: ``(reference, seeds, runs)`` with ``runs`` as given to
+    :func:`summarize_runs`: each metric's table is followed by the per-seed
+    differences from the reference configuration (:func:`paired_differences`).
 
     * Markdown: one table per metric column, rows = configurations, columns =
       number of seeds, test sets and ``Mean``; cells ``"0.812 ± 0.010"``
@@ -418,14 +475,15 @@ def write_grid_report(
 
     csv_rows: list[list[Any]] = []
     lines = [f"# {title}", ""] if title else []
-    budget_header = ["Steps", "Images seen"] if budgets else []
+    released = bool(budgets) and all("released_steps" in b for runs in budgets.values() for b in runs)
+    budget_header = (["Released steps"] if released else []) + (["Steps", "Images seen"] if budgets else [])
     lines += [*notes, ""] if notes else []
     for column in metric_columns:
         header = ["Configuration", "Seeds", *set_names, "Mean", *budget_header]
         md_rows = []
         for config, entry in summary.items():
             cells = [_cell(entry["sets"].get(name, {}).get(column), decimals) for name in set_names]
-            spent = [_budget_cell([b["steps"] for b in budgets.get(config, [])]), _budget_cell([b["images"] for b in budgets.get(config, [])])] if budgets else []
+            spent = [_budget_cell([b[key] for b in budgets.get(config, [])]) for key in ("released_steps", "steps", "images") if key != "released_steps" or released] if budgets else []
             md_rows.append([config, str(entry["n_seeds"]), *cells, _cell(entry["mean"].get(column), decimals), *spent])
             for name in [*set_names, "Mean"]:
                 stats = entry["mean"].get(column) if name == "Mean" else entry["sets"].get(name, {}).get(column)
@@ -446,11 +504,21 @@ def write_grid_report(
                 "stage the row's model depends on, the shared labeled-only stage included (a range where seeds differ)."
                 if budgets
                 else ""
+            )
+            + (
+                " *Released steps*: the steps the released weights themselves received, in the stages they were "
+                "trained or fine-tuned in (a model restarted from the labeled-only model has M0's and its own; "
+                "one restarted from the initial weights, its own)."
+                if released
+                else ""
             ),
             "",
             *_md_table(header, md_rows),
             "",
         ]
+        if paired is not None:
+            reference, seeds, runs = paired
+            lines += _paired_lines(paired_differences(runs, reference, column), reference, column, seeds, decimals)
 
     payload = {
         "title": title,
@@ -458,6 +526,11 @@ def write_grid_report(
         "conventions": legend,
         "configs": {config: dict(entry) for config, entry in summary.items()},
         **({"budgets": {config: list(runs) for config, runs in budgets.items()}} if budgets else {}),
+        **(
+            {"paired": {"reference": paired[0], "seeds": list(paired[1]), **{c: paired_differences(paired[2], paired[0], c) for c in metric_columns}}}
+            if paired is not None
+            else {}
+        ),
         **(extra or {}),
     }
     return _write_files(

@@ -11,9 +11,25 @@ rounds of "fine-tune on L plus pseudo-labeled images, render new labels":
 * **ATSO** (Huo et al., 2021): U is split into K disjoint subsets (whole
   patient cases for CT). Round ``r`` (1-based) fine-tunes on L plus subset
   ``k = (r - 1) mod K`` with that subset's current labels, then relabels
-  subset ``(k + 1) mod K`` (= ``r mod K``), which it did not train on. Each round
-  starts from M0 (``method.init: labeled``, default) or from the previous
-  round's model (``continue``).
+  subset ``(k + 1) mod K`` (= ``r mod K``), which it did not train on.
+
+Where a round starts (``method.init``) is the paper's first change, "break up
+the continual learning from teacher to student":
+
+* ``labeled`` (default): from M0, the labeled-only model;
+* ``initial``: from the weights M0 started from (``model.weights`` /
+  ``model.encoder_weights``, else the run's seeded initialisation): the
+  paper's student, which starts from the pretrained network, not from its
+  teacher;
+* ``continue``: from the previous round's model, which rendered the very
+  labels the round trains on: self-training on one subset at a time, kept as
+  an ablation and flagged in ``rounds.jsonl`` (``own_labels``).
+
+The budget is explicit: each ``rounds.jsonl`` record holds the round's
+``steps``, the ``released_steps`` its model received (its own and those of
+every model it descends from: M0 + one round for ``labeled``, one round for
+``initial``, everything so far for ``continue`` and TSO) and the run's
+``total_steps`` so far; ``budget.json`` holds the same for the released model.
 
 The schedule is a pure function (:func:`atso_schedule`, :func:`tso_schedule`;
 TSO is the one-subset, continuing case of the same schedule) that the recipe
@@ -41,8 +57,12 @@ empty; "pooled": all pixels of the subset at once):
   labels against its previous ones (close to 1: lazy learning), and
   ``changed_fraction``, the share of its pixels that flipped;
 * ``pseudo_dice`` / ``pseudo_dice_pooled``: the new labels against the true
-  masks of U; ``pseudo_dice_all``: all current labels of U against them
-  (over the images of U that have a true mask; ``null`` where none has);
+  masks of U; ``previous_pseudo_dice`` / ``previous_pseudo_dice_pooled``: the
+  subset's previous labels against them, and ``gain`` / ``gain_pooled``, the
+  difference: what the round bought on the subset it relabels ("lazy" as a
+  number: a round that only reproduces its labels gains nothing);
+  ``pseudo_dice_all``: all current labels of U against the true masks (over
+  the images of U that have a true mask; ``null`` where none has);
 * ``val_dice`` (at ``val_step``): the round model on V, in the validation
   convention that chose it (per case, 3-D, for volumes; per image for 2-D
   data; see :mod:`pseudoseg.engine.validation`).
@@ -90,13 +110,13 @@ class RoundPlan:
     """Subset of U fine-tuned on (with its current labels)."""
     relabel_subset: int
     """Subset of U relabelled by this round's model afterwards."""
-    init_from: int
-    """Round whose model this round starts from."""
+    init_from: int | None
+    """Round whose model this round starts from (``None``: M0's initial weights)."""
     labels_from: int
     """Round whose model rendered the labels this round trains on."""
 
 
-def atso_schedule(rounds: int, subsets: int, *, init: Literal["labeled", "continue"] = "labeled") -> list[RoundPlan]:
+def atso_schedule(rounds: int, subsets: int, *, init: Literal["labeled", "initial", "continue"] = "labeled") -> list[RoundPlan]:
     """The ATSO rounds: round r trains on subset (r - 1) mod K and relabels subset r mod K.
 
     All subsets start with M0's labels. With K = 2: round 1 trains on U0
@@ -106,19 +126,21 @@ def atso_schedule(rounds: int, subsets: int, *, init: Literal["labeled", "contin
     Args:
         rounds: R >= 1.
         subsets: K >= 1 (K = 1 with ``init="continue"`` is self-learning).
-        init: ``labeled``: every round starts from M0; ``continue``: from the
-            previous round's model.
+        init: ``labeled``: every round starts from M0; ``initial``: from the
+            weights M0 started from (``init_from`` None); ``continue``: from
+            the previous round's model.
     """
     if rounds < 1 or subsets < 1:
         raise ValueError(f"need rounds >= 1 and subsets >= 1, got rounds={rounds}, subsets={subsets}")
-    if init not in ("labeled", "continue"):
-        raise ValueError(f"init must be labeled or continue, got {init!r}")
+    starts = {"labeled": lambda r: 0, "initial": lambda r: None, "continue": lambda r: r - 1}
+    if init not in starts:
+        raise ValueError(f"init must be one of {', '.join(starts)}, got {init!r}")
     producer = [0] * subsets  # which round's model rendered each subset's current labels
     plans = []
     for r in range(1, rounds + 1):
         k = (r - 1) % subsets
         relabel = r % subsets
-        plans.append(RoundPlan(r, k, relabel, 0 if init == "labeled" else r - 1, producer[k]))
+        plans.append(RoundPlan(r, k, relabel, starts[init](r), producer[k]))
         producer[relabel] = r
     return plans
 
@@ -191,6 +213,9 @@ class RoundStrategy(Strategy):
 
 # --------------------------------------------------------------------------- recipe
 
+INITIAL_WEIGHTS = "initial"
+"""How a round's ``init_weights`` reads when it starts from M0's initial weights (``method.init: initial``)."""
+
 
 @dataclass(frozen=True)
 class _LabelFile:
@@ -207,8 +232,13 @@ def run_atso(session: RunSession) -> RecipeOutcome:
     """ATSO: K disjoint subsets of U, each relabelled by a model that did not train on it."""
     method: RoundsConfig = session.config.method
     session.require_unlabeled()
+    if method.init == "continue":
+        session.log(
+            "method.init: continue — every round fine-tunes the model that rendered its labels: self-training on one "
+            "subset at a time, not ATSO's break-up (init: labeled or initial); rounds.jsonl flags it (own_labels)"
+        )
     subsets = split_subsets(session.unlabeled, session.pool.groups, method.subsets, seed=session.config.split_seed)
-    return run_rounds(session, atso_schedule(method.rounds, method.subsets, init=method.init), subsets)
+    return run_rounds(session, atso_schedule(method.rounds, method.subsets, init=method.init), subsets, init=method.init)
 
 
 def run_tso(session: RunSession) -> RecipeOutcome:
@@ -219,11 +249,15 @@ def run_tso(session: RunSession) -> RecipeOutcome:
     round models are averaged, as for ATSO, so the two stay comparable.
     """
     session.require_unlabeled()
-    return run_rounds(session, tso_schedule(session.config.method.rounds), [np.sort(session.unlabeled)])
+    return run_rounds(session, tso_schedule(session.config.method.rounds), [np.sort(session.unlabeled)], init="continue")
 
 
-def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.ndarray]) -> RecipeOutcome:
-    """Follow ``plans`` over ``subsets`` of U (pool indices), resuming whatever is on disk."""
+def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.ndarray], *, init: str) -> RecipeOutcome:
+    """Follow ``plans`` over ``subsets`` of U (pool indices), resuming whatever is on disk.
+
+    ``init`` names where rounds start (``labeled``, ``initial`` or ``continue``)
+    for the records; the plans say it round by round.
+    """
     config = session.config
     method: RoundsConfig = config.method
     dist = session.trainer.dist
@@ -259,7 +293,7 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
         used = current[plan.train_subset]
         if used.round != plan.labels_from:  # the files on disk must tell the plan's story
             raise RuntimeError(f"round {plan.round}: subset {plan.train_subset} holds labels of round {used.round}, the schedule says {plan.labels_from}")
-        init = weights[plan.init_from]
+        start = None if plan.init_from is None else weights[plan.init_from]
         labels = used.open()
         spec = StageSpec(
             name=f"round_{plan.round}",
@@ -270,14 +304,14 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
             labeled=session.labeled,
             unlabeled=subsets[plan.train_subset],
             validation=session.validation,
-            init_weights=init,
+            init_weights=start,  # None: the run's fresh initialisation, which M0 started from
             describe={
                 "strategy": method.name,
                 "round": plan.round,
                 "train_subset": plan.train_subset,
                 "labels_file": _relative(used.path, run_dir),
                 "labels_rendered_by": used.rendered_by,
-                "init_weights": _relative(init, run_dir),
+                "init_weights": _relative(start, run_dir) if start is not None else INITIAL_WEIGHTS,
                 "labels": method.labels,
                 "beta": method.beta,
             },
@@ -286,12 +320,18 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
             stages[plan.round] = session.trainer.fit(spec)
         finally:
             labels.close()
+        if start is None and stages[0].init_digest and stages[plan.round].init_digest != stages[0].init_digest:
+            raise UserError(
+                f"method.init: initial, but round {plan.round} did not start from the weights the labeled-only model "
+                f"started from ({stages[0].stage_dir} was trained with another seed or model.weights); use a new run_dir"
+            )
         weights[plan.round] = stages[plan.round].weights("raw")
         previous = current[plan.relabel_subset]
         fresh = _ensure_labels(session, plan.round, weights[plan.round], subsets[plan.relabel_subset])
         current[plan.relabel_subset] = fresh
         if dist.is_main and plan.round not in log:
-            log.add(_round_record(session, plan, stages[plan.round], used, init, previous, fresh, current, subsets))
+            own_labels = any(ancestor is stages[plan.labels_from] for ancestor in stages[plan.round].lineage)
+            log.add({**_round_record(session, plan, stages[plan.round], used, start, previous, fresh, current, subsets), "init": init, "own_labels": own_labels})
             _plot(run_dir, log)
         barrier(dist)
 
@@ -439,6 +479,7 @@ def _initial_record(session: RunSession, stage: StageResult, initial: _LabelFile
         "pseudo_dice_pooled": pseudo["dice_pooled"],
         "pseudo_dice_all": _mask_dice(session, files, subsets),
         **_validation_dice(stage),
+        **_round_budget(session, stage),
     }
 
 
@@ -447,7 +488,7 @@ def _round_record(
     plan: RoundPlan,
     stage: StageResult,
     used: _LabelFile,
-    init: Path,
+    init: Path | None,
     previous: _LabelFile,
     fresh: _LabelFile,
     files: dict[int, _LabelFile],
@@ -459,13 +500,14 @@ def _round_record(
     try:
         agreement = label_agreement(new.read, old.read, fresh.indices)
         pseudo = _true_mask_dice(session, new.read, fresh.indices)
+        before = _true_mask_dice(session, old.read, fresh.indices)
     finally:
         new.close()
         old.close()
     return {
         **asdict(plan),
         "method": session.config.method.name,
-        "init_weights": _relative(init, run_dir),
+        "init_weights": _relative(init, run_dir) if init is not None else INITIAL_WEIGHTS,
         "labels_file": _relative(used.path, run_dir),
         "labels_rendered_by": used.rendered_by,
         "n_train_unlabeled": len(subsets[plan.train_subset]),
@@ -479,8 +521,26 @@ def _round_record(
         "changed_fraction": agreement["changed"],
         "pseudo_dice": pseudo["dice"],
         "pseudo_dice_pooled": pseudo["dice_pooled"],
+        "previous_pseudo_dice": before["dice"],
+        "previous_pseudo_dice_pooled": before["dice_pooled"],
+        "gain": _difference(pseudo["dice"], before["dice"]),
+        "gain_pooled": _difference(pseudo["dice_pooled"], before["dice_pooled"]),
         "pseudo_dice_all": _mask_dice(session, files, subsets),
         **_validation_dice(stage),
+        **_round_budget(session, stage),
+    }
+
+
+def _difference(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
+
+
+def _round_budget(session: RunSession, stage: StageResult) -> dict[str, int]:
+    """The round's own steps, the steps its model received (its lineage) and the run's steps so far."""
+    return {
+        "steps": stage.budget["steps"],
+        "released_steps": stage.lineage_steps,
+        "total_steps": sum(done.budget["steps"] for done in session.trainer.stages),
     }
 
 

@@ -12,12 +12,15 @@ import copy
 import json
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pseudoseg.errors import UserError
+
+if TYPE_CHECKING:
+    from pseudoseg.data.classes import ClassSet
 
 
 def _yaml_boolean_words(value: bool) -> tuple[str, ...]:
@@ -112,6 +115,13 @@ class DataConfig(_Section):
     channels: int | None = Field(None, ge=1)
     """``volumes``: image channels per case (files ``_0000``, ``_0001``, ...); read
     from an nnU-Net ``dataset.json`` (``channel_names``) when not set, else 1."""
+    classes: dict[str, int | list[int]] | None = None
+    """Foreground classes and the label values of each in the masks, e.g. ``{anterior: 1,
+    posterior: 2}`` (several values make one class: ``{hippocampus: [1, 2]}``). Read
+    from the ``labels`` of a ``dataset.json`` in ``train`` when not set (Decathlon or
+    nnU-Net v2 form); with neither, one foreground class decoded by the binary mask
+    rules. Two or more classes train a softmax over C + 1 channels; a mask value no
+    class names is an error naming the file."""
 
     @field_validator("labeled_fraction")
     @classmethod
@@ -141,7 +151,25 @@ class DataConfig(_Section):
 
             # Resolved once here, so config.yaml records the network's input channels.
             object.__setattr__(self, "channels", channel_count(self.train) or 1)
+        if self.classes is None:
+            from pseudoseg.data.classes import classes_from_dataset_json
+
+            # Resolved once here, so config.yaml records the classes the network was trained for.
+            found = classes_from_dataset_json(self.train)
+            if found is not None and found.values is not None:
+                object.__setattr__(self, "classes", {name: list(values) for name, values in zip(found.names, found.values)})
+        else:
+            from pseudoseg.data.classes import class_set_from_mapping
+
+            class_set_from_mapping(self.classes, "data.classes")  # checked at load time
         return self
+
+    @property
+    def class_set(self) -> ClassSet:
+        """The run's foreground classes (:mod:`pseudoseg.data.classes`)."""
+        from pseudoseg.data.classes import ClassSet, class_set_from_mapping
+
+        return class_set_from_mapping(self.classes, "data.classes") if self.classes else ClassSet.binary()
 
     @property
     def in_channels(self) -> int:

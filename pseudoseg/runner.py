@@ -235,14 +235,15 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
         log = _silent
     log(split_line(config, split, pool, _indices(pool, split.unlabeled), run_dir))
     in_channels = config.data.in_channels
-    architecture = describe_architecture(config.model, in_channels)
+    out_channels = config.data.class_set.channels
+    architecture = describe_architecture(config.model, in_channels, out_channels)
     trainer = Trainer(
         config,
         pool,
         run_dir,
         dist=dist,
         architecture=architecture,
-        build_network=lambda: build_model(config.model, in_channels),
+        build_network=lambda: build_model(config.model, in_channels, out_channels),
         show_progress=show_progress,
     )
     session = RunSession(

@@ -1,19 +1,21 @@
 """How raw images become network inputs, recorded with every trained network.
 
 The working size, normalisation, CT window and slice context a network was
-trained with travel in its weights' metadata, so prediction and evaluation
-always preprocess exactly as training did.
+trained with, and the classes it segments (names and label values), travel in
+its weights' metadata, so prediction and evaluation always preprocess exactly
+as training did and write the label values the training masks used.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from pseudoseg.config import DataConfig
+from pseudoseg.data.classes import ClassSet
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,10 +29,11 @@ class Preprocessing:
     in_channels: int
     window: tuple[float, float]
     context: int
+    classes: ClassSet = field(default_factory=ClassSet.binary)
 
     @classmethod
     def from_data(cls, data: DataConfig) -> Preprocessing:
-        return cls(data.kind, data.image_size, data.normalize, data.in_channels, tuple(data.window), data.context)
+        return cls(data.kind, data.image_size, data.normalize, data.in_channels, tuple(data.window), data.context, data.class_set)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,11 +43,14 @@ class Preprocessing:
             "in_channels": self.in_channels,
             "window": list(self.window),
             "context": self.context,
+            "classes": self.classes.to_json(),
         }
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> Preprocessing:
-        return cls(payload["kind"], payload["image_size"], payload["normalize"], payload["in_channels"], tuple(payload["window"]), payload["context"])
+        """The recorded preprocessing (a model saved before classes were recorded segments one class)."""
+        classes = ClassSet.from_json(payload.get("classes"))
+        return cls(payload["kind"], payload["image_size"], payload["normalize"], payload["in_channels"], tuple(payload["window"]), payload["context"], classes)
 
 
 class InputNormalizer:

@@ -122,9 +122,10 @@ def load_network(path: Path, *, expect: dict[str, Any] | None = None) -> tuple[n
     tensors, meta = load_weights_file(path, expect=expect)
     arch = dict(meta["architecture"])
     in_channels = arch.pop("in_channels")
+    out_channels = arch.pop("out_channels", 1)
     config = ModelConfig.model_validate(arch)
-    model = build_model(config, in_channels)
-    assert describe_architecture(config, in_channels) == meta["architecture"]
+    model = build_model(config, in_channels, out_channels)
+    assert describe_architecture(config, in_channels, out_channels) == meta["architecture"]
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:

@@ -1,7 +1,8 @@
 """Build a segmentation network from its configuration.
 
-Every network maps ``[B, C, H, W]`` images to ``[B, 1, H, W]`` logits (one
-foreground class). MONAI networks are always available; the momentum paper's
+Every network maps ``[B, C, H, W]`` images to ``[B, K, H, W]`` logits: K = 1
+for one foreground class (sigmoid), C + 1 for C classes (softmax; see
+:mod:`pseudoseg.engine.labels`). MONAI networks are always available; the momentum paper's
 FPN + DenseNet-169 comes from segmentation-models-pytorch, an optional extra
 that needs torchvision, so it is imported only when asked for.
 
@@ -29,13 +30,13 @@ def _norm(config: ModelConfig) -> Any:
     return config.norm
 
 
-def _unet(config: ModelConfig, in_channels: int) -> nn.Module:
+def _unet(config: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
     from monai.networks.nets import UNet
 
     return UNet(
         spatial_dims=2,
         in_channels=in_channels,
-        out_channels=1,
+        out_channels=out_channels,
         channels=config.channels,
         strides=(2,) * (len(config.channels) - 1),
         num_res_units=config.num_res_units,
@@ -44,7 +45,7 @@ def _unet(config: ModelConfig, in_channels: int) -> nn.Module:
     )
 
 
-def _basic_unet(config: ModelConfig, in_channels: int) -> nn.Module:
+def _basic_unet(config: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
     from monai.networks.nets import BasicUNet
 
     if len(config.channels) != 6:
@@ -52,14 +53,14 @@ def _basic_unet(config: ModelConfig, in_channels: int) -> nn.Module:
     return BasicUNet(
         spatial_dims=2,
         in_channels=in_channels,
-        out_channels=1,
+        out_channels=out_channels,
         features=config.channels,
         norm=_norm(config),
         dropout=config.dropout,
     )
 
 
-def _flexible_unet(config: ModelConfig, in_channels: int) -> nn.Module:
+def _flexible_unet(config: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
     from monai.networks.nets import FlexibleUNet
     from monai.networks.nets.efficientnet import url_map
     from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
@@ -83,7 +84,7 @@ def _flexible_unet(config: ModelConfig, in_channels: int) -> nn.Module:
     with _download_errors(config):
         return FlexibleUNet(
             in_channels=in_channels,
-            out_channels=1,
+            out_channels=out_channels,
             backbone=config.encoder,
             pretrained=pretrained,
             spatial_dims=2,
@@ -92,7 +93,7 @@ def _flexible_unet(config: ModelConfig, in_channels: int) -> nn.Module:
         )
 
 
-def _fpn(config: ModelConfig, in_channels: int) -> nn.Module:
+def _fpn(config: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
     try:
         import segmentation_models_pytorch as smp
     except Exception as exc:  # ImportError, or torchvision failing to load its ops
@@ -111,7 +112,7 @@ def _fpn(config: ModelConfig, in_channels: int) -> nn.Module:
             offered = ", ".join(encoders[config.encoder]["pretrained_settings"]) or "none"
             raise UserError(f"model.encoder_weights: segmentation-models-pytorch has no ImageNet weights for {config.encoder} (it offers: {offered})")
     with _download_errors(config):
-        return smp.FPN(encoder_name=config.encoder, encoder_weights=weights, in_channels=in_channels, classes=1)
+        return smp.FPN(encoder_name=config.encoder, encoder_weights=weights, in_channels=in_channels, classes=out_channels)
 
 
 @contextlib.contextmanager
@@ -141,7 +142,7 @@ _BUILDERS: MappingProxyType[str, Callable[[ModelConfig, int], nn.Module]] = Mapp
 MODEL_NAMES = tuple(_BUILDERS)
 
 
-def describe_architecture(config: ModelConfig, in_channels: int) -> dict[str, Any]:
+def describe_architecture(config: ModelConfig, in_channels: int, out_channels: int = 1) -> dict[str, Any]:
     """What identifies an architecture: stored with every checkpoint and compared on load.
 
     Where the initial weights came from (``weights``, ``encoder_weights``) is
@@ -149,12 +150,14 @@ def describe_architecture(config: ModelConfig, in_channels: int) -> dict[str, An
     """
     described = config.model_dump(mode="json", exclude={"weights", "weights_scope", "encoder_weights"})
     described["in_channels"] = in_channels
+    if out_channels != 1:  # one output channel is left unsaid, so models saved before classes load as they are
+        described["out_channels"] = out_channels
     return described
 
 
-def build_model(config: ModelConfig, in_channels: int) -> nn.Module:
+def build_model(config: ModelConfig, in_channels: int, out_channels: int = 1) -> nn.Module:
     """The network named by ``config.name``, with pretrained or local weights if asked for."""
-    model = _BUILDERS[config.name](config, in_channels)
+    model = _BUILDERS[config.name](config, in_channels, out_channels)
     if config.weights is not None:
         from pseudoseg.models.weights import load_weights
 

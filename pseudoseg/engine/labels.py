@@ -1,0 +1,60 @@
+"""From logits to probabilities, decisions and targets, for one class or several.
+
+One foreground class: one output channel, a sigmoid, the foreground
+probability ``p`` and the decision ``p >= threshold``. ``C >= 2`` classes:
+``C + 1`` channels (channel 0 the background), a softmax and the decision
+``argmax``. Targets inside the engine are always probability maps with the
+network's channels (``[B, K, H, W]``): a binary mask is its foreground
+channel, a class-index map its one-hot encoding, a soft pseudo label the
+teacher's probabilities; so warping, losses and pseudo labels treat hard,
+soft, binary and multi-class targets alike.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid of a one-channel output, softmax over the channels of a wider one (in float32)."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def decide(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Class index per pixel, ``long [B, H, W]``: ``prob >= threshold`` for one channel, else the argmax."""
+    if prob.shape[1] == 1:
+        return (prob[:, 0] >= threshold).long()
+    return prob.argmax(dim=1)
+
+
+def one_hot(index: torch.Tensor, channels: int) -> torch.Tensor:
+    """Probability maps ``float [B, K, H, W]`` of class indices (``[B, H, W]`` or ``[B, 1, H, W]``).
+
+    With one channel the map is the foreground indicator (index 1), so a binary
+    mask stays the 0/1 mask it was.
+    """
+    if index.dim() == 4:
+        index = index[:, 0]
+    index = index.long()
+    if channels == 1:
+        return (index == 1).float().unsqueeze(1)
+    return F.one_hot(index, channels).permute(0, 3, 1, 2).float()
+
+
+def harden(target: torch.Tensor, *, strict: bool = False) -> torch.Tensor:
+    """Hard targets from probability maps: ``> 0.5`` (``>= 0.5`` when not ``strict``) for one channel, one-hot argmax otherwise."""
+    if target.shape[1] == 1:
+        return (target > 0.5).float() if strict else (target >= 0.5).float()
+    return one_hot(target.argmax(dim=1), target.shape[1])
+
+
+def confidence(prob: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, H, W]``: the probability of the decided class, ``max(p, 1 - p)`` for one channel."""
+    if prob.shape[1] == 1:
+        return torch.maximum(prob, 1.0 - prob)
+    return prob.amax(dim=1, keepdim=True)
+
+
+__all__ = ["confidence", "decide", "harden", "one_hot", "probabilities"]

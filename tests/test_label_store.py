@@ -141,14 +141,60 @@ def test_encode_labels_threshold() -> None:
 def test_label_agreement_numbers() -> None:
     a = np.zeros((3, 4, 4), np.uint8)
     b = np.zeros((3, 4, 4), np.uint8)
-    a[0, :2] = 255  # 8 px
-    b[0, :1] = 255  # 4 px inside them: Dice 2*4/12
-    a[1, 0, 0] = 200  # 1 px vs empty: Dice 0
+    a[0, :2] = 1  # 8 px
+    b[0, :1] = 1  # 4 px inside them: Dice 2*4/12
+    a[1, 0, 0] = 1  # 1 px vs empty: Dice 0
     # image 2: both empty, Dice 1
     scores = label_agreement(lambda i: a[i], lambda i: b[i], np.arange(3), chunk=2)
     assert scores["n"] == 3
     assert scores["dice"] == pytest.approx((8 / 12 + 0.0 + 1.0) / 3)
     assert scores["changed"] == pytest.approx(5 / 48)
     assert scores["dice_pooled"] == pytest.approx(2 * 4 / (9 + 4))  # all pixels at once
-    masks = (b > 0).astype(np.uint8)  # {0, 1} masks with threshold 1
-    assert label_agreement(lambda i: a[i], lambda i: masks[i], np.arange(3), threshold_b=1)["dice"] == pytest.approx(scores["dice"])
+
+
+def test_label_agreement_over_classes() -> None:
+    a = np.zeros((2, 4, 4), np.uint8)
+    b = np.zeros((2, 4, 4), np.uint8)
+    a[0, 0] = 1  # class 1: 4 px in A, 2 of them in B -> Dice 2*2/6
+    b[0, 0, :2] = 1
+    a[0, 3, :2] = 2  # class 2 in image 0: 2 px in A, none in B -> Dice 0
+    a[1, 1, 1] = b[1, 1, 1] = 2  # image 1: class 2 agrees on 1 px; class 1 absent from both: skipped
+    scores = label_agreement(lambda i: a[i], lambda i: b[i], np.arange(2), classes=2)
+    # per class over the images where it is defined, then the mean over classes
+    assert scores["dice"] == pytest.approx((4 / 6 + (0.0 + 1.0) / 2) / 2)
+    assert scores["dice_pooled"] == pytest.approx((4 / 6 + 2 * 1 / 4) / 2)
+    assert scores["changed"] == pytest.approx(4 / 32)
+
+
+def test_label_store_with_classes_round_trip(tmp_path: Path) -> None:
+    images = image_store(tmp_path, 6, channels=3)
+
+    class ThreeWay(nn.Module):
+        """Logits for background / class 1 / class 2 from the three input channels."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 4.0 * x
+
+    expected = torch.softmax(4.0 * ((torch.from_numpy(images.read(np.arange(6))).float() / 255.0 - 0.5) / 0.5), dim=1)
+    covered = np.array([0, 2, 3, 5])
+    hard = render_pseudo_labels(
+        ThreeWay(), images, covered, tmp_path / "hard.npy", normalizer=InputNormalizer("unit", 3, torch.device("cpu")),
+        autocast=contextlib.nullcontext, kind="hard", batch_size=3, channels=3,
+    )
+    soft = render_pseudo_labels(
+        ThreeWay(), images, covered, tmp_path / "soft.npy", normalizer=InputNormalizer("unit", 3, torch.device("cpu")),
+        autocast=contextlib.nullcontext, kind="soft", batch_size=3, channels=3,
+    )
+    # hard: class indices on disk, one byte a pixel; soft: C + 1 probabilities a pixel, on disk
+    assert np.load(tmp_path / "hard.npy", mmap_mode="r").shape == (4, SIZE, SIZE)
+    assert np.load(tmp_path / "soft.npy", mmap_mode="r").shape == (4, 3, SIZE, SIZE)
+    argmax = expected.argmax(1).numpy().astype(np.uint8)
+    np.testing.assert_array_equal(hard.read_classes(np.array([5, 0])), argmax[[5, 0]])
+    np.testing.assert_array_equal(soft.read_classes(np.array([2])), argmax[[2]])
+    targets = hard.targets(np.array([3]), torch.device("cpu"))
+    assert targets.shape == (1, 3, SIZE, SIZE) and torch.equal(targets.argmax(1), torch.from_numpy(argmax[[3]]).long())
+    assert torch.equal(targets.sum(1), torch.ones(1, SIZE, SIZE))  # one-hot
+    probabilities = soft.targets(np.array([3]), torch.device("cpu"))
+    torch.testing.assert_close(probabilities, expected[[3]], atol=0.5 / 255 + 1e-6, rtol=0)
+    with pytest.raises(UserError, match="not a pseudo-label file for 5 output"):
+        PseudoLabelStore(tmp_path / "soft.npy", covered, channels=5)

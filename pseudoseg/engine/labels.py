@@ -57,4 +57,33 @@ def confidence(prob: torch.Tensor) -> torch.Tensor:
     return prob.amax(dim=1, keepdim=True)
 
 
-__all__ = ["confidence", "decide", "harden", "one_hot", "probabilities"]
+def class_overlap_counts(decided: torch.Tensor, truth: torch.Tensor, classes: int) -> torch.Tensor:
+    """Per map and foreground class ``[|P & G|, |P|, |G|]``, ``float64 [B, C, 3]``.
+
+    ``decided`` and ``truth``: class indices ``[B, H, W]`` (or ``[B, 1, H, W]``);
+    class ``c`` (1..C) is ``P = decided == c``, ``G = truth == c``. Exact counts
+    on the inputs' device, nothing read back.
+    """
+    if decided.dim() == 4:
+        decided = decided[:, 0]
+    if truth.dim() == 4:
+        truth = truth[:, 0]
+    labels = torch.arange(1, classes + 1, device=decided.device).view(1, -1, 1)
+    pred = decided.flatten(1).unsqueeze(1) == labels  # [B, C, N]
+    gt = truth.long().flatten(1).unsqueeze(1) == labels
+    counts = [torch.count_nonzero(pred & gt, dim=2), torch.count_nonzero(pred, dim=2), torch.count_nonzero(gt, dim=2)]
+    return torch.stack(counts, dim=2).to(torch.float64)
+
+
+def dice_iou_defined(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dice, IoU and whether defined, from ``[..., 3]`` counts; a class absent from both
+    prediction and truth is undefined (skipped in means over several classes)."""
+    inter, pred, gt = counts.unbind(-1)
+    total = pred + gt
+    defined = total > 0
+    dice = 2.0 * inter / total.clamp_min(1.0)
+    iou = inter / (total - inter).clamp_min(1.0)
+    return dice, iou, defined
+
+
+__all__ = ["class_overlap_counts", "confidence", "decide", "dice_iou_defined", "harden", "one_hot", "probabilities"]

@@ -9,6 +9,12 @@ With soft targets MONAI's ``soft_label=True`` Dice is used, which is smallest
 exactly when the prediction equals the target. The momentum paper's code uses
 the plain Dice formula, which with soft targets rewards predictions more
 confident than the teacher; with hard targets the two coincide.
+
+One output channel: sigmoid Dice (+ binary cross-entropy). Several (C + 1,
+see :mod:`pseudoseg.engine.labels`): softmax Dice over the C foreground
+channels, the background left out of the Dice as is usual (its Dice would be
+near 1 on every image), + cross-entropy over all C + 1 classes. Targets are
+probability maps with the network's channels (one-hot for hard labels).
 """
 
 from __future__ import annotations
@@ -20,20 +26,27 @@ from torch import nn
 
 
 class SegmentationLoss(nn.Module):
-    def __init__(self, kind: str = "dice", *, smooth: float = 1e-5) -> None:
+    def __init__(self, kind: str = "dice", *, smooth: float = 1e-5, channels: int = 1) -> None:
         super().__init__()
         self.kind = kind
-        self.dice = DiceLoss(sigmoid=True, soft_label=True, smooth_nr=smooth, smooth_dr=smooth)
-        self.masked_dice = MaskedDiceLoss(sigmoid=True, soft_label=True, smooth_nr=smooth, smooth_dr=smooth)
+        self.channels = channels
+        binary = channels == 1
+        activation = {"sigmoid": True} if binary else {"softmax": True, "include_background": False}
+        self.dice = DiceLoss(soft_label=True, smooth_nr=smooth, smooth_dr=smooth, **activation)
+        self.masked_dice = MaskedDiceLoss(soft_label=True, smooth_nr=smooth, smooth_dr=smooth, **activation)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``logits`` and ``target`` ``[B, K, H, W]`` (target: probabilities); ``valid`` ``[B, 1, H, W]`` or None."""
         logits = logits.float()
         target = target.float()
         dice = self.dice(logits, target) if valid is None else self.masked_dice(logits, target, mask=valid)
         if self.kind == "dice":
             return dice
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        return dice + masked_mean_per_image(bce, valid)
+        if self.channels == 1:
+            pixel_loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        else:  # cross-entropy against probability targets, per pixel
+            pixel_loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1, keepdim=True)
+        return dice + masked_mean_per_image(pixel_loss, valid)
 
 
 def masked_mean_per_image(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:

@@ -43,6 +43,7 @@ from pseudoseg.engine.checkpoint import (
 )
 from pseudoseg.engine.device import autocast, describe_machine, resolve_amp, resolve_device
 from pseudoseg.engine.distributed import DistInfo, all_reduce_sum
+from pseudoseg.engine.labels import harden, one_hot, probabilities
 from pseudoseg.engine.losses import SegmentationLoss
 from pseudoseg.engine.streams import IndexStream
 from pseudoseg.errors import UserError
@@ -162,6 +163,9 @@ class Trainer:
         self.normalizer = InputNormalizer(config.data.normalize, config.data.in_channels, self.device)
         self.show_progress = show_progress and dist.is_main
         self.preprocessing = Preprocessing.from_data(config.data).to_json()
+        self.classes = config.data.class_set
+        self.channels = self.classes.channels
+        """Output channels: 1 (sigmoid) for one class, C + 1 (softmax) for several."""
         self.stages: list[StageResult] = []
         """Every stage this run trained or reused, in order (the run's budget)."""
 
@@ -198,10 +202,10 @@ class Trainer:
         geometry = augmenter.sample_geometry(len(indices), affine=self.config.train.augment.labeled_affine)
         mine = indices[self.dist.shard()]
         images = self.normalizer.to_unit(self.pool.images.read(mine))
-        masks = torch.from_numpy(self.pool.masks.read(mine)).to(self.device).unsqueeze(1).float()
+        masks = one_hot(torch.from_numpy(self.pool.masks.read(mine)).to(self.device), self.channels)
         images, (masks,) = apply_geometry(images, [masks], geometry.select(self.dist.shard()))
-        if geometry.theta is not None:
-            masks = (masks > 0.5).float()
+        if geometry.theta is not None:  # the affine warp interpolates: hard again
+            masks = harden(masks, strict=True)
         return self.normalizer(images), masks
 
     def _unlabeled_batch(self, indices: np.ndarray, augmenter: BatchAugmenter, strategy: Strategy) -> dict[str, Any]:
@@ -212,7 +216,7 @@ class Trainer:
         images = self.normalizer.to_unit(self.pool.images.read(mine))
         maps = []
         if strategy.label_store is not None:
-            maps.append(torch.from_numpy(strategy.label_store.read(mine)).to(self.device).unsqueeze(1).float().div_(255.0))
+            maps.append(strategy.label_store.targets(mine, self.device))
         images, maps = apply_geometry(images, maps, geometry.select(part))
         out: dict[str, Any] = {"unlabeled": self.normalizer(images), "unlabeled_index": mine}
         if photometry is not None:
@@ -222,7 +226,8 @@ class Trainer:
         return out
 
     def eval_batches(self, indices: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This process's share of ``indices``, as normalised batches (no augmentation)."""
+        """This process's share of ``indices``, as normalised batches (no augmentation) and
+        their masks (class indices, ``float [B, 1, H, W]``)."""
         mine = indices[self.dist.shard()]
         size = self.config.eval.batch_size
         for start in range(0, len(mine), size):
@@ -245,7 +250,7 @@ class Trainer:
             mine = torch.from_numpy(positions[self.dist.shard()]).to(self.device)
             size = self.config.eval.batch_size
             cases = (mine[start : start + size] for start in range(0, len(mine), size))
-        tally = ValidationTally(n_cases, self.device)
+        tally = ValidationTally(n_cases, self.device, classes=self.classes.count)
         for images, masks in self.eval_batches(indices):
             with self.autocast():
                 prob = predict(images).float()
@@ -294,7 +299,7 @@ class Trainer:
             device=self.device,
             dist=self.dist,
             student=student,
-            criterion=SegmentationLoss(cfg.train.loss, smooth=cfg.train.dice_smooth),
+            criterion=SegmentationLoss(cfg.train.loss, smooth=cfg.train.dice_smooth, channels=self.channels),
             build_network=self.build_network,
             steps_per_epoch=epoch_stream.batches_per_epoch,
             stage_dir=stage_dir,
@@ -429,9 +434,11 @@ class Trainer:
         for name, network in networks.items():
             was_training = network.training
             network.eval()
-            scores = self.score(spec.validation, lambda x, net=network: torch.sigmoid(net(x)))
+            scores = self.score(spec.validation, lambda x, net=network: probabilities(net(x)))
             network.train(was_training)
             record[f"{name}/dice"], record[f"{name}/iou"] = scores["dice"], scores["iou"]
+            if not self.classes.is_binary:
+                record.update({f"{name}/dice/{cls}": value for cls, value in zip(self.classes.names, scores["class_dice"])})
             if scores["collapse"] is not None:
                 record[f"{name}/collapse"] = scores["collapse"]
                 if self.dist.is_main:

@@ -4,9 +4,17 @@ Rounds-based methods (ATSO, self-learning) keep a label map for every
 unlabeled sample between rounds. Holding them in memory would grow with the
 unlabeled set (10 000 CT slices at 256 px are 655 MB of ``uint8``), so they
 live in a record file (:class:`~pseudoseg.data.store.ArrayStore`): one
-``uint8 [S, S]`` record per covered pool index, in ascending pool-index order.
-Values are probabilities scaled to 0..255 (``soft``) or {0, 255} (``hard``),
-so the trainer's ``/ 255`` turns either into a target in [0, 1].
+record per covered pool index, in ascending pool-index order:
+
+* one class: ``uint8 [S, S]``, the foreground probability scaled to 0..255
+  (``soft``) or {0, 255} (``hard``);
+* C >= 2 classes, ``hard``: ``uint8 [S, S]`` class indices 0..C;
+* C >= 2 classes, ``soft``: ``uint8 [C + 1, S, S]``, each class's probability
+  scaled to 0..255 (C + 1 bytes per pixel, on disk, whatever the size of U).
+
+:meth:`PseudoLabelStore.targets` turns any of them into the training target
+(probability maps with the network's channels), and
+:meth:`PseudoLabelStore.read_classes` into class indices for the diagnostics.
 
 Rendering is batched, without gradients, in the trainer's mixed precision and
 with the trainer's input normalisation (passed in, never re-implemented here).
@@ -30,8 +38,8 @@ from torch import nn
 from pseudoseg.data.preprocessing import InputNormalizer
 from pseudoseg.data.store import ArrayStore
 from pseudoseg.engine.distributed import DistInfo, barrier
+from pseudoseg.engine.labels import class_overlap_counts, decide, dice_iou_defined, one_hot, probabilities
 from pseudoseg.errors import UserError
-from pseudoseg.evaluation.metrics import dice_iou_at_threshold
 from pseudoseg.fileio import atomic_path
 
 LabelKind = Literal["hard", "soft"]
@@ -44,13 +52,17 @@ class PseudoLabelStore:
     records are read from disk on demand, one batch at a time.
     """
 
-    def __init__(self, path: Path, indices: Sequence[int] | np.ndarray) -> None:
+    def __init__(self, path: Path, indices: Sequence[int] | np.ndarray, *, channels: int = 1) -> None:
         self.path = Path(path)
         self.indices = _sorted_unique(indices)
+        self.channels = channels
+        """The network's output channels: 1 for one class, C + 1 for C classes."""
         self._store = ArrayStore(self.path)
-        if len(self._store.record_shape) != 2 or self._store.dtype != np.uint8:
+        shape = self._store.record_shape
+        fits = len(shape) == 2 or (channels > 1 and len(shape) == 3 and shape[0] == channels)
+        if not fits or self._store.dtype != np.uint8:
             self._store.close()
-            raise UserError(f"{self.path}: not a pseudo-label file (expected uint8 records [N, S, S], got {self._store.dtype} {self._store.shape})")
+            raise UserError(f"{self.path}: not a pseudo-label file for {channels} output channel(s) (got {self._store.dtype} records {shape})")
         if len(self._store) != len(self.indices):
             self._store.close()
             raise UserError(f"{self.path}: holds {len(self._store)} label records, expected {len(self.indices)}; delete it to render it again")
@@ -73,8 +85,31 @@ class PseudoLabelStore:
         return rows
 
     def read(self, pool_indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Labels ``uint8 [n, S, S]`` of the given pool indices (any order, repeats allowed)."""
+        """Records of the given pool indices (any order, repeats allowed), as stored."""
         return self._store.read(self.rows_of(pool_indices))
+
+    @property
+    def holds_probabilities(self) -> bool:
+        """Whether records are 0..255 probabilities (one class, or soft labels of several)."""
+        return self.channels == 1 or len(self._store.record_shape) == 3
+
+    def targets(self, pool_indices: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Training targets ``float [n, K, S, S]``: probability maps with the network's channels."""
+        records = torch.from_numpy(self.read(pool_indices)).to(device)
+        if self.channels == 1:
+            return records.unsqueeze(1).float().div_(255.0)
+        if self.holds_probabilities:
+            return records.float().div_(255.0)
+        return one_hot(records, self.channels)
+
+    def read_classes(self, pool_indices: np.ndarray) -> np.ndarray:
+        """Class indices ``uint8 [n, S, S]`` (one class: ``value >= 128``, probability 0.5)."""
+        records = self.read(pool_indices)
+        if self.channels == 1:
+            return (records >= 128).astype(np.uint8)
+        if self.holds_probabilities:
+            return records.argmax(axis=1).astype(np.uint8)
+        return records
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Records ``start:stop`` (in pool-index order) in one read."""
@@ -84,10 +119,10 @@ class PseudoLabelStore:
         self._store.close()
 
     def __getstate__(self) -> dict:  # picklable: reopen by path
-        return {"path": self.path, "indices": self.indices}
+        return {"path": self.path, "indices": self.indices, "channels": self.channels}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], state["indices"])
+        self.__init__(state["path"], state["indices"], channels=state.get("channels", 1))
 
 
 def _sorted_unique(indices: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -98,13 +133,23 @@ def _sorted_unique(indices: Sequence[int] | np.ndarray) -> np.ndarray:
 
 
 def encode_labels(prob: torch.Tensor, kind: LabelKind, *, threshold: float = 0.5) -> torch.Tensor:
-    """Probabilities ``[B, 1, S, S]`` -> ``uint8 [B, S, S]``: {0, 255} (hard, ``p >= threshold``) or round(255 p)."""
-    prob = prob.float()[:, 0]
+    """Probabilities ``[B, K, S, S]`` -> label records (see the module's formats).
+
+    One channel: ``uint8 [B, S, S]``, {0, 255} (hard, ``p >= threshold``) or
+    round(255 p). Several: class indices ``[B, S, S]`` (hard, the argmax) or
+    round(255 p) per channel ``[B, K, S, S]`` (soft).
+    """
+    if kind not in ("hard", "soft"):
+        raise ValueError(f"label kind must be hard or soft, got {kind!r}")
+    prob = prob.float()
+    if prob.shape[1] > 1:
+        if kind == "hard":
+            return decide(prob).to(torch.uint8)
+        return prob.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
+    prob = prob[:, 0]
     if kind == "hard":
         return (prob >= threshold).to(torch.uint8).mul_(255)
-    if kind == "soft":
-        return prob.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
-    raise ValueError(f"label kind must be hard or soft, got {kind!r}")
+    return prob.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
 
 
 @torch.no_grad()
@@ -119,6 +164,7 @@ def render_pseudo_labels(
     kind: LabelKind = "hard",
     batch_size: int = 16,
     threshold: float = 0.5,
+    channels: int = 1,
     dist: DistInfo | None = None,
 ) -> PseudoLabelStore:
     """Predict the images at pool ``indices`` and write their labels to ``path``.
@@ -133,7 +179,8 @@ def render_pseudo_labels(
         autocast: the trainer's mixed-precision context.
         kind: ``hard`` ({0, 255} at ``threshold``) or ``soft`` (0..255).
         batch_size: images per forward pass.
-        threshold: hard labels only.
+        threshold: hard labels of one class only.
+        channels: the network's output channels (1, or C + 1 for C classes).
         dist: the process group; every process renders its share.
 
     Returns:
@@ -144,11 +191,12 @@ def render_pseudo_labels(
     size = images.record_shape[-2:]
     path = Path(path)
     network.eval()
+    record_shape = (channels, *size) if channels > 1 and kind == "soft" else size
     with contextlib.ExitStack() as stack:
         tmp: Path | None = None
         if dist.is_main:
             tmp = stack.enter_context(atomic_path(path))  # renamed onto ``path`` when the block ends
-            ArrayStore.create(tmp, len(indices), size).close()
+            ArrayStore.create(tmp, len(indices), record_shape).close()
         tmp = _broadcast_path(tmp, dist)
         out = ArrayStore(tmp, writable=True)
         try:
@@ -159,7 +207,7 @@ def render_pseudo_labels(
                 inputs = normalizer(normalizer.to_unit(images.read(indices[chunk])))
                 with autocast():
                     logits = network(inputs)
-                records = encode_labels(torch.sigmoid(logits.float()), kind, threshold=threshold).cpu().numpy()
+                records = encode_labels(probabilities(logits), kind, threshold=threshold).cpu().numpy()
                 if contiguous:
                     out.write(int(chunk[0]), records)
                 else:
@@ -168,7 +216,7 @@ def render_pseudo_labels(
             out.close()
         barrier(dist)  # every share is written before the first process renames the file
     barrier(dist)  # ... and the file is in place before anyone reads it
-    return PseudoLabelStore(path, indices)
+    return PseudoLabelStore(path, indices, channels=channels)
 
 
 def _broadcast_path(path: Path | None, dist: DistInfo) -> Path:
@@ -187,40 +235,47 @@ def label_agreement(
     read_b: Callable[[np.ndarray], np.ndarray],
     indices: Sequence[int] | np.ndarray,
     *,
-    threshold_a: int = 128,
-    threshold_b: int = 128,
+    classes: int = 1,
     chunk: int = 256,
 ) -> dict[str, float]:
     """How much two label sets over ``indices`` agree, read ``chunk`` records at a time.
 
-    ``read_a`` / ``read_b`` return ``uint8 [n, S, S]`` records for pool
-    indices; a pixel is foreground when its value is ``>= threshold``
-    (128 for 0..255 labels, i.e. probability 0.5; use 1 for {0, 1} masks).
+    ``read_a`` / ``read_b`` return class indices ``uint8 [n, S, S]`` for pool
+    indices (:meth:`PseudoLabelStore.read_classes`, the pool's masks).
 
     Returns:
-        ``dice``: per-image Dice of A against B at those thresholds, averaged
-        over images (Dice 1 when both are empty, the validation convention);
-        ``dice_pooled``: Dice over all pixels of all images at once (closer to
-        the 3-D Dice of CT evaluation; 1 when both are empty);
-        ``changed``: fraction of pixels whose foreground/background differs;
+        ``dice``: one class: per-image Dice, averaged over images (Dice 1 when
+        both are empty, the validation convention); C classes: per class, the
+        mean over the images where the class is in A or B, then the mean over
+        the classes (a class absent from both is skipped);
+        ``dice_pooled``: Dice over all pixels of all images at once, per class
+        and then the mean over classes (closer to the 3-D Dice of CT
+        evaluation; 1 when both are empty);
+        ``changed``: fraction of pixels whose class differs;
         ``n``: number of images.
     """
     indices = np.asarray(indices, dtype=np.int64)
-    dice_sum, changed, pixels, overlap, total = 0.0, 0, 0, 0, 0
+    per_image = torch.zeros(classes, 2, dtype=torch.float64)  # sum of Dice, images where defined
+    pooled = torch.zeros(classes, 3, dtype=torch.float64)
+    changed, pixels = 0, 0
     for start in range(0, len(indices), chunk):
         part = indices[start : start + chunk]
-        a = torch.from_numpy(read_a(part) >= threshold_a)
-        b = torch.from_numpy(read_b(part) >= threshold_b)
-        dice, _ = dice_iou_at_threshold(a.float().unsqueeze(1), b.float().unsqueeze(1), 0.5)
-        dice_sum += float(dice.double().sum())
+        a = torch.from_numpy(read_a(part).astype(np.int64))
+        b = torch.from_numpy(read_b(part).astype(np.int64))
+        counts = class_overlap_counts(a, b, classes)  # [n, C, 3]
+        dice, _, defined = dice_iou_defined(counts)
+        if classes == 1:  # an image empty in both is exactly right: Dice 1, and it counts
+            dice, defined = torch.where(defined, dice, torch.ones_like(dice)), torch.ones_like(defined)
+        per_image += torch.stack([(dice * defined).sum(0), defined.sum(0).to(torch.float64)], dim=1)
+        pooled += counts.sum(0)
         changed += int((a != b).sum())
         pixels += a.numel()
-        overlap += int((a & b).sum())
-        total += int(a.sum()) + int(b.sum())
+    pooled_dice, _, pooled_defined = dice_iou_defined(pooled)
+    image_classes = per_image[:, 1] > 0
     count = len(indices)
     return {
-        "dice": dice_sum / count if count else float("nan"),
-        "dice_pooled": 2.0 * overlap / total if total else 1.0,
+        "dice": float((per_image[image_classes, 0] / per_image[image_classes, 1]).mean()) if count and image_classes.any() else (1.0 if count else float("nan")),
+        "dice_pooled": float(pooled_dice[pooled_defined].mean()) if pooled_defined.any() else 1.0,
         "changed": changed / pixels if pixels else float("nan"),
         "n": count,
     }

@@ -31,6 +31,8 @@ from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.streams import batches_per_epoch
 from pseudoseg.engine.losses import masked_mean_per_image
 from pseudoseg.engine.ema import ModelEMA, retained_share, update_momentum
+from pseudoseg.engine.labels import confidence as pixel_confidence
+from pseudoseg.engine.labels import harden, probabilities
 from pseudoseg.engine.trainer import StageContext, StageSpec, stage_seed
 from pseudoseg.errors import UserError
 from pseudoseg.engine.strategy import Batch, Forward, Strategy
@@ -48,17 +50,19 @@ def sigmoid_rampup(step: int, length: int) -> float:
 
 
 def pseudo_targets(prob: torch.Tensor, kind: str, confidence: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Targets from teacher probabilities, and the mask of pixels that count.
+    """Targets from teacher probabilities (``[B, K, H, W]``), and the mask of pixels that count.
 
-    ``soft``: the probabilities themselves. ``hard``: thresholded at 0.5; with
-    ``confidence > 0``, pixels where max(p, 1 - p) < confidence are ignored.
+    ``soft``: the probabilities themselves (class probability maps with several
+    classes). ``hard``: thresholded at 0.5 (one class) or the argmax, one-hot;
+    with ``confidence > 0``, pixels whose decided class has a probability below
+    it (``max(p, 1 - p)`` for one class) are ignored.
     """
     if kind == "soft":
         return prob, None
-    target = (prob > 0.5).float()
+    target = harden(prob, strict=True)
     if confidence <= 0:
         return target, None
-    return target, (torch.maximum(prob, 1.0 - prob) >= confidence).float()
+    return target, (pixel_confidence(prob) >= confidence).float()
 
 
 def networks_coincide(method: MomentumConfig) -> bool:
@@ -131,15 +135,15 @@ class MomentumStudentStrategy(Strategy):
         if self.context.config.train.channels_last:  # the memory format the student gets
             teacher_view = teacher_view.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            prob = torch.sigmoid(self.teacher(teacher_view).float())  # probabilities in float32, not bf16 steps
+            prob = probabilities(self.teacher(teacher_view))  # in float32, not bf16 steps
         target, valid = pseudo_targets(prob, method.labels, method.confidence)
         logits = forward(torch.cat([batch.images, student_view]))
         labeled = batch.images.shape[0]
         criterion = self.context.criterion
         loss_sup = criterion(logits[:labeled], batch.masks)
         if method.unlabeled_loss == "mse":  # Mean Teacher's consistency between probabilities
-            squared = (torch.sigmoid(logits[labeled:].float()) - target) ** 2
-            loss_unsup = masked_mean_per_image(squared, valid)
+            squared = (probabilities(logits[labeled:]) - target) ** 2  # summed over classes per pixel
+            loss_unsup = masked_mean_per_image(squared.sum(dim=1, keepdim=True), valid)
         else:
             loss_unsup = criterion(logits[labeled:], target, valid)
         beta = method.beta * sigmoid_rampup(step, method.beta_rampup_steps)
@@ -176,7 +180,7 @@ class MomentumStudentStrategy(Strategy):
     @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
         self.teacher.eval()
-        return torch.sigmoid(self.teacher(images))
+        return probabilities(self.teacher(images))
 
 
 def teacher_stage_settings(method: MomentumConfig, train: TrainConfig) -> tuple[SupervisedConfig, int, int]:

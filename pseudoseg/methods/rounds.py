@@ -88,6 +88,7 @@ import torch
 from pseudoseg.config import RoundsConfig, SupervisedConfig
 from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.distributed import barrier
+from pseudoseg.engine.labels import harden
 from pseudoseg.engine.strategy import Batch, Forward, Strategy
 from pseudoseg.engine.trainer import StageResult, StageSpec, read_metrics
 from pseudoseg.errors import UserError
@@ -201,8 +202,8 @@ class RoundStrategy(Strategy):
         target = batch.unlabeled_targets
         if target is None:
             raise RuntimeError("the trainer handed no stored labels to a rounds stage")
-        if self.kind == "hard":
-            target = (target >= 0.5).float()
+        if self.kind == "hard":  # warped by the batch's geometry: hard again
+            target = harden(target)
         logits = forward(torch.cat([batch.images, batch.unlabeled]))
         labeled = batch.images.shape[0]
         criterion = self.context.criterion
@@ -223,9 +224,10 @@ class _LabelFile:
     path: Path
     indices: np.ndarray
     rendered_by: str
+    channels: int
 
     def open(self) -> PseudoLabelStore:
-        return PseudoLabelStore(self.path, self.indices)
+        return PseudoLabelStore(self.path, self.indices, channels=self.channels)
 
 
 def run_atso(session: RunSession) -> RecipeOutcome:
@@ -363,7 +365,7 @@ def _ensure_labels(session: RunSession, round_: int, weights: Path, indices: np.
         recorded = json.loads(sidecar.read_text())
         if recorded != provenance:
             raise UserError(f"{path}: rendered by another model or setting ({recorded.get('rendered_by')}); delete the run's labels/ folder to render them again")
-        return _LabelFile(round_, path, indices, rendered_by)
+        return _LabelFile(round_, path, indices, rendered_by, trainer.channels)
     if trainer.dist.is_main:
         write_json(sidecar, provenance)  # before the labels: a label file never exists without it
     network = trainer.build_network()
@@ -379,10 +381,11 @@ def _ensure_labels(session: RunSession, round_: int, weights: Path, indices: np.
         kind=session.config.method.labels,
         batch_size=session.config.eval.batch_size,
         threshold=session.config.eval.threshold,
+        channels=trainer.channels,
         dist=trainer.dist,
     )
     store.close()
-    return _LabelFile(round_, path, indices, rendered_by)
+    return _LabelFile(round_, path, indices, rendered_by, trainer.channels)
 
 
 def _record_subsets(path: Path, subsets: list[np.ndarray], session: RunSession, *, seed: int) -> None:
@@ -432,7 +435,7 @@ def _true_mask_dice(session: RunSession, read, indices: np.ndarray) -> dict[str,
     scored = session.pool.with_true_masks(indices)
     if not len(scored):
         return {"dice": None, "dice_pooled": None, "n": 0}
-    return label_agreement(read, session.pool.masks.read, scored, threshold_b=1)
+    return label_agreement(read, session.pool.masks.read, scored, classes=session.trainer.classes.count)
 
 
 def _mask_dice(session: RunSession, files: dict[int, _LabelFile], subsets: list[np.ndarray]) -> float | None:
@@ -441,7 +444,7 @@ def _mask_dice(session: RunSession, files: dict[int, _LabelFile], subsets: list[
     for k, part in enumerate(subsets):
         store = files[k].open()
         try:
-            scores = _true_mask_dice(session, store.read, part)
+            scores = _true_mask_dice(session, store.read_classes, part)
         finally:
             store.close()
         if scores["n"]:
@@ -461,7 +464,7 @@ def _initial_record(session: RunSession, stage: StageResult, initial: _LabelFile
     run_dir = Path(session.run_dir)
     store = initial.open()
     try:
-        pseudo = _true_mask_dice(session, store.read, initial.indices)
+        pseudo = _true_mask_dice(session, store.read_classes, initial.indices)
     finally:
         store.close()
     return {
@@ -498,9 +501,9 @@ def _round_record(
     run_dir = Path(session.run_dir)
     new, old = fresh.open(), previous.open()
     try:
-        agreement = label_agreement(new.read, old.read, fresh.indices)
-        pseudo = _true_mask_dice(session, new.read, fresh.indices)
-        before = _true_mask_dice(session, old.read, fresh.indices)
+        agreement = label_agreement(new.read_classes, old.read_classes, fresh.indices, classes=session.trainer.classes.count)
+        pseudo = _true_mask_dice(session, new.read_classes, fresh.indices)
+        before = _true_mask_dice(session, old.read_classes, fresh.indices)
     finally:
         new.close()
         old.close()

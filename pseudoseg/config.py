@@ -64,7 +64,7 @@ class DataConfig(_Section):
     """Where the images come from and how they are split into L / U / V."""
 
     kind: Literal["folders", "volumes"] = "folders"
-    """``folders``: 2-D images and masks; ``volumes``: CT volumes in NIfTI."""
+    """``folders``: 2-D images and masks; ``volumes``: CT or MRI volumes in NIfTI."""
     train: Path
     """Training pool. ``folders``: a folder with ``images/`` and ``masks/`` (PraNet
     layout, Kvasir-SEG as released); images without a mask are unlabeled.
@@ -108,8 +108,19 @@ class DataConfig(_Section):
     """Text file of validation stems."""
     cache_dir: Path | None = None
     """Where decoded, resized images are cached; defaults to ``<run_dir>/cache``."""
+    intensity: Literal["window", "percentile"] = "window"
+    """``volumes``: how intensities become the network's input. ``window``: the fixed
+    ``window`` (CT, whose Hounsfield units mean the same tissue in every scan).
+    ``percentile``: per case and channel, clipped to the case's own ``percentiles``
+    and rescaled to [0, 1] (MRI and other scans without a physical unit: their
+    scale differs between scanners, sequences and files, and the percentiles
+    rather than minimum and maximum keep a few bright or dark outlier voxels
+    from squeezing the contrast of the tissue)."""
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    """``volumes`` with ``intensity: percentile``: low and high percentile (in %, of all
+    the case's voxels) mapped onto 0 and 1; 0 <= low < high <= 100."""
     window: tuple[float, float] = (-100.0, 240.0)
-    """``volumes``: intensity window in HU, clipped and rescaled."""
+    """``volumes`` with ``intensity: window``: intensity window in HU, clipped and rescaled."""
     context: int = Field(0, ge=0)
     """``volumes``: neighbouring slices on each side given as extra channels."""
     channels: int | None = Field(None, ge=1)
@@ -142,6 +153,13 @@ class DataConfig(_Section):
     def _window(cls, value: tuple[float, float]) -> tuple[float, float]:
         if value[0] >= value[1]:
             raise ValueError(f"lower bound must be below upper bound, got {list(value)}")
+        return value
+
+    @field_validator("percentiles")
+    @classmethod
+    def _percentiles(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= value[0] < value[1] <= 100.0:
+            raise ValueError(f"expected 0 <= low < high <= 100, got {list(value)}")
         return value
 
     @model_validator(mode="after")

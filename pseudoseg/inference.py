@@ -2,7 +2,7 @@
 
 A :class:`Predictor` is one network, or the mean of several (an ensemble of
 ATSO's last round models), together with the preprocessing it was trained
-with (working size, normalisation, CT window and slice context), read from
+with (working size, normalisation, intensity normalisation and slice context), read from
 the weights' metadata. It can be loaded from a weights file
 (``best_*.safetensors``), from a run directory (its released model, named in
 ``<run_dir>/model.json``) or from such a ``model.json``.

@@ -86,7 +86,7 @@ def _predict_images(predictor: Predictor, inputs: Path, out: Path, threshold: fl
 
 
 def _predict_volumes(predictor: Predictor, inputs: Path, out: Path, threshold: float) -> list[Path]:
-    from pseudoseg.data.volumes import NIFTI_SUFFIXES, VolumeCase, case_slices, load_volume, slices_to_volume, write_label_volume
+    from pseudoseg.data.volumes import NIFTI_SUFFIXES, VolumeCase, load_volume, slices_to_volume, write_label_volume
     from pseudoseg.evaluation.evaluate import predict_slices
 
     def is_nifti(path: Path) -> bool:
@@ -120,7 +120,7 @@ def _predict_volumes(predictor: Predictor, inputs: Path, out: Path, threshold: f
     _check_disjoint(files, targets)
     for case, target in zip(cases, targets):
         path = case.image_path
-        slices, _ = case_slices(case, window=pre.window, size=pre.image_size, context=pre.context, with_labels=False)
+        slices, _ = pre.volume_slices(case, with_labels=False)
         reference = load_volume(path, read_data=False)
         prob = slices_to_volume(predict_slices(predictor, slices, _BATCH), reference)
         write_label_volume(target, (prob >= threshold).astype(np.uint8), reference)

@@ -227,7 +227,8 @@ def _check_volumes(report: CheckReport, dataset, unlabeled: tuple[Path, ...], te
             report.test = len(_attempt(report, lambda: discover_cases(report.path, images_dir="imagesTs", labels_dir="labelsTs", require_labels=False)) or [])
     for folder in unlabeled:
         cases += _attempt(report, lambda folder=folder: _unlabeled_cases(Path(folder))) or []
-    if test is not None:
+    # data.test is often the training folder itself (imagesTs/ beside imagesTr/): counted above already
+    if test is not None and not (Path(test).resolve() == report.path.resolve() and (report.path / "imagesTs").is_dir()):
         report.test += len(_attempt(report, lambda: discover_cases(test, images_dir="imagesTs" if (test / "imagesTs").is_dir() else "imagesTr", labels_dir="labelsTs" if (test / "imagesTs").is_dir() else "labelsTr", require_labels=True)) or [])
     label_values: set[int] = set()
     for case in cases:

@@ -151,7 +151,8 @@ def _folder_source(data: DataConfig) -> _Source:
 def _volume_source(data: DataConfig) -> _Source:
     import nibabel as nib
 
-    from pseudoseg.data.volumes import VolumeCase, case_slices, load_volume, volume_cases
+    from pseudoseg.data.preprocessing import Preprocessing
+    from pseudoseg.data.volumes import VolumeCase, load_volume, volume_cases
 
     cases = volume_cases(data.train, require_labels=False)
     if not any(case.label_path is not None for case in cases):
@@ -182,10 +183,12 @@ def _volume_source(data: DataConfig) -> _Source:
         sample_sources.extend([source] * n_slices)
     fingerprint = [[_file_fingerprint(path) for path in case.channel_paths] + ([_file_fingerprint(case.label_path)] if case.label_path else []) for case in cases]
 
+    preprocessing = Preprocessing.from_data(data)
+
     def samples() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for case in cases:
             labeled = case.label_path is not None
-            images, labels = case_slices(case, window=data.window, size=data.image_size, context=data.context, with_labels=labeled)
+            images, labels = preprocessing.volume_slices(case, with_labels=labeled)
             yield images, labels if labeled else np.zeros((len(images), data.image_size, data.image_size), dtype=np.uint8)
 
     return _Source(ids, groups, has_mask, sample_sources, fingerprint, samples)
@@ -212,11 +215,14 @@ def load_pool(data: DataConfig, cache_root: Path, *, progress: Callable[[int, in
         "format": CACHE_FORMAT,
         "kind": data.kind,
         "size": data.image_size,
-        "window": list(data.window) if data.kind == "volumes" else None,
+        "window": list(data.window) if data.kind == "volumes" and data.intensity == "window" else None,
         "context": data.context if data.kind == "volumes" else None,
         "ids": source.ids,
         "files": source.fingerprint,
     }
+    if data.kind == "volumes" and data.intensity != "window":
+        # Only here, so that caches written with the window before this setting existed keep their key.
+        settings["intensity"] = [data.intensity, *data.percentiles]
     key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
     folder = Path(cache_root) / key
     if not (folder / "index.json").is_file():

@@ -1,21 +1,25 @@
 """How raw images become network inputs, recorded with every trained network.
 
-The working size, normalisation, CT window and slice context a network was
-trained with, and the classes it segments (names and label values), travel in
-its weights' metadata, so prediction and evaluation always preprocess exactly
-as training did and write the label values the training masks used.
+The working size, normalisation, a volume's intensity normalisation (CT window
+or per-case percentiles), slice context and the classes a network segments
+(names and label values) travel in its weights' metadata, so prediction and
+evaluation always preprocess exactly as training did and write the label
+values the training masks used.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from pseudoseg.config import DataConfig
 from pseudoseg.data.classes import ClassSet
+
+if TYPE_CHECKING:
+    from pseudoseg.data.volumes import VolumeCase
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,11 +33,15 @@ class Preprocessing:
     in_channels: int
     window: tuple[float, float]
     context: int
+    intensity: str
+    percentiles: tuple[float, float]
     classes: ClassSet = field(default_factory=ClassSet.binary)
 
     @classmethod
     def from_data(cls, data: DataConfig) -> Preprocessing:
-        return cls(data.kind, data.image_size, data.normalize, data.in_channels, tuple(data.window), data.context, data.class_set)
+        return cls(
+            data.kind, data.image_size, data.normalize, data.in_channels, tuple(data.window), data.context, data.intensity, tuple(data.percentiles), data.class_set
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,14 +51,41 @@ class Preprocessing:
             "in_channels": self.in_channels,
             "window": list(self.window),
             "context": self.context,
+            "intensity": self.intensity,
+            "percentiles": list(self.percentiles),
             "classes": self.classes.to_json(),
         }
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> Preprocessing:
-        """The recorded preprocessing (a model saved before classes were recorded segments one class)."""
-        classes = ClassSet.from_json(payload.get("classes"))
-        return cls(payload["kind"], payload["image_size"], payload["normalize"], payload["in_channels"], tuple(payload["window"]), payload["context"], classes)
+        # Networks saved before volumes could be normalised by percentiles carry
+        # no "intensity": they were trained on the window (the percentiles are then
+        # unused); those saved before classes were recorded segment one class.
+        return cls(
+            payload["kind"],
+            payload["image_size"],
+            payload["normalize"],
+            payload["in_channels"],
+            tuple(payload["window"]),
+            payload["context"],
+            payload.get("intensity", "window"),
+            tuple(payload.get("percentiles", DataConfig.model_fields["percentiles"].default)),
+            ClassSet.from_json(payload.get("classes")),
+        )
+
+    def volume_slices(self, case: VolumeCase, *, with_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """A case's slices as this network takes them (see :func:`pseudoseg.data.volumes.case_slices`)."""
+        from pseudoseg.data.volumes import case_slices
+
+        return case_slices(
+            case,
+            window=self.window,
+            intensity=self.intensity,
+            percentiles=self.percentiles,
+            size=self.image_size,
+            context=self.context,
+            with_labels=with_labels,
+        )
 
 
 class InputNormalizer:

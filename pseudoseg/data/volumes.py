@@ -1,6 +1,6 @@
-"""CT volumes in NIfTI: finding cases, reading them as 2-D slices, writing predictions back.
+"""CT and MRI volumes in NIfTI: finding cases, reading them as 2-D slices, writing predictions back.
 
-Networks in pseudoseg are 2-D; CT data sets are 3-D. This module is the bridge:
+Networks in pseudoseg are 2-D; CT and MRI data sets are 3-D. This module is the bridge:
 
 * :func:`discover_cases` pairs images with label volumes in the Medical
   Segmentation Decathlon layout (``imagesTr/<case>.nii.gz`` with
@@ -26,7 +26,7 @@ from __future__ import annotations
 import gzip
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,9 @@ from pseudoseg.fileio import write_bytes
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 """File name endings read as NIfTI volumes (compared case-insensitively)."""
+
+INTENSITY_METHODS: tuple[str, ...] = ("window", "percentile")
+"""How :func:`case_slices` maps intensities onto 0..255 (``data.intensity``)."""
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -265,11 +268,50 @@ def window_to_uint8(volume: np.ndarray, window: tuple[float, float]) -> np.ndarr
     return _to_uint8(_window_unit(volume, window))
 
 
+def percentile_bounds(volume: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """The intensities of ``volume`` at its own ``percentiles = (low, high)`` (in %).
+
+    Every voxel counts (background included), NaN and infinite voxels do not;
+    between voxel values the percentile is interpolated linearly (NumPy's
+    default). A volume without a finite voxel gives ``(0, 0)``.
+    """
+    values = np.asarray(volume)
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values)
+        if not finite.all():
+            values = values[finite]
+    if values.size == 0:
+        return 0.0, 0.0
+    low, high = np.percentile(values, [float(percentiles[0]), float(percentiles[1])])
+    return float(low), float(high)
+
+
+def percentile_to_uint8(volume: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """Clip intensities to the volume's own ``percentiles`` and map that range linearly onto 0..255.
+
+    See :func:`percentile_bounds`. A constant volume (both percentiles equal)
+    maps to 0 everywhere; NaN voxels become 0.
+    """
+    return _to_uint8(_rescale_unit(volume, percentile_bounds(volume, percentiles)))
+
+
 def _window_unit(volume: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """Clip to the window and rescale to float32 in [0, 1]."""
+    return _rescale_unit(volume, _checked_window(window))
+
+
+def _checked_window(window: tuple[float, float]) -> tuple[float, float]:
     low, high = float(window[0]), float(window[1])
     if not high > low:
         raise UserError(f"window: upper bound must exceed lower bound, got ({low}, {high})")
+    return low, high
+
+
+def _rescale_unit(volume: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    """Map ``bounds = (low, high)`` linearly onto [0, 1] (clipped, float32); all 0 when ``high <= low``."""
+    low, high = float(bounds[0]), float(bounds[1])
+    if not high > low:  # a constant case: no contrast to keep, and no division by zero
+        return np.zeros(np.shape(volume), dtype=np.float32)
     unit = (np.asarray(volume, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
     return np.clip(np.nan_to_num(unit, nan=0.0), 0.0, 1.0)
 
@@ -282,22 +324,31 @@ def case_slices(
     case: VolumeCase,
     *,
     window: tuple[float, float] = (-100.0, 240.0),
+    intensity: str = "window",
+    percentiles: tuple[float, float] = (0.5, 99.5),
     size: int = 128,
     context: int = 0,
     with_labels: bool = True,
     foreground: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """All axial slices of a case, windowed and resized for a 2-D network.
+    """All axial slices of a case, normalised and resized for a 2-D network.
 
     The volume is reoriented to the closest canonical (RAS+) orientation and
-    sliced along its last (superior) axis. Each slice is windowed (see
-    :func:`window_to_uint8`) and resized to ``size x size`` with bilinear
-    interpolation (antialiased when shrinking); labels are resized with
-    nearest-neighbour interpolation so they stay binary.
+    sliced along its last (superior) axis. Intensities are mapped onto 0..255,
+    by a fixed window (see :func:`window_to_uint8`) or by the case's own
+    percentiles (see :func:`percentile_to_uint8`, computed over the whole
+    volume, each channel separately), and every slice is resized to
+    ``size x size`` with bilinear interpolation (antialiased when shrinking);
+    labels are resized with nearest-neighbour interpolation so they stay binary.
 
     Args:
         case: the case to read.
-        window: intensity window in HU (abdominal soft tissue by default).
+        window: ``intensity="window"``: the intensity window in HU (abdominal
+            soft tissue by default).
+        intensity: ``"window"`` (CT: a fixed window in physical units) or
+            ``"percentile"`` (MRI and other unitless scales: per case and channel).
+        percentiles: ``intensity="percentile"``: the low and high percentiles
+            (in %) clipped to and mapped onto 0 and 255.
         size: working size of the network.
         context: number of neighbouring slices on each side given as extra
             channels (2.5-D input); at the first and last slice the edge slice
@@ -315,19 +366,26 @@ def case_slices(
     Raises:
         UserError: naming the files when a volume cannot be read, is not 3-D,
             image and label shapes or orientations differ, or label values are
-            not integer classes.
+            not integer classes; naming the window when its bounds are reversed.
     """
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     if context < 0:
         raise ValueError(f"context must be non-negative, got {context}")
+    if intensity not in INTENSITY_METHODS:
+        raise ValueError(f"intensity must be one of {INTENSITY_METHODS}, got {intensity!r}")
+    fixed = _checked_window(window) if intensity == "window" else None
+
+    def bounds(data: np.ndarray) -> tuple[float, float]:
+        return fixed if fixed is not None else percentile_bounds(data, percentiles)
+
     image = _as_3d(load_volume(case.image_path), case.image_path)
-    stacks = [_channel_slices(image, window, size, context)]
+    stacks = [_channel_slices(image, bounds, size, context)]
     for path in case.extra_channels:
         channel = _as_3d(load_volume(path), path)
         if channel.shape != image.shape or nib.aff2axcodes(channel.affine) != nib.aff2axcodes(image.affine):
             raise UserError(f"{path}: channel shape {channel.shape} or orientation differs from {case.image_path} {image.shape}")
-        stacks.append(_channel_slices(channel, window, size, context))
+        stacks.append(_channel_slices(channel, bounds, size, context))
     images = stacks[0] if len(stacks) == 1 else np.concatenate(stacks, axis=1)
     depth = images.shape[0]
 
@@ -355,13 +413,18 @@ def case_slices(
     return images, labels
 
 
-def _channel_slices(image: nib.Nifti1Image, window: tuple[float, float], size: int, context: int) -> np.ndarray:
-    """One channel's axial slices, windowed and resized, with ``context`` neighbours: ``uint8 [Z, 2*context+1, S, S]``."""
+def _channel_slices(image: nib.Nifti1Image, bounds: Callable[[np.ndarray], tuple[float, float]], size: int, context: int) -> np.ndarray:
+    """One channel's axial slices, normalised and resized, with ``context`` neighbours: ``uint8 [Z, 2*context+1, S, S]``.
+
+    ``bounds(data)`` gives the intensities that become 0 and 255, from the
+    channel's whole volume (so a percentile is the case's, not a slice's).
+    """
     data = np.asanyarray(nib.as_closest_canonical(image).dataobj)
+    low_high = bounds(data)
     windowed = np.empty((data.shape[2], size, size), dtype=np.uint8)
     for start in range(0, data.shape[2], _SLICE_BLOCK):
         block = np.moveaxis(data[:, :, start : start + _SLICE_BLOCK], 2, 0)  # [z, x, y]
-        unit = _resize(_window_unit(block, window), (size, size), mode="bilinear")
+        unit = _resize(_rescale_unit(block, low_high), (size, size), mode="bilinear")
         windowed[start : start + block.shape[0]] = _to_uint8(unit)
     depth = windowed.shape[0]
     offsets = np.arange(-context, context + 1)

@@ -80,7 +80,7 @@ def _evaluate_folders(predictors, test_root: Path, pre: Preprocessing, config: E
 
 
 def _evaluate_volumes(predictors, test_root: Path, pre: Preprocessing, config: EvalConfig, progress) -> dict[str, PerSet]:
-    from pseudoseg.data.volumes import case_slices, load_volume, slices_to_volume, volume_cases, voxel_spacing
+    from pseudoseg.data.volumes import load_volume, slices_to_volume, volume_cases, voxel_spacing
     from pseudoseg.evaluation.volume_metrics import VolumeMetrics
 
     images_dir = "imagesTs" if (test_root / "imagesTs").is_dir() else "imagesTr"
@@ -88,7 +88,7 @@ def _evaluate_volumes(predictors, test_root: Path, pre: Preprocessing, config: E
     cases = volume_cases(test_root, images_dir=images_dir, labels_dir=labels_dir, require_labels=True)
     metrics = {name: VolumeMetrics() for name in predictors}
     for done, case in enumerate(cases, 1):
-        slices, _ = case_slices(case, window=pre.window, size=pre.image_size, context=pre.context, with_labels=False)
+        slices, _ = pre.volume_slices(case, with_labels=False)
         reference = load_volume(case.image_path)
         target = np.asarray(load_volume(case.label_path).dataobj) > 0
         for name, predictor in predictors.items():

@@ -43,10 +43,13 @@ def data_synth(
     n_test: Annotated[Optional[int], typer.Option(help="Test images per domain (polyp) or test cases (ct).")] = None,
     size: Annotated[int, typer.Option(help="polyp: image side in pixels.")] = 160,
     seed: Annotated[int, typer.Option()] = 0,
+    lesions: Annotated[bool, typer.Option(help="ct: lesions inside the organ as a second class (labels 1 organ, 2 lesion).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder (only once the new one is complete).")] = False,
 ) -> None:
     """Generate a synthetic data set (deterministic per seed)."""
     counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
+    if lesions and kind != "ct":
+        raise UserError(f"--lesions: only for --kind ct, got --kind {kind}")
     if kind == "polyp":
         from pseudoseg.data.synth_polyp import generate_polyp_dataset
 
@@ -56,10 +59,10 @@ def data_synth(
         from pseudoseg.data.synth_ct import generate_ct_dataset
 
         with task_bars("generating") as bars:
-            summary = generate_ct_dataset(out, seed=seed, overwrite=overwrite, progress=bars, **counts)
+            summary = generate_ct_dataset(out, seed=seed, lesions=lesions, overwrite=overwrite, progress=bars, **counts)
     else:
         raise UserError(f"--kind: expected polyp or ct, got {kind!r}")
-    brief = {key: summary[key] for key in ("counts", "numTraining", "numTest", "seed", "size", "shape") if key in summary}
+    brief = {key: summary[key] for key in ("counts", "numTraining", "numTest", "seed", "size", "shape", "labels") if key in summary}
     wide_console().print(f"wrote {out}: {brief}")
 
 
@@ -88,17 +91,26 @@ def data_check(
     masks_dir: Annotated[str, typer.Option(help="folders: name of the masks folder.")] = "masks",
     unlabeled: Annotated[Optional[list[Path]], typer.Option(help="A further folder of images without masks (repeatable), as data.unlabeled.")] = None,
     test: Annotated[Optional[Path], typer.Option(help="Test data, as data.test.")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="The classes, as data.classes: '{anterior: 1, posterior: 2}' (default: dataset.json labels, else one binary class).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the summary here.")] = None,
 ) -> None:
-    """Read a data set as training would; print counts, sizes, mask values, balance and every problem.
+    """Read a data set as training would; print counts, sizes, mask values, classes, balance and every problem.
 
     Exit code 0 when it would train, 2 otherwise.
     """
-    from pseudoseg.data.check import check_dataset
+    from pseudoseg.data.check import check_dataset, parse_classes_option
 
     if kind not in ("auto", "folders", "volumes"):
         raise UserError(f"--kind: expected auto, folders or volumes, got {kind!r}")
-    report = check_dataset(path, kind=None if kind == "auto" else kind, images_dir=images_dir, masks_dir=masks_dir, unlabeled=tuple(unlabeled or ()), test=test)
+    report = check_dataset(
+        path,
+        kind=None if kind == "auto" else kind,
+        images_dir=images_dir,
+        masks_dir=masks_dir,
+        unlabeled=tuple(unlabeled or ()),
+        test=test,
+        classes=None if classes is None else parse_classes_option(classes),
+    )
     console = wide_console()
     for line in report.lines():
         console.print(line, markup=False, highlight=False)

@@ -3,18 +3,22 @@
 Every file is listed and decoded with the same functions training uses
 (pairing, image and mask decoding, the nnU-Net ``dataset.json`` checks), but a
 problem is recorded and the check goes on, so that one pass names all of them.
-Nothing is written.
+Masks are read with the classes training would use (``--classes`` as
+``data.classes``, else the ``dataset.json`` labels, else one binary class), and
+the balance is reported per class. Nothing is written.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pseudoseg.data.classes import ClassSet, class_set_from_mapping, classes_from_dataset_json
 from pseudoseg.errors import UserError
 
 _VALUES_SHOWN = 12
@@ -36,8 +40,21 @@ class CheckReport:
     foreground_pixels: int = 0
     mask_pixels: int = 0
     empty_masks: int = 0
+    classes: ClassSet = field(default_factory=ClassSet.binary)
+    classes_source: str = "binary default"
+    """Where the classes came from: ``data.classes``, ``dataset.json`` or ``binary default``."""
+    class_pixels: list[int] = field(default_factory=lambda: [0])
+    """Pixels (voxels) of each class, in class order."""
+    masks_with_class: list[int] = field(default_factory=lambda: [0])
+    """Masks (label volumes) holding at least one pixel of each class."""
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+
+    def use_classes(self, classes: ClassSet, source: str) -> None:
+        """Read the masks with ``classes`` (before any is counted)."""
+        self.classes, self.classes_source = classes, source
+        self.class_pixels = [0] * classes.count
+        self.masks_with_class = [0] * classes.count
 
     @property
     def ok(self) -> bool:
@@ -54,6 +71,9 @@ class CheckReport:
             "mask_values": sorted(int(v) for v in self.mask_values),
             "foreground_fraction": self.foreground_fraction,
             "empty_masks": self.empty_masks,
+            "classes": {**self.classes.to_json(), "source": self.classes_source},
+            "class_fractions": dict(zip(self.classes.names, self.class_fractions)),
+            "masks_with_class": dict(zip(self.classes.names, self.masks_with_class)),
             "notes": self.notes,
             "problems": self.problems,
             "ok": self.ok,
@@ -62,6 +82,37 @@ class CheckReport:
     @property
     def foreground_fraction(self) -> float | None:
         return self.foreground_pixels / self.mask_pixels if self.mask_pixels else None
+
+    @property
+    def class_fractions(self) -> list[float | None]:
+        """Each class's share of all mask pixels (voxels), in class order."""
+        return [n / self.mask_pixels if self.mask_pixels else None for n in self.class_pixels]
+
+    def add_mask(self, index: np.ndarray) -> None:
+        """Count one mask of class indices (0 background, 1..C)."""
+        counts = np.bincount(index.ravel(), minlength=self.classes.count + 1)[1:]
+        self.class_pixels = [total + int(n) for total, n in zip(self.class_pixels, counts)]
+        self.masks_with_class = [total + int(n > 0) for total, n in zip(self.masks_with_class, counts)]
+        foreground = int(counts.sum())
+        self.labeled += 1
+        self.foreground_pixels += foreground
+        self.mask_pixels += index.size
+        self.empty_masks += foreground == 0
+
+    def class_lines(self) -> list[str]:
+        """The classes, where they came from and (label maps) the balance of each."""
+        if self.classes.values is None:
+            return [f"  classes: one foreground class ({self.classes_source}: {'0/255 or 0/1 masks' if self.kind == 'folders' else 'every non-zero label'})"]
+        named = ", ".join(f"{name}={'/'.join(map(str, values))}" for name, values in zip(self.classes.names, self.classes.values))
+        out = [f"  classes: {named} (from {self.classes_source})"]
+        if self.mask_pixels:
+            unit, holders = ("pixels", "masks") if self.kind == "folders" else ("voxels", "labels")
+            shares = ", ".join(
+                f"{name} {100 * fraction:.2f} % in {held} {holders}"
+                for name, fraction, held in zip(self.classes.names, self.class_fractions, self.masks_with_class)
+            )
+            out.append(f"  per class ({unit}): {shares}")
+        return out
 
     def lines(self) -> list[str]:
         unit = "cases" if self.kind == "volumes" else "images"
@@ -77,6 +128,7 @@ class CheckReport:
             f"  sizes: {sizes or 'n/a'}",
             f"  channels: {', '.join(f'{c} ({n})' for c, n in sorted(self.channels.items())) or 'n/a'}",
             f"  mask values: {shown or 'n/a'}",
+            *self.class_lines(),
             f"  class balance: {balance}",
         ]
         out += [f"  note: {note}" for note in self.notes]
@@ -110,14 +162,20 @@ def check_dataset(
     masks_dir: str = "masks",
     unlabeled: tuple[Path, ...] = (),
     test: Path | None = None,
+    classes: Mapping[str, Any] | None = None,
 ) -> CheckReport:
-    """Read the data set at ``path`` as ``pseudoseg train`` would and report on it."""
+    """Read the data set at ``path`` as ``pseudoseg train`` would and report on it.
+
+    ``classes`` is a ``data.classes`` mapping (``{name: value or [values]}``);
+    without it the classes come from ``path/dataset.json``, else one binary class.
+    """
     from pseudoseg.data.nnunet import read_dataset_json
 
     path = Path(path)
     kind = kind or detect_kind(path)
     if kind not in ("folders", "volumes"):
         raise UserError(f"--kind: expected folders or volumes, got {kind!r}")
+    configured = class_set_from_mapping(classes, "data.classes") if classes else None
     report = CheckReport(path, kind, layout="")
     if not path.is_dir():
         report.layout = "missing"
@@ -130,6 +188,10 @@ def check_dataset(
         report.problems.append(str(exc))
         return report
     report.layout = "nnU-Net raw" if dataset is not None else ("PraNet (images/, masks/)" if kind == "folders" else "Decathlon (imagesTr/, labelsTr/)")
+    if configured is not None:
+        report.use_classes(configured, "data.classes")
+    else:
+        _attempt(report, _classes_of_dataset, report)
     if kind == "folders":
         _check_folders(report, dataset, images_dir, masks_dir, unlabeled, test)
     else:
@@ -137,6 +199,30 @@ def check_dataset(
     if report.labeled == 0 and not any("nothing is labeled" in p for p in report.problems):
         report.problems.append(f"{path}: nothing is labeled (no {'image has a mask' if kind == 'folders' else 'case has a label'}); pseudoseg needs some")
     return report
+
+
+def parse_classes_option(text: str) -> dict[str, Any]:
+    """``--classes '{anterior: 1, posterior: 2}'`` (YAML or JSON, as ``data.classes``) as a mapping.
+
+    Raises:
+        UserError: when the text is not a mapping.
+    """
+    import yaml
+
+    try:
+        mapping = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"--classes: not YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(mapping, dict) or not mapping:
+        raise UserError(f"--classes: expected a mapping of class names to label values, e.g. '{{anterior: 1, posterior: 2}}', got {text!r}")
+    return mapping
+
+
+def _classes_of_dataset(report: CheckReport) -> None:
+    """Without ``data.classes``: the ``dataset.json`` labels, as training resolves them; else binary."""
+    found = classes_from_dataset_json(report.path)
+    if found is not None:
+        report.use_classes(found, "dataset.json")
 
 
 def _attempt(report: CheckReport, action, *args):
@@ -166,7 +252,7 @@ def _check_folders(report: CheckReport, dataset, images_dir: str, masks_dir: str
         pairs = _attempt(report, lambda: find_pairs(report.path, images_dir=images_dir, masks_dir=masks_dir, require_masks=False)) or []
     for pair in pairs:
         _check_pair(report, pair)
-    if dataset is not None:
+    if dataset is not None and report.classes.values is None:  # with values, every file is checked against them
         _check_label_values(report, dataset, report.mask_values)
     for folder in unlabeled:
         for pair in _attempt(report, lambda folder=folder: find_unlabeled_images(folder, images_dir=images_dir)) or []:
@@ -191,18 +277,14 @@ def _check_pair(report: CheckReport, pair) -> None:
         report.unlabeled += 1
         return
     try:
-        raw_mask = _read_array(pair.mask)
+        raw_mask = _read_array(pair.mask, palette_indices=report.classes.values is not None)
         report.mask_values.update(np.unique(raw_mask).tolist()[: 4 * _VALUES_SHOWN])
-        mask = read_mask(pair.mask)
+        mask = read_mask(pair.mask, report.classes)
         check_pair_shapes(pair, image, mask)
     except UserError as exc:
         report.problems.append(str(exc))
         return
-    report.labeled += 1
-    foreground = int(mask.sum())
-    report.foreground_pixels += foreground
-    report.mask_pixels += mask.size
-    report.empty_masks += foreground == 0
+    report.add_mask(mask)
 
 
 # --------------------------------------------------------------------------- volumes
@@ -233,15 +315,15 @@ def _check_volumes(report: CheckReport, dataset, unlabeled: tuple[Path, ...], te
     label_values: set[int] = set()
     for case in cases:
         _check_case(report, case, label_values)
-    if dataset is not None:
+    if dataset is not None and report.classes.values is None:  # with values, every file is checked against them
         _check_label_values(report, dataset, label_values)
     foreground = sorted(v for v in label_values if v != 0)
-    if len(foreground) > 1:
-        report.notes.append(f"label values {', '.join(map(str, foreground))} are trained as one foreground (their union)")
+    if len(foreground) > 1 and report.classes.values is None:
+        report.notes.append(f"label values {', '.join(map(str, foreground))} are trained as one foreground (their union); name them in data.classes to train them as classes")
 
 
 def _check_case(report: CheckReport, case, label_values: set[int]) -> None:
-    from pseudoseg.data.volumes import _as_3d, _foreground, load_volume
+    from pseudoseg.data.volumes import _as_3d, label_indices, load_volume
 
     try:
         image = _as_3d(load_volume(case.image_path), case.image_path)
@@ -262,18 +344,14 @@ def _check_case(report: CheckReport, case, label_values: set[int]) -> None:
         if label.shape != image.shape:
             raise UserError(f"{case.label_path}: label shape {label.shape} differs from image shape {image.shape} of {case.image_path}")
         data = np.asanyarray(label.dataobj)
-        mask = _foreground(data, None, case.label_path)
+        mask = label_indices(data, case.label_path, classes=report.classes)
     except UserError as exc:
         report.problems.append(str(exc))
         return
     values = np.unique(data).tolist()
     report.mask_values.update(values[: 4 * _VALUES_SHOWN])
     label_values.update(int(v) for v in values)
-    report.labeled += 1
-    foreground = int(mask.sum())
-    report.foreground_pixels += foreground
-    report.mask_pixels += mask.size
-    report.empty_masks += foreground == 0
+    report.add_mask(mask)
 
 
 def _note_labels(report: CheckReport, dataset) -> None:

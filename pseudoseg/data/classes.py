@@ -23,7 +23,7 @@ the value (:meth:`ClassSet.index_map`), never silently background.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,8 @@ class ClassSet:
                 raise UserError(f"{source}: label values must be whole numbers (found {array[rounded != array].flat[0]!r})")
             array = rounded.astype(np.int64)
         table = {0: 0, **{value: index + 1 for index, values in enumerate(self.values) for value in values}}
-        found = np.unique(array)
+        small = array.dtype.kind == "u" and array.dtype.itemsize <= 2  # uint8/uint16 label files: count, do not sort
+        found = np.flatnonzero(np.bincount(array.ravel())) if small and array.size else np.unique(array)
         unknown = [int(v) for v in found if int(v) not in table]
         if unknown:
             known = ", ".join(str(v) for v in sorted(table))
@@ -92,7 +93,7 @@ class ClassSet:
         for value, index in table.items():
             if value < lookup.size:
                 lookup[value] = index
-        return lookup[array.astype(np.int64)]
+        return lookup[array if small else array.astype(np.int64)]
 
     def to_json(self) -> dict[str, Any]:
         return {"names": list(self.names), "values": None if self.values is None else [list(v) for v in self.values]}
@@ -167,4 +168,34 @@ def resolve_classes(configured: Mapping[str, Any] | None, train_root: Path | Non
     return ClassSet.binary()
 
 
-__all__ = ["BINARY_NAME", "ClassSet", "class_set_from_mapping", "classes_from_dataset_json", "resolve_classes"]
+def resize_class_indices(index: np.ndarray, resize: Callable[[np.ndarray], np.ndarray], full: float) -> np.ndarray:
+    """Resize a map of class indices by resizing each class's indicator and taking the argmax.
+
+    ``resize`` maps a boolean indicator (the shape of ``index``) to scores in
+    ``[0, full]`` at the new size (the way a binary mask is resized); the
+    background's score is ``full`` minus the resized union of the classes
+    (the resized background indicator), and every pixel takes the class of
+    the largest score, ties going to the lower index (background first). For
+    one class this is exactly the binary rule "foreground where the resized
+    mask exceeds ``full / 2``". Classes absent from ``index`` are not resized.
+
+    Returns:
+        ``uint8`` class indices at the new size.
+    """
+    index = np.asarray(index)
+    if index.dtype == np.bool_:
+        index = index.astype(np.uint8)
+    present = np.unique(index)
+    present = present[present != 0]
+    union = np.asarray(resize(index != 0), dtype=np.float32)
+    best = np.zeros(union.shape, dtype=np.uint8)
+    best_score = np.float32(full) - union
+    for value in present:
+        score = union if present.size == 1 else np.asarray(resize(index == value), dtype=np.float32)
+        better = score > best_score
+        best[better] = value
+        best_score = np.where(better, score, best_score)
+    return best
+
+
+__all__ = ["BINARY_NAME", "ClassSet", "class_set_from_mapping", "classes_from_dataset_json", "resize_class_indices", "resolve_classes"]

@@ -26,6 +26,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from pseudoseg.data.classes import ClassSet
 from pseudoseg.errors import UserError
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
@@ -145,7 +146,54 @@ def read_image(path: Path) -> np.ndarray:
     return np.ascontiguousarray(array[:, :, :3])  # RGB, or RGBA with alpha dropped
 
 
-def read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path, classes: ClassSet | None = None) -> np.ndarray:
+    """Read a segmentation mask: a ``bool [H, W]`` binary mask, or ``uint8 [H, W]`` class indices.
+
+    Without ``classes``, the binary mask by the rules of :func:`_read_binary_mask`.
+    With ``classes``, the class indices (0 background, ``i`` the i-th class):
+    a class set with label values (``data.classes`` or ``dataset.json``) reads
+    the file as a label map (:func:`_read_label_map`), one without values by
+    the binary rules (0/1).
+
+    Raises:
+        UserError: naming ``path`` if the file is missing, empty, corrupt, of
+            an unsupported pixel type, or (label maps) in colour, lossy, or
+            holding a value no class names.
+    """
+    path = Path(path)
+    if classes is None:
+        return _read_binary_mask(path)
+    if classes.values is None:
+        return _read_binary_mask(path).astype(np.uint8)
+    return _read_label_map(path, classes)
+
+
+def _read_label_map(path: Path, classes: ClassSet) -> np.ndarray:
+    """The class indices (``uint8 [H, W]``) of a label map file holding the classes' values.
+
+    8- and 16-bit PNG and integer (or whole-valued float) TIFF files hold the
+    values as grey levels; a palette PNG holds them as palette indices (the
+    colours are only how viewers show them). An alpha channel is ignored, and
+    a colour file whose channels are all equal is read as grey.
+
+    Raises:
+        UserError: naming ``path`` for a JPEG file (lossy compression changes
+            the values), a colour label map, or a value no class names.
+    """
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        raise UserError(f"{path}: label maps must be stored losslessly (PNG or TIFF); JPEG compression changes the label values")
+    array = _read_array(path, palette_indices=True)
+    if array.ndim == 3:
+        grey = array[:, :, :1] if array.shape[2] <= 2 else array[:, :, :3]  # drop alpha
+        if not (grey == grey[:, :, :1]).all():
+            raise UserError(f"{path}: label map is a colour image; save the class values as a single-channel (greyscale or palette) image")
+        array = grey[:, :, 0]
+    if array.size == 0:
+        raise UserError(f"{path}: mask has no pixels")
+    return classes.index_map(array, path)
+
+
+def _read_binary_mask(path: Path) -> np.ndarray:
     """Read a binary segmentation mask as a ``bool`` array of shape ``[H, W]``.
 
     Encodings handled, decided from the file's data type and maximum value:
@@ -163,13 +211,13 @@ def read_mask(path: Path) -> np.ndarray:
       colour counts as foreground. The alpha channel is ignored.
 
     An all-zero mask is valid (an image without foreground). A small-integer
-    label map of several classes (0/1/2, ...) is refused.
+    label map of several classes (0/1/2, ...) is refused, saying how to name
+    its classes in ``data.classes``.
 
     Raises:
         UserError: naming ``path`` if the file is missing, empty, corrupt or of
             an unsupported pixel type.
     """
-    path = Path(path)
     array = _read_array(path)
     if array.ndim == 3:
         colour = array[:, :, :1] if array.shape[2] <= 2 else array[:, :, :3]  # drop alpha
@@ -194,11 +242,19 @@ def read_mask(path: Path) -> np.ndarray:
         if not lossy and peak <= 16 and np.unique(array).size > 2:
             # 0/1/2/... is a label map of several classes, which would all read as
             # background under the > 128 rule: refuse rather than lose the foreground.
-            raise UserError(f"{path}: mask looks like a multi-class label map (values 0..{peak}); pseudoseg segments one foreground class, convert it to 0/255")
+            raise UserError(f"{path}: mask looks like a multi-class label map (values 0..{peak}); {_declare_classes_hint(array)}")
         return array > 128
     if peak <= 65535:
         return _scale_16_to_8(array) > 128
     raise UserError(f"{path}: mask values exceed the 16-bit range (max {peak})")
+
+
+def _declare_classes_hint(label_map: np.ndarray) -> str:
+    """How to train on a label map the binary rules refuse: name its classes."""
+    values = [int(v) for v in np.unique(label_map) if v != 0]
+    example = ", ".join(f"class_{v}: {v}" for v in values)
+    union = ", ".join(map(str, values))
+    return f"name its classes in data.classes with their real names, e.g. {{{example}}}, or {{foreground: [{union}]}} for one class, or convert it to 0/255"
 
 
 def check_pair_shapes(pair: ImagePair, image: np.ndarray, mask: np.ndarray) -> None:
@@ -210,17 +266,21 @@ def check_pair_shapes(pair: ImagePair, image: np.ndarray, mask: np.ndarray) -> N
         )
 
 
-def _read_array(path: Path) -> np.ndarray:
-    """Decode ``path`` to a channel-last array in its stored data type."""
+def _read_array(path: Path, *, palette_indices: bool = False) -> np.ndarray:
+    """Decode ``path`` to a channel-last array in its stored data type.
+
+    A palette image is decoded to its colours, or with ``palette_indices`` to
+    the palette indices it stores (the values of a label map).
+    """
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: file is empty")
     try:
         if path.suffix.lower() in _TIFF_SUFFIXES:
-            array = _read_tiff(path)
+            array = _read_tiff(path, palette_indices)
         else:
-            array = _read_pillow(path)
+            array = _read_pillow(path, palette_indices)
     except UserError:
         raise
     except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, ...
@@ -231,9 +291,11 @@ def _read_array(path: Path) -> np.ndarray:
     return array
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(path: Path, palette_indices: bool = False) -> np.ndarray:
     with Image.open(path) as img:
         img.load()  # decode now so that truncated files fail here
+        if palette_indices and img.mode in ("P", "PA"):
+            return np.array(img)
         if img.mode == "P":
             # Palette indices are not intensities: look the colours up.
             img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -244,7 +306,7 @@ def _read_pillow(path: Path) -> np.ndarray:
         return np.array(img)
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path, palette_indices: bool = False) -> np.ndarray:
     # Only the first page: a multi-page TIFF is not a 2-D image.
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
@@ -260,7 +322,7 @@ def _read_tiff(path: Path) -> np.ndarray:
         if any(array.shape[i] != 1 for i in extra):
             raise UserError(f"{path}: TIFF page has axes {axes}; expected a 2-D image")
         array = array.squeeze(axis=extra)
-    if photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None:
+    if photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None and not palette_indices:
         array = np.moveaxis(np.asarray(colormap)[:, array], 0, -1)
     return array
 

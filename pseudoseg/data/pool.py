@@ -3,9 +3,11 @@
 Decoding JPEGs or NIfTI volumes and resizing them every epoch is wasted work,
 so each source is decoded once into two record files (see
 :mod:`pseudoseg.data.store`): images ``uint8 [N, C, S, S]`` and masks
-``uint8 [N, S, S]`` in {0, 1}. The cache is keyed by the files' paths, sizes
-and modification times and by the preprocessing settings, so it is rebuilt
-whenever the data or the settings change and shared between runs otherwise.
+``uint8 [N, S, S]`` of class indices (0 background, 1..C the classes of
+``data.classes``; {0, 1} for one class). The cache is keyed by the files'
+paths, sizes and modification times, by the preprocessing settings and by the
+class set, so it is rebuilt whenever the data, the settings or the classes
+change and shared between runs otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from pseudoseg.config import DataConfig
+from pseudoseg.data.classes import resize_class_indices
 from pseudoseg.data.store import ArrayStore
 from pseudoseg.errors import UserError
 from pseudoseg.fileio import TEMPORARY_SUFFIX, disk_errors, write_json
@@ -94,9 +97,20 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """bool [H, W] -> uint8 [size, size] in {0, 1}; bilinear then 0.5, smoother than nearest."""
-    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR)
-    return (np.asarray(resized) >= 128).astype(np.uint8)
+    """Class indices [H, W] (bool: one class) -> uint8 [size, size] class indices.
+
+    Each class's indicator is resized bilinearly as a 0/255 image and each
+    pixel takes the class of the largest value, the background's being 255
+    minus the resized union of the classes (ties: the lower index). For one
+    class: bilinear then 0.5 (``>= 128``), smoother than nearest.
+    """
+    return resize_class_indices(mask, lambda indicator: _resize_indicator(indicator, size), 255.0)
+
+
+def _resize_indicator(indicator: np.ndarray, size: int) -> np.ndarray:
+    """bool [H, W] -> uint8 [size, size] in 0..255, bilinear."""
+    resized = Image.fromarray(indicator.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized)
 
 
 def _file_fingerprint(path: Path) -> list:
@@ -134,6 +148,7 @@ def _folder_source(data: DataConfig) -> _Source:
         sources += [str(folder)] * len(extra)
     fingerprint = [[_file_fingerprint(path) for path in (pair.channels or (pair.image,))] + ([_file_fingerprint(pair.mask)] if pair.mask else []) for pair in pairs]
     empty = np.zeros((1, data.image_size, data.image_size), dtype=np.uint8)
+    classes = data.class_set
 
     def samples() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for pair in pairs:
@@ -141,7 +156,7 @@ def _folder_source(data: DataConfig) -> _Source:
             if pair.mask is None:
                 yield resize_image(image, data.image_size)[None], empty
                 continue
-            mask = read_mask(pair.mask)
+            mask = read_mask(pair.mask, classes)
             check_pair_shapes(pair, image, mask)
             yield resize_image(image, data.image_size)[None], resize_mask(mask, data.image_size)[None]
 
@@ -223,6 +238,11 @@ def load_pool(data: DataConfig, cache_root: Path, *, progress: Callable[[int, in
     if data.kind == "volumes" and data.intensity != "window":
         # Only here, so that caches written with the window before this setting existed keep their key.
         settings["intensity"] = [data.intensity, *data.percentiles]
+    classes = data.class_set
+    if classes.values is not None:
+        # Masks hold class indices: other classes, other masks. Only here, so that the
+        # binary caches written before classes existed keep their key.
+        settings["classes"] = classes.to_json()
     key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
     folder = Path(cache_root) / key
     if not (folder / "index.json").is_file():

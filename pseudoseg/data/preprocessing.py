@@ -85,6 +85,7 @@ class Preprocessing:
             size=self.image_size,
             context=self.context,
             with_labels=with_labels,
+            classes=self.classes,
         )
 
 

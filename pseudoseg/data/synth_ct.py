@@ -15,12 +15,17 @@ evaluation). Each case is an int16 volume in Hounsfield units holding
   60-160 HU, so some cases are low-contrast against 40 HU surroundings,
 * a **distractor** organ of nearly the same intensity on the other side of the
   body, so intensity thresholding alone does not solve the task,
+* optionally (``lesions=True``) one to three **lesions** (label 2) inside the
+  organ, 25-60 HU darker than it, like tumours in a liver (the organ keeps
+  label 1 around them): a three-class task,
 * partial-volume blur and spatially correlated Gaussian noise (std 10-40 HU).
 
 Voxel spacing varies per case (in-plane 0.7-1.0 mm, slices 2-3 mm) and is
 stored in the affine, which uses the orientation of DICOM-converted scans
 (first two axes flipped, "LPS"-like), so readers must honour it. Case ``i``
-depends only on ``(seed, i)``.
+depends only on ``(seed, i)``; the lesions are drawn from a stream of their
+own, so a case with lesions is the case without them but in and around its
+lesions.
 """
 
 from __future__ import annotations
@@ -52,17 +57,21 @@ _MIN_SHAPE = (16, 16, 8)
 def render_ct_case(
     seed_seq: np.random.SeedSequence,
     shape: tuple[int, int, int] = (96, 96, 40),
+    *,
+    lesions: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Render one synthetic case.
 
     Args:
         seed_seq: the case's seed sequence (everything random is drawn from it).
         shape: array shape ``(x, y, z)``; ``z`` is the body (slice) axis.
+        lesions: add lesions inside the organ (label 2).
 
     Returns:
         ``(image, label, affine, info)``: int16 HU volume, uint8 label volume in
-        {0, 1}, the 4 x 4 voxel-to-mm affine, and a dictionary of the drawn
-        parameters (spacing, organ intensity, noise level, ...).
+        {0, 1} ({0, 1, 2} with lesions), the 4 x 4 voxel-to-mm affine, and a
+        dictionary of the drawn parameters (spacing, organ intensity, noise
+        level, ...).
     """
     rng = np.random.default_rng(seed_seq)
     nx, ny, nz = shape
@@ -133,6 +142,10 @@ def render_ct_case(
     hu[aorta] = organ_hu + rng.uniform(0.0, 60.0)
     hu[distractor] = organ_hu + rng.uniform(-15.0, 15.0) + texture[distractor]
     hu[organ] = organ_hu + texture[organ]
+    lesion = np.zeros(shape, dtype=bool)
+    if lesions:
+        lesion, lesion_hu = _lesions(seed_seq, shape, (u, v, w), organ, organ_hu)
+        hu[lesion] = lesion_hu + texture[lesion]
 
     # Partial-volume blur, then correlated noise of the drawn strength.
     # (The filter pads with zeros: blur HU + 1000 so that the padding is air.)
@@ -153,7 +166,41 @@ def render_ct_case(
         "organ_voxels": int(organ.sum()),
         "organ_slices": int(organ.any(axis=(0, 1)).sum()),
     }
-    return image, organ.astype(np.uint8), affine, info
+    label = organ.astype(np.uint8)
+    if lesions:
+        label[lesion] = 2
+        info.update(lesion_hu=round(lesion_hu, 1), lesion_voxels=int(lesion.sum()))
+    return image, label, affine, info
+
+
+def _lesions(
+    seed_seq: np.random.SeedSequence,
+    shape: tuple[int, int, int],
+    coords: tuple[np.ndarray, np.ndarray, np.ndarray],
+    organ: np.ndarray,
+    organ_hu: float,
+) -> tuple[np.ndarray, float]:
+    """One to three hypodense blobs inside ``organ`` and their intensity.
+
+    Drawn from a stream of the case's own (spawn key + 0), so the rest of the
+    case is the same with or without lesions. Each blob is centred on an organ
+    voxel, which it always contains.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed_seq.entropy, spawn_key=(*seed_seq.spawn_key, 0)))
+    lesion_hu = organ_hu - float(rng.uniform(25.0, 60.0))
+    lesion = np.zeros(shape, dtype=bool)
+    inside = np.argwhere(organ)
+    if not len(inside):
+        return lesion, lesion_hu
+    extent = (inside.max(axis=0) - inside.min(axis=0) + 1) / np.asarray(shape) * 2.0  # organ size in normalised units
+    for _ in range(int(rng.integers(1, 4))):
+        centre = inside[rng.integers(len(inside))]
+        middle = tuple(float((c + 0.5) / n * 2.0 - 1.0) for c, n in zip(centre, shape))
+        radii = tuple(float(e * rng.uniform(0.12, 0.22)) for e in extent)
+        q = _blob(rng, shape, coords, centre=middle, radii=radii, roughness=rng.uniform(0.05, 0.15))  # type: ignore[arg-type]
+        lesion |= q < 1.0
+        lesion[tuple(centre)] = True
+    return lesion & organ, lesion_hu
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], grid: tuple[int, int, int]) -> np.ndarray:
@@ -201,6 +248,7 @@ def generate_ct_dataset(
     n_test: int = 8,
     shape: tuple[int, int, int] = (96, 96, 40),
     seed: int = 0,
+    lesions: bool = False,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
@@ -223,6 +271,8 @@ def generate_ct_dataset(
         n_test: number of test cases (may be 0).
         shape: array shape ``(x, y, z)`` of every case.
         seed: case ``i`` depends only on ``(seed, i)``.
+        lesions: add lesions inside the organ: labels 1 organ, 2 lesion
+            (``dataset.json`` names both), a three-class task.
         overwrite: replace ``out`` if it exists and is not empty.
         progress: called as ``progress(done, total)`` after every case.
 
@@ -252,7 +302,7 @@ def generate_ct_dataset(
         for index in range(total):
             case_id = f"case_{index:03d}"
             split = "Tr" if index < n_train else "Ts"
-            image, label, affine, info = render_ct_case(_case_seed(int(seed), index), shape)  # type: ignore[arg-type]
+            image, label, affine, info = render_ct_case(_case_seed(int(seed), index), shape, lesions=lesions)  # type: ignore[arg-type]
             save_volume(building / f"images{split}" / f"{case_id}.nii.gz", _nifti(image, affine))
             save_volume(building / f"labels{split}" / f"{case_id}.nii.gz", _nifti(label, affine))
             entry = {"image": f"./images{split}/{case_id}.nii.gz", "label": f"./labels{split}/{case_id}.nii.gz"}
@@ -265,11 +315,11 @@ def generate_ct_dataset(
                 progress(index + 1, total)
         summary: dict[str, Any] = {
             "name": "SyntheticCT",
-            "description": "Synthetic abdominal CT, one organ against a same-intensity distractor",
+            "description": "Synthetic abdominal CT, one organ" + (" with lesions" if lesions else "") + " against a same-intensity distractor",
             "licence": "CC0-1.0",
             "tensorImageSize": "3D",
             "modality": {"0": "CT"},
-            "labels": {"0": "background", "1": "organ"},
+            "labels": {"0": "background", "1": "organ", **({"2": "lesion"} if lesions else {})},
             "numTraining": n_train,
             "numTest": n_test,
             "training": training,
@@ -277,6 +327,7 @@ def generate_ct_dataset(
             "generator": "pseudoseg.data.synth_ct",
             "generator_version": GENERATOR_VERSION,
             "seed": int(seed),
+            **({"lesions": True} if lesions else {}),
             "shape": list(shape),
             "cases": cases,
         }

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
+from pseudoseg.data.classes import ClassSet, resize_class_indices
 from pseudoseg.errors import UserError
 from pseudoseg.fileio import write_bytes
 
@@ -330,6 +331,7 @@ def case_slices(
     context: int = 0,
     with_labels: bool = True,
     foreground: Sequence[int] | None = None,
+    classes: ClassSet | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """All axial slices of a case, normalised and resized for a 2-D network.
 
@@ -338,8 +340,12 @@ def case_slices(
     by a fixed window (see :func:`window_to_uint8`) or by the case's own
     percentiles (see :func:`percentile_to_uint8`, computed over the whole
     volume, each channel separately), and every slice is resized to
-    ``size x size`` with bilinear interpolation (antialiased when shrinking);
-    labels are resized with nearest-neighbour interpolation so they stay binary.
+    ``size x size`` with bilinear interpolation (antialiased when shrinking).
+    Labels become class indices (:func:`label_indices`) and are resized class
+    by class with nearest-neighbour interpolation, each pixel taking the class
+    of the largest resized indicator
+    (:func:`pseudoseg.data.classes.resize_class_indices`; for one class: the
+    resized indicator > 0.5).
 
     Args:
         case: the case to read.
@@ -354,19 +360,23 @@ def case_slices(
             channels (2.5-D input); at the first and last slice the edge slice
             is repeated.
         with_labels: read the label volume too (the case must have one).
-        foreground: label values that count as foreground; by default every
-            non-zero value (so liver + tumour labels give the whole organ).
+        foreground: label values that count as the one foreground class; by
+            default every non-zero value (so liver + tumour labels give the
+            whole organ). Not together with a ``classes`` that has values.
+        classes: the run's classes; with label values, each voxel's value is
+            mapped to its class index, an unknown value being an error.
 
     Returns:
         ``(images, labels)``: ``uint8 [Z, C*(2*context+1), size, size]`` for a
         case of ``C`` channels (channel by channel, each with the centre slice
-        at ``context``), and ``uint8 [Z, size, size]`` in
-        {0, 1} (``None`` when ``with_labels`` is false).
+        at ``context``), and ``uint8 [Z, size, size]`` class indices, {0, 1}
+        for one class (``None`` when ``with_labels`` is false).
 
     Raises:
         UserError: naming the files when a volume cannot be read, is not 3-D,
             image and label shapes or orientations differ, or label values are
-            not integer classes; naming the window when its bounds are reversed.
+            not integer classes or not values of ``classes``; naming the window
+            when its bounds are reversed.
     """
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
@@ -405,11 +415,11 @@ def case_slices(
             f"{''.join(nib.aff2axcodes(image.affine))} of {case.image_path}"
         )
     label_data = np.asanyarray(nib.as_closest_canonical(label_img).dataobj)
-    mask = _foreground(label_data, foreground, case.label_path)
+    index = label_indices(label_data, case.label_path, classes=classes, foreground=foreground)
     labels = np.empty((depth, size, size), dtype=np.uint8)
     for start in range(0, depth, _SLICE_BLOCK):
-        block = np.moveaxis(mask[:, :, start : start + _SLICE_BLOCK], 2, 0).astype(np.float32)
-        labels[start : start + block.shape[0]] = _resize(block, (size, size), mode="nearest-exact") > 0.5
+        block = np.moveaxis(index[:, :, start : start + _SLICE_BLOCK], 2, 0)
+        labels[start : start + block.shape[0]] = resize_class_indices(block, lambda indicator: _resize(indicator, (size, size), mode="nearest-exact"), 1.0)
     return images, labels
 
 
@@ -440,7 +450,39 @@ def _as_3d(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
     return img
 
 
+def label_indices(
+    labels: np.ndarray,
+    path: Path,
+    *,
+    classes: ClassSet | None = None,
+    foreground: Sequence[int] | None = None,
+) -> np.ndarray:
+    """The class indices (``uint8``, same shape) of a label volume.
+
+    With ``classes`` holding label values, each value maps to its class index
+    (:meth:`ClassSet.index_map`); otherwise one class: ``foreground`` values,
+    or every non-zero value.
+
+    Raises:
+        UserError: naming ``path`` for values that are not non-negative
+            integers, or (with ``classes``) a value no class names.
+    """
+    if classes is not None and classes.values is not None:
+        if foreground is not None:
+            raise ValueError("give foreground values or a class set with values, not both")
+        _check_integer_labels(labels, path)
+        return classes.index_map(labels, path)
+    return _foreground(labels, foreground, path).astype(np.uint8)
+
+
 def _foreground(labels: np.ndarray, foreground: Sequence[int] | None, path: Path) -> np.ndarray:
+    _check_integer_labels(labels, path)
+    if foreground is None:
+        return labels > 0
+    return np.isin(labels, np.asarray(list(foreground)))
+
+
+def _check_integer_labels(labels: np.ndarray, path: Path) -> None:
     if labels.dtype.kind == "f":
         finite = np.isfinite(labels)
         bad = ~finite | (labels != np.round(np.where(finite, labels, 0)))
@@ -452,9 +494,6 @@ def _foreground(labels: np.ndarray, foreground: Sequence[int] | None, path: Path
         raise UserError(f"{path}: label values are not integer classes (data type {labels.dtype})")
     if labels.dtype.kind != "b" and labels.min(initial=0) < 0:
         raise UserError(f"{path}: label values are not integer classes (found {labels.min()!r} < 0)")
-    if foreground is None:
-        return labels > 0
-    return np.isin(labels, np.asarray(list(foreground)))
 
 
 def _resize(stack: np.ndarray, shape: tuple[int, int], *, mode: str) -> np.ndarray:

@@ -1,0 +1,79 @@
+"""Binary runs give the numbers they gave before several classes existed.
+
+``binary_pin.json`` holds the test metrics and per-round diagnostics of two tiny
+binary runs (online momentum on 2-D polyps, ATSO with soft labels on volumes)
+as the code before multi-class support produced them (commit 9250bad,
+``amp: off``, one thread). The runs here must reproduce them; the tolerance
+covers floating-point differences between CPUs, not a changed rule (one pixel
+more or less moves these tiny runs' Dice by far more).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pseudoseg.config import config_from_dict
+from pseudoseg.runner import train
+
+PIN = json.loads((Path(__file__).parent / "binary_pin.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _close(actual, expected, path: str = "") -> None:
+    if isinstance(expected, dict):
+        assert set(actual) == set(expected), path
+        for key in expected:
+            _close(actual[key], expected[key], f"{path}/{key}")
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected), path
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            _close(a, e, f"{path}[{i}]")
+    elif expected is None or isinstance(expected, (bool, str)):
+        assert actual == expected, path
+    else:
+        assert actual == pytest.approx(expected, rel=1e-3, abs=1e-6), path
+
+
+def test_binary_momentum_run_is_unchanged(tiny_polyps: Path, tmp_path: Path) -> None:
+    config = {
+        "run_dir": str(tmp_path / "momentum"),
+        "seed": 0,
+        "data": {"train": str(tiny_polyps / "TrainDataset"), "test": str(tiny_polyps / "TestDataset"), "image_size": 32},
+        "model": {"name": "unet", "channels": [8, 16, 32], "num_res_units": 1},
+        "train": {"steps": 6, "val_every": 3, "batch_size": 4, "unlabeled_batch_size": 4, "amp": "off", "log_every": 2, "loss": "dice_bce"},
+        "method": {"name": "momentum", "teacher_steps": 6, "labels": "hard", "confidence": 0.6},
+    }
+    result = train(config_from_dict(config), show_progress=False, log=lambda _: None)
+    _close(result.metrics["sets"], PIN["momentum"])
+
+
+def test_binary_atso_run_is_unchanged(tmp_path: Path) -> None:
+    from pseudoseg.data.synth_ct import generate_ct_dataset
+
+    ct = tmp_path / "ct"
+    generate_ct_dataset(ct, n_train=6, n_test=2, shape=(16, 16, 8), seed=0)
+    config = {
+        "run_dir": str(tmp_path / "atso"),
+        "seed": 0,
+        "data": {"kind": "volumes", "train": str(ct), "test": str(ct), "image_size": 16, "normalize": "unit", "labeled_fraction": 0.2, "val_fraction": 0.2},
+        "model": {"name": "unet", "channels": [4, 8], "num_res_units": 1},
+        "train": {"steps": 3, "val_every": 2, "log_every": 2, "batch_size": 2, "unlabeled_batch_size": 2, "amp": "off", "loss": "dice_bce"},
+        "eval": {"batch_size": 8},
+        "method": {"name": "atso", "rounds": 2, "round_steps": 2, "labels": "soft"},
+    }
+    result = train(config_from_dict(config), show_progress=False, log=lambda _: None)
+    assert config_from_dict(config).data.class_set.names == ("organ",)  # one class, named by dataset.json
+    _close(result.metrics["sets"], PIN["atso"])
+    rounds = [json.loads(line) for line in (tmp_path / "atso" / "rounds.jsonl").read_text().splitlines()]
+    _close([{key: record[key] for key in ("agreement_dice", "pseudo_dice", "val_dice")} for record in rounds], PIN["atso_rounds"])

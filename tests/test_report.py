@@ -166,3 +166,29 @@ def test_write_grid_report_missing_metric_shows_dash(tmp_path: Path) -> None:
     md = paths["md"].read_text()
     assert "## `meanDice`" in md
     assert "| supervised | 3 | – | – | – |" in md
+
+
+def test_paired_differences_seed_by_seed(tmp_path: Path) -> None:
+    from pseudoseg.evaluation.report import paired_differences, summarize_runs, write_grid_report
+
+    def sets(a: float, b: float) -> dict:
+        return {"x": {"dice": a, "n": 2}, "y": {"dice": b, "n": 2}}
+
+    runs = {
+        "tso": [sets(0.6, 0.8), sets(0.5, 0.7), sets(0.7, 0.7)],  # seed means 0.7, 0.6, 0.7
+        "atso": [sets(0.7, 0.9), sets(0.5, 0.6), sets(0.8, 0.8)],  # seed means 0.8, 0.55, 0.8
+        "broken": [sets(0.7, 0.9), {"x": {"dice": None, "n": 2}, "y": {"dice": 0.5, "n": 2}}, sets(0.7, 0.7)],
+    }
+    out = paired_differences(runs, "tso", "dice")
+    assert set(out) == {"atso", "broken"}
+    assert out["atso"]["differences"] == pytest.approx([0.1, -0.05, 0.1])
+    assert out["atso"]["mean"] == pytest.approx(0.05) and out["atso"]["std"] == pytest.approx(0.0866025, rel=1e-5)
+    assert (out["atso"]["positive"], out["atso"]["defined"]) == (2, 3)
+    assert out["broken"]["differences"][1] is None and out["broken"]["defined"] == 2  # undefined in one seed
+    with pytest.raises(ValueError, match="reference"):
+        paired_differences(runs, "supervised", "dice")
+    budgets = {name: [{"released_steps": 500, "steps": 800, "images": 6400}] * 3 for name in runs}
+    write_grid_report(summarize_runs(runs), tmp_path, metric_columns=("dice",), budgets=budgets, paired=("tso", [0, 1, 2], runs))
+    text = (tmp_path / "grid.md").read_text()
+    assert "| atso | +0.100 | -0.050 | +0.100 | +0.050 ± 0.087 | 2/3 seeds |" in text
+    assert "| Released steps | Steps | Images seen |" in text and "| 500 | 800 | 6,400 |" in text

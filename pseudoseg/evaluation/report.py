@@ -409,7 +409,9 @@ def _paired_lines(differences: Mapping[str, Mapping[str, Any]], reference: str, 
     rows = []
     for config, entry in differences.items():
         cells = ["–" if d is None else f"{d:+.{decimals}f}" for d in entry["differences"]]
-        summary = _cell({"mean": entry["mean"], "std": entry["std"]}, decimals) if entry["defined"] else "–"
+        summary = "–"
+        if entry["defined"]:
+            summary = f"{entry['mean']:+.{decimals}f}" + (f" ± {entry['std']:.{decimals}f}" if math.isfinite(entry["std"]) else "")
         rows.append([config, *cells, summary, f"{entry['positive']}/{entry['defined']} seeds"])
     return [
         f"Paired differences of *Mean* from `{reference}`, seed by seed (each seed's runs share its split and "

@@ -14,20 +14,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from pseudoseg.config import config_from_dict
 from pseudoseg.runner import train
 
 PIN = json.loads((Path(__file__).parent / "binary_pin.json").read_text())
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _close(actual, expected, path: str = "") -> None:

@@ -22,14 +22,6 @@ from pseudoseg.runner import train
 NAMES = ("organ", "lesion")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- maths
 
 

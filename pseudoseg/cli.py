@@ -149,6 +149,7 @@ def evaluate(
     """Score a trained model on test sets, in both metric conventions."""
     from pseudoseg.config import EvalConfig
     from pseudoseg.evaluation.evaluate import evaluate as run_evaluate
+    from pseudoseg.evaluation.metrics import conventions_for
     from pseudoseg.evaluation.report import mean_over_sets, render_table, write_report
     from pseudoseg.inference import Predictor
 
@@ -157,6 +158,8 @@ def evaluate(
     predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network)
     with task_bars("evaluating") as bars:
         results = run_evaluate({predictor.name: predictor}, test, EvalConfig(threshold=threshold, pranet_metrics=pranet), progress=bars)[predictor.name]
+    classes = predictor.preprocessing.classes
+    conventions = conventions_for(classes, predictor.preprocessing.kind)
     console = wide_console()
     console.print(render_table(results, title=f"{model} ({predictor.name})"))
     if out is not None:
@@ -164,11 +167,11 @@ def evaluate(
 
         machine = describe_machine(predictor.device, predictor.amp_dtype)
         extra = {"model": str(model), "network": predictor.name, "machine": machine}
-        paths = write_report(results, out, title=f"{model} ({predictor.name})", extra=extra, notes=[f"Evaluated on {machine_line(machine)}."])
+        if not classes.is_binary:
+            extra["classes"] = classes.to_json()
+        paths = write_report(results, out, title=f"{model} ({predictor.name})", extra=extra, notes=[f"Evaluated on {machine_line(machine)}."], conventions=conventions)
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    from pseudoseg.evaluation.metrics import METRIC_CONVENTIONS
-
-    _write_json_output(json_out, {"model": str(model), "network": predictor.name, "sets": results, "mean": mean_over_sets(results), "conventions": dict(METRIC_CONVENTIONS)})
+    _write_json_output(json_out, {"model": str(model), "network": predictor.name, "sets": results, "mean": mean_over_sets(results), "conventions": conventions})
 
 
 @app.command()
@@ -176,14 +179,14 @@ def predict(
     model: Annotated[Path, typer.Argument(help="A run directory, its model.json, or a weights file.")],
     inputs: Annotated[Path, typer.Argument(help="An image or a folder of images (CT: a .nii/.nii.gz volume or a folder of them).")],
     out: Annotated[Path, typer.Argument(help="Output folder (must not be the input folder).")],
-    probabilities: Annotated[bool, typer.Option(help="Also write probability maps (8-bit PNG).")] = False,
-    overlay: Annotated[bool, typer.Option(help="Also write overlays of the mask on the image.")] = False,
-    threshold: Annotated[float, typer.Option()] = 0.5,
+    probabilities: Annotated[bool, typer.Option(help="Also write probability maps (8-bit PNG; one per class and the background for several classes).")] = False,
+    overlay: Annotated[bool, typer.Option(help="Also write overlays of the mask on the image (several classes: coloured per class, with a legend).")] = False,
+    threshold: Annotated[float, typer.Option(help="Foreground probability threshold (one class; several classes take the most probable).")] = 0.5,
     network: Annotated[Optional[str], typer.Option(help="Which network of a run (default: the released one).")] = None,
     device: Annotated[str, typer.Option()] = "auto",
     amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off (as train.amp).")] = "auto",
 ) -> None:
-    """Write binary masks at each input's native size; inputs are never modified."""
+    """Write masks (one class) or label maps of the class values (several) at each input's native size; inputs are never modified."""
     from pseudoseg.inference import Predictor
     from pseudoseg.predict import predict_paths
 

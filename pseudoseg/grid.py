@@ -199,7 +199,7 @@ def run_grid(
     variant is run, since they start from it."""
     import yaml
 
-    from pseudoseg.evaluation.metrics import METRIC_CONVENTIONS
+    from pseudoseg.evaluation.metrics import conventions_for, headline_columns
     from pseudoseg.evaluation.report import summarize_runs, write_grid_report
     from pseudoseg.runner import train
 
@@ -236,8 +236,7 @@ def run_grid(
             reports.setdefault(name, []).append(result.metrics)
             runs.setdefault(name, {})[str(seed)] = str(run_dir)
     summary = summarize_runs(per_variant)
-    is_volume = base.data.kind == "volumes"
-    columns = ("dice", "hd95_mm", "hd95_undefined") if is_volume else ("dice@0.5", "meanDice")
+    columns = headline_columns(base.data.class_set, base.data.kind)  # several classes: the mean and each class
     machines = {name: {seed: _machine(metrics) for seed, metrics in zip(seeds, per_seed)} for name, per_seed in reports.items()}
     write_grid_report(
         summary,
@@ -245,7 +244,7 @@ def run_grid(
         stem="grid",
         metric_columns=columns,
         title=f"{family} grid over seeds {seeds}",
-        conventions=None if is_volume else dict(METRIC_CONVENTIONS),
+        conventions=conventions_for(base.data.class_set, base.data.kind),
         notes=_grid_notes(machines, reports, seeds),
         extra={"machines": machines},
         budgets=budgets,

@@ -2,10 +2,13 @@
 
 A :class:`Predictor` is one network, or the mean of several (an ensemble of
 ATSO's last round models), together with the preprocessing it was trained
-with (working size, normalisation, intensity normalisation and slice context), read from
-the weights' metadata. It can be loaded from a weights file
-(``best_*.safetensors``), from a run directory (its released model, named in
-``<run_dir>/model.json``) or from such a ``model.json``.
+with (working size, normalisation, intensity normalisation and slice context) and
+the classes it segments (``predictor.preprocessing.classes``), read from the
+weights' metadata. An ensemble averages the members' probabilities (sigmoid
+for one class, softmax over the C + 1 channels for several), never logits.
+It can be loaded from a weights file (``best_*.safetensors``), from a run
+directory (its released model, named in ``<run_dir>/model.json``) or from
+such a ``model.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import nn
 from pseudoseg.data.preprocessing import InputNormalizer, Preprocessing
 from pseudoseg.engine.checkpoint import load_network
 from pseudoseg.engine.device import autocast, resolve_amp, resolve_device
+from pseudoseg.engine import labels
 from pseudoseg.errors import UserError
 from pseudoseg.fileio import write_json
 
@@ -82,9 +86,13 @@ class Predictor:
 
     @torch.no_grad()
     def probabilities(self, records: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 records [B, C, S, S] at the working size -> probabilities [B, 1, S, S] (float32)."""
+        """uint8 records [B, C, S, S] at the working size -> probabilities [B, K, S, S] (float32).
+
+        ``K`` is the class set's ``channels``: 1 (the foreground probability)
+        for one class, C + 1 (background first) for several.
+        """
         unit = self.normalizer.to_unit(records) if isinstance(records, np.ndarray) else records.to(self.device).float().div(255.0)
         inputs = self.normalizer(unit)
         with autocast(self.device, self.amp_dtype):
-            probs = [torch.sigmoid(network(inputs).float()) for network in self.networks]
+            probs = [labels.probabilities(network(inputs)) for network in self.networks]
         return torch.stack(probs).mean(0) if len(probs) > 1 else probs[0]

@@ -290,6 +290,7 @@ def _silent(_: Any) -> None:
 def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True, log: Callable[[Any], None] = console_print) -> dict[str, Any]:
     """Score every network the run released on the test sets; the released one is the report."""
     from pseudoseg.evaluation.evaluate import evaluate
+    from pseudoseg.evaluation.metrics import conventions_for
     from pseudoseg.evaluation.report import finite_or_none, render_table, write_report
     from pseudoseg.inference import Predictor
 
@@ -311,8 +312,12 @@ def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True
     extra = {"run_dir": str(run_dir), "method": config.method.name, "network": released, "seed": config.seed, **provenance}
     if (run_dir / "budget.json").is_file():
         extra["budget"] = json.loads((run_dir / "budget.json").read_text())
+    classes = predictors[released].preprocessing.classes
+    if not classes.is_binary:
+        extra["classes"] = classes.to_json()
     notes = provenance_notes(provenance)
-    write_report(results[released], report_dir, stem="metrics", title=f"{config.method.name} ({released})", extra=extra, notes=notes)
+    conventions = conventions_for(classes, config.data.kind)
+    write_report(results[released], report_dir, stem="metrics", title=f"{config.method.name} ({released})", extra=extra, notes=notes, conventions=conventions)
     write_json(report_dir / "networks.json", finite_or_none({"released": released, "networks": results, **provenance}))
     for line in notes:
         if line.startswith("**Collapse**"):

@@ -11,6 +11,11 @@ both, always labelled:
   native resolution (meanDice, meanIoU, weighted F-measure, S-measure,
   E-measure, MAE).
 
+A model of several classes is scored per class and as the mean over
+classes (:class:`~pseudoseg.evaluation.metrics.ClassMetrics` for images,
+:class:`~pseudoseg.evaluation.volume_metrics.VolumeMetrics` for volumes), a
+class absent from both prediction and truth being skipped, not counted as 1.
+
 :mod:`pseudoseg.evaluation.report` writes per-test-set tables (JSON, CSV,
 Markdown) and seed-averaged experiment grids whose legends name the
 convention of every column.

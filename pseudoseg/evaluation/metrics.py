@@ -25,11 +25,25 @@ threshold-averaged Dice of a confident model is usually a little below its
 Dice at 0.5, and native resolution differs from 352 x 352), so every column is
 named after its convention and :data:`METRIC_CONVENTIONS` describes each one
 for the report legends.
+
+**Several classes** (a model of ``C >= 2`` foreground classes, see
+:class:`~pseudoseg.data.classes.ClassSet`): the decision is the argmax over
+the ``C + 1`` class probabilities, resized bilinearly to the mask's native
+resolution, and :class:`ClassMetrics` scores Dice and IoU per image and class
+(columns ``dice/<class>``, ``iou/<class>``) and their mean over the foreground
+classes (``dice``, ``iou``). A class absent from both the prediction and the
+mask of an image is *skipped* in that class's mean over images (not counted as
+a perfect 1, which would reward every image for the classes it does not
+show); the mean over classes is over the classes present in at least one
+image. The PraNet metrics are binary saliency measures and are computed for
+one class only. :func:`conventions_for` gives the legend of a class set's
+columns and :func:`headline_columns` the columns a comparison table shows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 import numpy as np
@@ -37,14 +51,22 @@ import torch
 import torch.nn.functional as F
 from py_sod_metrics import MAE, DICEHandler, Emeasure, FmeasureV2, IOUHandler, Smeasure, WeightedFmeasure
 
+from pseudoseg.data.classes import ClassSet
+
 __all__ = [
+    "ClassMetrics",
     "METRIC_CONVENTIONS",
     "PAPER_COLUMNS",
     "PRANET_COLUMNS",
     "PaperMetrics",
     "PraNetMetrics",
+    "class_columns",
+    "class_overlap_counts",
+    "conventions_for",
     "dice_iou_at_threshold",
     "dice_iou_from_counts",
+    "headline_columns",
+    "mean_defined",
     "overlap_counts",
     "resize_bilinear",
     "to_uint8_pair",
@@ -230,6 +252,100 @@ class PaperMetrics:
         }
 
 
+# --------------------------------------------------------------------------- several classes
+
+
+def class_columns(metric: str, names: Sequence[str]) -> list[str]:
+    """Per-class column names of ``metric``: ``["dice/anterior", "dice/posterior"]``."""
+    return [f"{metric}/{name}" for name in names]
+
+
+def mean_defined(values: Sequence[float] | np.ndarray) -> float:
+    """Mean of the finite values (NaN marks a class or case where a score is not defined); NaN when none is."""
+    array = np.asarray(values, dtype=np.float64)
+    finite = array[np.isfinite(array)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def class_overlap_counts(pred: torch.Tensor, target: torch.Tensor, count: int) -> torch.Tensor:
+    """Per map and foreground class ``[|P_c & G_c|, |P_c|, |G_c|]`` of two class-index maps.
+
+    Args:
+        pred: decided class indices, ``[B, H, W]`` (0 background, 1..count the classes).
+        target: true class indices of the same shape.
+        count: number C of foreground classes.
+
+    Returns:
+        float64 ``[B, C, 3]`` on ``pred``'s device; nothing is read back to the host.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction has shape {tuple(pred.shape)} but target has shape {tuple(target.shape)}")
+    return torch.stack([overlap_counts((pred == c).float(), target == c) for c in range(1, count + 1)], dim=1)
+
+
+class ClassMetrics:
+    """Per-class Dice and IoU at the decision over a test set, and their mean over classes.
+
+    For every image and foreground class ``c`` the Dice and IoU of the decided
+    pixels of ``c`` against the mask's pixels of ``c``. A class absent from
+    both in an image is skipped (NaN) for that image: ``dice/<class>`` is the
+    mean over the images where the class is present in the prediction or the
+    mask, and ``dice`` the mean of the per-class columns over the classes
+    present somewhere (so a test set without some class still has a mean).
+    Per-image means over classes (:meth:`per_image`) are over the classes
+    present in that image.
+
+    Example:
+        >>> metrics = ClassMetrics(("anterior", "posterior"))
+        >>> metrics.update(decided, mask)          # class indices [B, H, W]
+        >>> metrics.compute()
+        {'dice': 0.83, 'dice/anterior': 0.85, 'dice/posterior': 0.81, 'iou': ..., 'n': 100}
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        if len(names) < 2:
+            raise ValueError("ClassMetrics scores several classes; use PaperMetrics for one")
+        self.names = tuple(names)
+        self._counts: list[torch.Tensor] = []
+
+    @property
+    def columns(self) -> list[str]:
+        """``dice``, ``dice/<class>``..., ``iou``, ``iou/<class>``... in report order."""
+        return [column for metric in ("dice", "iou") for column in (metric, *class_columns(metric, self.names))]
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add decided class indices and the true ones, both ``[B, H, W]`` (or one map ``[H, W]``)."""
+        if pred.dim() == 2:
+            pred, target = pred[None], target[None]
+        self._counts.append(class_overlap_counts(pred.detach(), target.detach(), len(self.names)))
+
+    def per_image(self) -> dict[str, np.ndarray]:
+        """Per-image scores in the order added: each class's column (NaN where the class is absent), and
+        ``dice``/``iou``, the mean over the classes present in the image (NaN when none is)."""
+        counts = torch.cat(self._counts).cpu() if self._counts else torch.zeros((0, len(self.names), 3), dtype=torch.float64)
+        dice, iou = dice_iou_from_counts(counts[..., 0], counts[..., 1], counts[..., 2])
+        absent = (counts[..., 1] + counts[..., 2]) == 0
+        scores: dict[str, np.ndarray] = {}
+        for metric, values in (("dice", dice), ("iou", iou)):
+            table = values.masked_fill(absent, math.nan).numpy()
+            scores[metric] = np.array([mean_defined(row) for row in table])
+            scores.update({column: table[:, k] for k, column in enumerate(class_columns(metric, self.names))})
+        return {column: scores[column] for column in self.columns}
+
+    def compute(self) -> dict[str, float | int]:
+        """Each class's mean over the images where it is present, the mean over classes, and ``n``."""
+        if not self._counts:
+            raise ValueError("ClassMetrics.compute() called before any update()")
+        scores = self.per_image()
+        out: dict[str, float | int] = {}
+        for metric in ("dice", "iou"):
+            per_class = {column: mean_defined(scores[column]) for column in class_columns(metric, self.names)}
+            out[metric] = mean_defined(list(per_class.values()))
+            out.update(per_class)
+        out["n"] = int(len(scores["dice"]))
+        return out
+
+
 # --------------------------------------------------------------------------- PraNet convention
 
 
@@ -355,3 +471,73 @@ class PraNetMetrics:
             "MAE": float(self._mae.get_results()["mae"]),
             "n": self._n,
         }
+
+
+# --------------------------------------------------------------------------- columns and legends per class set
+
+_SKIPPED = "a class absent from both prediction and {truth} of {unit} is skipped there, not counted as 1"
+
+
+def _class_label(classes: ClassSet, index: int) -> str:
+    values = classes.values[index] if classes.values is not None else ()
+    shown = f" (label value{'s' if len(values) > 1 else ''} {', '.join(map(str, values))})" if values else ""
+    return f"class {classes.names[index]}{shown}"
+
+
+def conventions_for(classes: ClassSet, kind: str) -> dict[str, str]:
+    """Column -> description of its convention, for the reports of a model of ``classes`` on ``kind`` data.
+
+    One class: :data:`METRIC_CONVENTIONS`, unchanged. Several: the per-class
+    and mean columns that :class:`ClassMetrics` (``kind`` ``folders``) or
+    :class:`~pseudoseg.evaluation.volume_metrics.VolumeMetrics` (``volumes``)
+    write, each stating the absent-class rule.
+    """
+    if classes.is_binary:
+        return dict(METRIC_CONVENTIONS)
+    decision = "the argmax over the C + 1 class probabilities"
+    per_class: dict[str, str]
+    if kind == "volumes":
+        where = f"per case in 3-D, on the slice predictions stacked, restored to the scan's voxel grid and decided by {decision}"
+        skipped = _SKIPPED.format(truth="label", unit="a case")
+        means = {
+            "dice": f"volume convention, several classes: Dice {where}; each class averaged over the cases where it is present ({skipped}), then the mean over the foreground classes present in some case",
+            "hd95_mm": f"volume convention, several classes: 95th-percentile symmetric Hausdorff distance in mm (voxel spacing, MONAI) {where}; each class averaged over the cases where it is in both prediction and label (absent from both: skipped, not counted as 0 mm; in exactly one: undefined, counted in hd95_undefined), then the mean over the classes where it is defined; lower is better",
+            "hd95_undefined": "volume convention, several classes: number of (case, class) pairs where the class is in exactly one of prediction and label (HD95 undefined), left out of hd95_mm",
+        }
+        per_class = {
+            "dice": f"volume convention: Dice of {{label}} {where}, averaged over the cases where the class is present in the prediction or the label (absent from both: skipped)",
+            "hd95_mm": f"volume convention: HD95 in mm of {{label}} {where}, averaged over the cases where the class is in both prediction and label; lower is better",
+            "hd95_undefined": "volume convention: number of cases where {label} is in exactly one of prediction and label (HD95 undefined), left out of its hd95_mm",
+        }
+    else:
+        where = f"per image at the decision ({decision} resized bilinearly to the mask's native resolution)"
+        skipped = _SKIPPED.format(truth="mask", unit="an image")
+        means = {
+            metric: f"several classes: {title} {where}; each class averaged over the images where it is present ({skipped}), then the mean over the foreground classes present in some image"
+            for metric, title in (("dice", "Dice"), ("iou", "IoU"))
+        }
+        per_class = {
+            metric: f"several classes: {title} of {{label}} {where}, averaged over the images where the class is present in the prediction or the mask (absent from both: skipped)"
+            for metric, title in (("dice", "Dice"), ("iou", "IoU"))
+        }
+    out: dict[str, str] = {}
+    for metric, description in means.items():
+        out[metric] = description
+        for index, column in enumerate(class_columns(metric, classes.names)):
+            out[column] = per_class[metric].format(label=_class_label(classes, index))
+    return out
+
+
+def headline_columns(classes: ClassSet, kind: str) -> tuple[str, ...]:
+    """The columns a comparison of models (an experiment grid) tabulates, one table each.
+
+    One class: the paper Dice and the PraNet meanDice (images), or 3-D Dice,
+    HD95 and the undefined-HD95 count (volumes). Several: the mean over classes
+    and each class, for Dice (and HD95 for volumes; IoU's mean for images).
+    """
+    if classes.is_binary:
+        return ("dice", "hd95_mm", "hd95_undefined") if kind == "volumes" else ("dice@0.5", "meanDice")
+    dice = ("dice", *class_columns("dice", classes.names))
+    if kind == "volumes":
+        return (*dice, "hd95_mm", *class_columns("hd95_mm", classes.names), "hd95_undefined")
+    return (*dice, "iou")

@@ -10,7 +10,10 @@ The "mean" row is the *unweighted* mean over test sets, as in the polyp
 literature: each test set counts once, whatever its number of images.
 
 Input shape used throughout: ``per_set = {"Kvasir": {"dice@0.5": 0.91,
-"meanDice": 0.89, ..., "n": 100}, "CVC-ClinicDB": {...}, ...}``.
+"meanDice": 0.89, ..., "n": 100}, "CVC-ClinicDB": {...}, ...}``. A model of
+several classes has a column per class named ``<metric>/<class>``
+(``dice/anterior``) beside the mean over classes (``dice``); the legends of
+those columns come from :func:`pseudoseg.evaluation.metrics.conventions_for`.
 """
 
 from __future__ import annotations
@@ -66,10 +69,15 @@ def _ordered_union(keys: Iterable[Iterable[str]]) -> list[str]:
 
 
 def _order_columns(columns: Iterable[str]) -> list[str]:
-    """Known columns in :data:`METRIC_CONVENTIONS` order (paper first), then the rest as given."""
+    """Known columns in :data:`METRIC_CONVENTIONS` order (paper first), then the rest as given.
+
+    A per-class column (``dice/anterior``) follows its metric's column (``dice``, the mean over classes).
+    """
     columns = list(columns)
-    known = [c for c in METRIC_CONVENTIONS if c in columns]
-    return known + [c for c in columns if c not in METRIC_CONVENTIONS]
+    ordered: list[str] = []
+    for known in (c for c in METRIC_CONVENTIONS if c in columns):
+        ordered += [known, *(c for c in columns if c.startswith(f"{known}/"))]
+    return ordered + [c for c in columns if c not in ordered]
 
 
 def _metric_columns(per_set: Mapping[str, Mapping[str, Any]], *, ignore: Sequence[str] = ("n",)) -> list[str]:

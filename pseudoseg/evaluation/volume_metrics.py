@@ -13,6 +13,16 @@ Empty masks are common in organ/tumour data, so their handling is fixed here:
   the mean (``nanmean``); :meth:`VolumeMetrics.compute` counts such cases in
   ``"hd95_undefined"`` so a mean over few cases is not mistaken for a mean over
   all of them.
+
+With several classes (``VolumeMetrics(class_names)``, predictions and labels
+as class-index volumes) every class is scored as above on its own voxels,
+except that a class absent from both the prediction and the label of a case
+is *skipped* for that case (neither Dice 1 nor HD95 0: most cases of a
+multi-organ set would otherwise score perfectly on the organs they do not
+show). ``dice/<class>`` is the class's mean over the cases where it is
+present, ``hd95_mm/<class>`` over the cases where it is in both; ``dice``
+and ``hd95_mm`` are the means over the classes (those defined somewhere), and
+a case's own mean over classes is over the classes defined in it.
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
+
+from pseudoseg.evaluation.metrics import class_columns, mean_defined
 
 __all__ = ["VolumeMetrics", "volume_dice", "volume_hd95"]
 
@@ -105,6 +117,10 @@ def volume_hd95(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float]) 
 class VolumeMetrics:
     """Accumulates per-case Dice and HD95 and averages them over cases.
 
+    ``class_names``: none (or one name) for one foreground class, scored on
+    binary masks as the module describes; several for class-index volumes
+    (0 background, ``i`` the i-th name), scored per class.
+
     Example::
 
         metrics = VolumeMetrics()
@@ -113,7 +129,8 @@ class VolumeMetrics:
         summary = metrics.compute()   # {"dice": ..., "hd95_mm": ..., "n": ..., "cases": {...}}
     """
 
-    def __init__(self) -> None:
+    def __init__(self, class_names: Sequence[str] | None = None) -> None:
+        self.class_names = tuple(class_names) if class_names is not None and len(class_names) > 1 else None
         self._cases: dict[str, dict[str, float]] = {}
 
     def reset(self) -> None:
@@ -126,15 +143,37 @@ class VolumeMetrics:
         target: np.ndarray,
         spacing: Sequence[float],
     ) -> dict[str, float]:
-        """Score one case and remember it; returns ``{"dice": ..., "hd95_mm": ...}``."""
+        """Score one case and remember it; returns ``{"dice": ..., "hd95_mm": ...}``.
+
+        With several classes ``pred`` and ``target`` are class-index volumes
+        and the result holds ``dice/<class>`` and ``hd95_mm/<class>`` (NaN where
+        the class is absent from both, HD95 also where it is in only one) and
+        the case's ``dice`` and ``hd95_mm``, means over the classes defined in it.
+        """
         if case_id in self._cases:
             raise ValueError(f"case {case_id!r} was already scored")
-        scores = {"dice": volume_dice(pred, target), "hd95_mm": volume_hd95(pred, target, spacing)}
+        if self.class_names is None:
+            scores = {"dice": volume_dice(pred, target), "hd95_mm": volume_hd95(pred, target, spacing)}
+        else:
+            scores = self._class_scores(np.asarray(pred), np.asarray(target), spacing)
         self._cases[case_id] = scores
         return dict(scores)
 
+    def _class_scores(self, pred: np.ndarray, target: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+        _check_shapes(pred, target)
+        dice: dict[str, float] = {}
+        hd95: dict[str, float] = {}
+        for index, name in enumerate(self.class_names, 1):
+            p, t = pred == index, target == index
+            present = bool(p.any() or t.any())
+            dice[f"dice/{name}"] = volume_dice(p, t) if present else math.nan
+            hd95[f"hd95_mm/{name}"] = volume_hd95(p, t, spacing) if present else math.nan
+        return {"dice": mean_defined(list(dice.values())), **dice, "hd95_mm": mean_defined(list(hd95.values())), **hd95}
+
     def compute(self) -> dict[str, Any]:
         """Means over cases (HD95 over the cases where it is defined) and the per-case table."""
+        if self.class_names is not None:
+            return self._compute_classes()
         dice = np.array([c["dice"] for c in self._cases.values()], dtype=np.float64)
         hd95 = np.array([c["hd95_mm"] for c in self._cases.values()], dtype=np.float64)
         defined = ~np.isnan(hd95)
@@ -143,5 +182,27 @@ class VolumeMetrics:
             "hd95_mm": float(hd95[defined].mean()) if defined.any() else math.nan,
             "n": int(dice.size),
             "hd95_undefined": int((~defined).sum()),
+            "cases": {case_id: dict(scores) for case_id, scores in sorted(self._cases.items())},
+        }
+
+    def _compute_classes(self) -> dict[str, Any]:
+        """Per class: mean over the cases where it is defined; the means over classes; undefined HD95 counts."""
+        names = self.class_names
+        column = {key: np.array([c[key] for c in self._cases.values()], dtype=np.float64) for key in (*class_columns("dice", names), *class_columns("hd95_mm", names))}
+        dice = {key: mean_defined(column[key]) for key in class_columns("dice", names)}
+        hd95 = {key: mean_defined(column[key]) for key in class_columns("hd95_mm", names)}
+        # present (a Dice) but no HD95: the class is in exactly one of prediction and label
+        undefined = {
+            f"hd95_undefined/{name}": int((~np.isnan(column[f"dice/{name}"]) & np.isnan(column[f"hd95_mm/{name}"])).sum())
+            for name in names
+        }
+        return {
+            "dice": mean_defined(list(dice.values())),
+            **dice,
+            "hd95_mm": mean_defined(list(hd95.values())),
+            **hd95,
+            "hd95_undefined": sum(undefined.values()),
+            **undefined,
+            "n": len(self._cases),
             "cases": {case_id: dict(scores) for case_id, scores in sorted(self._cases.items())},
         }

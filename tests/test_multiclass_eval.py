@@ -64,7 +64,7 @@ class BandNetwork(nn.Module):
 
 def band_predictor(classes: ClassSet, *, kind: str = "folders", size: int = 8, window: tuple[float, float] = (0.0, 2.0)) -> Predictor:
     in_channels = 3 if kind == "folders" else 1
-    preprocessing = Preprocessing(kind, size, "unit", in_channels, window, 0, classes)
+    preprocessing = Preprocessing(kind, size, "unit", in_channels, window, 0, "window", (0.5, 99.5), classes)
     return Predictor([BandNetwork(classes.channels, in_channels)], preprocessing, device=torch.device("cpu"), amp_dtype=None)
 
 
@@ -209,8 +209,10 @@ def test_evaluate_images_reads_masks_with_the_class_values(tmp_path: Path) -> No
     write_png(root / "s" / "masks" / "b.png", bad)
     with pytest.raises(UserError, match=r"b\.png: label value 5 is not one of"):
         evaluate({"m": band_predictor(TWO_CLASSES)}, root, EvalConfig())
-    write_png(root / "s" / "masks" / "b.png", np.zeros((8, 8, 3), dtype=np.uint8))
-    with pytest.raises(UserError, match=r"b\.png: a label map must have one channel"):
+    colour = np.zeros((8, 8, 3), dtype=np.uint8)
+    colour[0, 0] = (3, 7, 0)  # a label map drawn in colour (a grey one stored as RGB reads as grey)
+    write_png(root / "s" / "masks" / "b.png", colour)
+    with pytest.raises(UserError, match=r"b\.png: label map is a colour image"):
         evaluate({"m": band_predictor(TWO_CLASSES)}, root, EvalConfig())
 
 
@@ -400,7 +402,7 @@ def test_evaluate_and_predict_commands_with_a_saved_model(tmp_path: Path) -> Non
     torch.manual_seed(0)
     model_config = ModelConfig.model_validate({"name": "unet", "channels": [4, 8], "num_res_units": 0})
     network = build_model(model_config, 3, TWO_CLASSES.channels)
-    preprocessing = Preprocessing("folders", 8, "unit", 3, (-100.0, 240.0), 0, TWO_CLASSES)
+    preprocessing = Preprocessing("folders", 8, "unit", 3, (-100.0, 240.0), 0, "window", (0.5, 99.5), TWO_CLASSES)
     weights = tmp_path / "best_raw.safetensors"
     save_weights(weights, network, {"architecture": describe_architecture(model_config, 3, TWO_CLASSES.channels), "preprocessing": preprocessing.to_json()})
     root = _label_png_set(tmp_path / "test")

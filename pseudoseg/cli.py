@@ -51,12 +51,12 @@ def data_synth(
     if lesions and kind != "ct":
         raise UserError(f"--lesions: only for --kind ct, got --kind {kind}")
     if kind == "polyp":
-        from pseudoseg.data.synth_polyp import generate_polyp_dataset
+        from pseudoseg.synth.polyp import generate_polyp_dataset
 
         with task_bars("generating") as bars:
             summary = generate_polyp_dataset(out, size=size, seed=seed, overwrite=overwrite, progress=bars, **counts)
     elif kind == "ct":
-        from pseudoseg.data.synth_ct import generate_ct_dataset
+        from pseudoseg.synth.ct import generate_ct_dataset
 
         with task_bars("generating") as bars:
             summary = generate_ct_dataset(out, seed=seed, lesions=lesions, overwrite=overwrite, progress=bars, **counts)
@@ -202,7 +202,7 @@ def grid(
     config: Annotated[Path, typer.Option("--config", "-c", help="Base YAML configuration; its method section is replaced per variant.")],
     out: Annotated[Path, typer.Option(help="Grid folder: one run per variant and seed, and the tables.")],
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
-    family: Annotated[str, typer.Option(help="momentum (Method A's grid) or rounds (supervised / TSO / ATSO).")] = "momentum",
+    family: Annotated[Optional[str], typer.Option(help="The grid family (pseudoseg methods lists them); default: the one of the base configuration's method.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key of the base configuration (repeatable).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the summary here.")] = None,
     patience: Annotated[int, typer.Option(min=1, help="Supervised rows stop after this many validations without improvement.")] = 5,
@@ -220,6 +220,56 @@ def grid(
     rows = [name.strip() for name in variants.split(",") if name.strip()] if variants else None
     summary = run_grid(config, out, seeds=seed_list, family=family, overrides=set_ or [], patience=patience, variants=rows, log=wide_console().print)
     _write_json_output(json_out, summary)
+
+
+@app.command()
+def methods(
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the list here ('-': to standard output).")] = None,
+) -> None:
+    """List the training methods (built in and plug-ins) with a one-line summary each, and the grid families."""
+    from pseudoseg.methods.registry import grid_families, list_methods
+
+    found = list_methods()
+    families = grid_families()
+    payload = {
+        "methods": [
+            {
+                "name": info.name,
+                "summary": info.summary,
+                "source": info.source,
+                "module": info.module,
+                "section": f"{info.section.__module__}.{info.section.__qualname__}",
+                "uses_unlabeled": info.uses_unlabeled,
+                "grid_families": [family.name for family in info.families],
+                "grid_rows_in": list(info.rows),
+                "recipes": list(info.recipes),
+            }
+            for info in found
+        ],
+        "grid_families": [{"name": family.name, "summary": family.summary, "methods": list(family.methods), "reference": family.reference} for family in families.values()],
+    }
+    if json_out is not None and str(json_out) == "-":
+        import json
+
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title="methods (method.name)", title_justify="left")
+    for column in ("name", "summary", "grid", "from"):
+        table.add_column(column, overflow="fold")
+    for info in found:
+        grids = [name for name, family in families.items() if info.name in family.methods] + [f"+{name}" for name in info.rows]
+        table.add_row(info.name, info.summary, ", ".join(grids), info.source)
+    console = wide_console()
+    console.print(table)
+    grids = Table(title="grid families (pseudoseg grid --family)", title_justify="left")
+    for column in ("family", "base method", "compares"):
+        grids.add_column(column, overflow="fold")
+    for family in families.values():
+        grids.add_row(family.name, " / ".join(family.methods), family.summary)
+    console.print(grids)
+    _write_json_output(json_out, payload)
 
 
 @app.command()

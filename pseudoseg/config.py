@@ -4,18 +4,25 @@ A run is described by one YAML file (see ``configs/``) plus ``--set key=value``
 overrides. Every key is declared here with its type and default; an unknown key
 or a value of the wrong type is reported as one line naming the key
 (``method.beta: Input should be a valid number``), before any work starts.
+
+The ``method`` section is each method's own: declared in the method's module
+(a :class:`MethodSection`) and found through the method registry
+(:mod:`pseudoseg.methods.registry`), so ``RunConfig``, which holds it, is
+built the first time it is used (:func:`run_config_class`).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import types
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from pseudoseg.errors import UserError
 
@@ -326,129 +333,20 @@ class EvalConfig(_Section):
     """Images per forward pass during evaluation."""
 
 
-class SupervisedConfig(_Section):
-    """Train on the labeled split only (``data.labeled_fraction: 1.0`` for the
-    fully supervised upper bound), keeping a momentum copy."""
+class MethodSection(_Section):
+    """The base of a method's configuration section (the ``method`` key of a run).
 
-    name: Literal["supervised"] = "supervised"
-    ema_momentum: float = Field(0.95, ge=0, lt=1)
-    """Momentum of the kept copy: ema <- m * ema + (1 - m) * network, per ``momentum_unit``."""
-    momentum_unit: Literal["step", "epoch"] = "step"
-    """What the momentum means: the share of the copy kept over one step (default:
-    a copy of the last ~1/(1-m) steps, whatever the data set's size) or over one epoch
-    (the momentum paper's numbers, for its teacher stage). Converted to the update rate
-    of ``ema_schedule``: per-epoch m over E steps is m^(1/E) per step."""
-    ema_schedule: Literal["step", "epoch"] = "step"
-    """Update the momentum copy after every step or at the end of every epoch."""
-    ema_buffers: Literal["average", "copy"] = "average"
-    """Batch-norm running statistics: averaged like parameters, or copied."""
+    A subclass declares ``name: Literal["<method>"] = "<method>"`` (the
+    discriminator that picks the section) and its keys, each with an attribute
+    docstring: the README's configuration reference is generated from them.
+    Sections live with their method (``pseudoseg/methods/<method>.py``) and are
+    registered with it (:func:`pseudoseg.methods.register`).
+    """
 
 
-class MomentumConfig(_Section):
-    """Online pseudo labeling with momentum networks (Method A)."""
+class RunSettings(_Section):
+    """Every section of a run but ``method``; :data:`RunConfig` adds the registered methods' sections."""
 
-    name: Literal["momentum"] = "momentum"
-    mode: Literal["online", "offline"] = "online"
-    """``offline``: the teacher is frozen; ``online``: the teacher is updated
-    during the student stage as a momentum copy of the student."""
-    teacher: Literal["momentum", "original"] = "momentum"
-    """Which network of the teacher stage becomes the teacher."""
-    teacher_run: Path | None = None
-    """A finished supervised run directory to take the teacher from; when
-    absent, the teacher stage is trained first in ``<run_dir>/teacher``."""
-    teacher_steps: int | None = Field(None, ge=1)
-    """Teacher-stage steps (default: ``train.steps``)."""
-    teacher_batch_size: int | None = Field(None, ge=1)
-    """Teacher-stage batch (default: labeled + unlabeled batch of the student)."""
-    teacher_stage_momentum: float = Field(0.95, ge=0, lt=1)
-    """Momentum of the teacher stage's copy (the "momentum teacher"), per ``momentum_unit``."""
-    teacher_momentum: float = Field(0.99, ge=0, lt=1)
-    """Online teacher update: teacher <- m * teacher + (1 - m) * student, per ``momentum_unit``."""
-    student_momentum: float = Field(0.99, ge=0, lt=1)
-    """Momentum of the student's own copy (the released model), per ``momentum_unit``."""
-    momentum_unit: Literal["epoch", "step"] = "epoch"
-    """What the three momenta mean: the share kept over one epoch (the paper's numbers:
-    0.95 / 0.99 / 0.99) or over one step. They are converted to the update rate of
-    ``ema_schedule`` (per-epoch m over E steps is m^(1/E) per step), so a recipe means the
-    same at any batch size and data set size."""
-    ema_schedule: Literal["step", "epoch"] = "step"
-    """All momentum updates after every step (default) or once per epoch (the authors' code)."""
-    ema_buffers: Literal["average", "copy"] = "average"
-    """Batch-norm running statistics: averaged like parameters, or copied."""
-    teacher_follows: Literal["auto", "from_start", "once_caught_up"] = "auto"
-    """``mode: online``: when the online teacher starts following the student.
-    ``from_start`` (the paper); ``once_caught_up``: from the first validation at which the
-    student's momentum copy scores at least the teacher (until then the teacher is frozen,
-    as offline), so a student that starts far from the teacher is not averaged into it
-    while it is still worse; ``auto``: ``from_start`` when the student starts from the
-    teacher (``student_init: teacher``), ``once_caught_up`` otherwise."""
-    beta: float = Field(0.3, ge=0)
-    """Weight of the loss against the teacher's pseudo labels."""
-    unlabeled_loss: Literal["segmentation", "mse"] = "segmentation"
-    """Loss against the pseudo labels: the training loss (``train.loss``), or the
-    mean squared error between probabilities (Mean Teacher's consistency)."""
-    beta_rampup_steps: int = Field(0, ge=0)
-    """Sigmoid ramp-up of beta over this many steps (0: constant)."""
-    labels: Literal["soft", "hard"] = "soft"
-    """``soft``: the teacher's probabilities; ``hard``: thresholded at 0.5."""
-    confidence: float = Field(0.0, ge=0, lt=1)
-    """Hard labels only: ignore pixels whose teacher confidence max(p, 1-p) is below."""
-    views: Literal["weak_strong", "same"] = "weak_strong"
-    """``weak_strong``: the teacher labels the weak view, the student sees a
-    photometrically strong view of the same geometry; ``same``: both see the
-    same augmented image (the authors' code)."""
-    student_init: Literal["fresh", "teacher", "random"] = "fresh"
-    """``fresh``: the student starts from the weights the teacher stage started from
-    (``model.weights`` / ``model.encoder_weights`` if set, else the run's seeded
-    initialisation): the paper's fresh student, which shares its ImageNet start with the
-    teacher. ``teacher``: from the teacher's trained weights (measured better without
-    pretrained weights, see the README; with ``mode: online`` and equal teacher and
-    student momenta the online teacher and the student's copy are then one network: Mean
-    Teacher). ``random``: an unrelated initialisation (an ablation: averaged into a
-    trained teacher, it destroys it)."""
-
-    @model_validator(mode="after")
-    def _confidence_needs_hard(self) -> MomentumConfig:
-        if self.confidence > 0 and self.labels != "hard":
-            raise ValueError("confidence applies to hard labels only: set labels: hard")
-        return self
-
-
-class RoundsConfig(_Section):
-    """ATSO and self-learning (TSO): rounds of relabelling and fine-tuning (Method B)."""
-
-    name: Literal["atso", "tso"] = "atso"
-    subsets: int = Field(2, ge=2)
-    """ATSO: number K of disjoint unlabeled subsets."""
-    rounds: int = Field(4, ge=1)
-    """Rounds R after the labeled-only model."""
-    round_steps: int = Field(200, ge=1)
-    """Training steps of every round. The released model of TSO and of ``init:
-    continue`` has had M0 + R x round_steps steps; of ``init: labeled``, M0 +
-    round_steps; of ``init: initial``, round_steps (``budget.json``)."""
-    init: Literal["labeled", "initial", "continue"] = "labeled"
-    """ATSO: where each round starts. ``labeled``: the labeled-only model M0;
-    ``initial``: the weights M0 started from (``model.weights`` /
-    ``model.encoder_weights``, else the run's seeded initialisation), the paper's
-    student that does not continue from its teacher; ``continue``: the previous
-    round's model, which rendered the labels it trains on (self-training on one
-    subset at a time, flagged ``own_labels`` in ``rounds.jsonl``). TSO always continues."""
-    labels: Literal["hard", "soft"] = "hard"
-    """Stored pseudo labels: thresholded at 0.5, or probabilities."""
-    final: Literal["last", "ensemble"] = "last"
-    """``ensemble``: average the predictions of the last K round models."""
-    teacher_run: Path | None = None
-    """A finished supervised run to start from (else trained in ``<run_dir>/round_0``)."""
-    teacher_steps: int | None = Field(None, ge=1)
-    """Steps of the labeled-only stage (default: ``train.steps``)."""
-    beta: float = Field(1.0, ge=0)
-    """Weight of the pseudo-labeled loss."""
-
-
-MethodConfig = Annotated[Union[SupervisedConfig, MomentumConfig, RoundsConfig], Field(discriminator="name")]
-
-
-class RunConfig(_Section):
     run_dir: Path = Path("runs/run")
     """Where the run writes everything; an existing run with the same configuration resumes."""
     seed: int = 0
@@ -459,10 +357,9 @@ class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    method: MethodConfig = SupervisedConfig()
 
     @model_validator(mode="after")
-    def _pretrained_encoder_sees_imagenet_statistics(self) -> RunConfig:
+    def _pretrained_encoder_sees_imagenet_statistics(self) -> RunSettings:
         # ImageNet weights expect ImageNet-normalised inputs; any other scaling
         # silently wastes the pretraining.
         if self.model.encoder_weights == "imagenet" and self.data.normalize != "imagenet":
@@ -472,6 +369,43 @@ class RunConfig(_Section):
     @property
     def split_seed(self) -> int:
         return self.seed if self.data.split_seed is None else self.data.split_seed
+
+
+@functools.cache
+def run_config_class() -> type[RunSettings]:
+    """The run configuration: :class:`RunSettings` plus ``method``, one of the registered
+    methods' sections chosen by its ``name`` (built once, when first asked for).
+
+    Importing ``RunConfig`` from this module calls it; so does loading a configuration.
+    """
+    from pseudoseg.methods.registry import DEFAULT_METHOD, get_method, method_sections
+
+    sections = method_sections()
+    default = get_method(DEFAULT_METHOD).section
+    choice = Annotated[Union[sections], Field(discriminator="name")] if len(sections) > 1 else sections[0]
+    described = Field(default_factory=default, description="The training method: ``name`` picks it (``pseudoseg methods`` lists them), the other keys are its own.")
+    model = create_model("RunConfig", __base__=RunSettings, __module__=__name__, method=(choice, described))
+    model.__doc__ = "A run's configuration: every section of :class:`RunSettings`, and ``method``, the section of one registered method."
+    return model
+
+
+if TYPE_CHECKING:
+    RunConfig = RunSettings  # for type checkers: the class run_config_class() builds
+
+
+def __getattr__(name: str) -> Any:
+    # RunConfig's method section is a union of the registered methods' sections: it
+    # exists once the registry does, built on first use rather than when this module
+    # is imported (the method modules import their base classes from here).
+    if name == "RunConfig":
+        return run_config_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _dotted_path(key: str) -> list[str]:
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {key!r}: empty key")
+    return key.split(".")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -489,10 +423,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` with every override applied: ``key=value`` texts (the value read as YAML, as
+    ``--set``), or a mapping of dotted keys to values (``{"train.steps": 200}``)."""
     merged = copy.deepcopy(raw)
-    for text in overrides:
-        path, value = parse_override(text)
+    if isinstance(overrides, Mapping):
+        pairs = [(_dotted_path(str(key)), value) for key, value in overrides.items()]
+    else:
+        pairs = [parse_override(text) for text in overrides]
+    for path, value in pairs:
         node = merged
         for part in path[:-1]:
             child = node.get(part)
@@ -506,14 +445,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def config_from_dict(raw: dict[str, Any], *, origin: str = "configuration") -> RunConfig:
+    run_config = run_config_class()
     try:
-        return RunConfig.model_validate(raw)
+        return run_config.model_validate(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
         key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-after"))
         # A discriminated union reports the chosen branch in the location
         # ("method.momentum.beta"); users write "method.beta".
-        for name in ("supervised", "momentum", "atso", "tso"):
+        for name in method_names():
             key = key.replace(f"method.{name}.", "method.")
             if key == f"method.{name}":  # a check across keys of the method section
                 key = "method"
@@ -527,6 +467,8 @@ def config_from_dict(raw: dict[str, Any], *, origin: str = "configuration") -> R
         named, sep, rest = message.partition(": ")
         if error["type"] == "value_error" and sep and named.replace(".", "_").isidentifier():
             key, message = (f"{key}.{named}" if key else named), rest
+        if error["type"] == "union_tag_not_found":  # a method section without its name
+            key, message = f"{key}.name", f"required, one of {', '.join(method_names())}"
         if error["type"] == "missing" and key == "data":
             key, message = "data.train", "required (the training folder); the data section is missing"
         raise UserError(f"{origin}: {key}: {message}") from None
@@ -542,8 +484,9 @@ def _as_read(value: Any) -> str:
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run configuration, apply ``key=value`` overrides, validate."""
+def load_config(path: str | Path | None, overrides: list[str] | Mapping[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run configuration, apply overrides (``key=value`` texts or a mapping of dotted keys, see
+    :func:`apply_overrides`), validate."""
     raw: dict[str, Any] = {}
     origin = "configuration"
     if path is not None:
@@ -577,19 +520,31 @@ def _type_name(annotation: Any) -> str:
     return text.replace("NoneType", "None")
 
 
-def config_reference() -> str:
-    """The Markdown reference of every configuration key (embedded in the README)."""
+def method_names() -> tuple[str, ...]:
+    """The ``method.name`` of every registered method, in the registry's order."""
+    return tuple(literal for section in _method_sections() for literal in literal_words(section.model_fields["name"].annotation))
+
+
+def _method_sections(*, built_in_only: bool = False) -> tuple[type[MethodSection], ...]:
+    from pseudoseg.methods.registry import BUILT_IN, list_methods
+
+    return tuple(dict.fromkeys(info.section for info in list_methods() if info.source == BUILT_IN or not built_in_only))
+
+
+def config_reference(*, built_in_only: bool = False) -> str:
+    """The Markdown reference of every configuration key: the run's sections, then the section of
+    every registered method (with ``built_in_only``, of the methods shipped with pseudoseg: the
+    README's, which does not depend on the plug-ins installed where it is generated)."""
+    methods = [(f"method.  (name: {' / '.join(literal_words(section.model_fields['name'].annotation))})", section, None) for section in _method_sections(built_in_only=built_in_only)]
     sections = [
-        ("", RunConfig, ("run_dir", "seed", "device")),
+        ("", RunSettings, ("run_dir", "seed", "device")),
         ("data.", DataConfig, None),
         ("model.", ModelConfig, None),
         ("train.", TrainConfig, None),
         ("train.optim.", OptimConfig, None),
         ("train.augment.", AugmentConfig, None),
         ("eval.", EvalConfig, None),
-        ("method.  (name: supervised)", SupervisedConfig, None),
-        ("method.  (name: momentum)", MomentumConfig, None),
-        ("method.  (name: atso / tso)", RoundsConfig, None),
+        *methods,
     ]
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for prefix, model, only in sections:
@@ -625,7 +580,7 @@ def update_readme(path: Path) -> None:
 
     start, end = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
     text = path.read_text(encoding="utf-8")
-    block = f"{start}\n{config_reference()}\n{end}"
+    block = f"{start}\n{config_reference(built_in_only=True)}\n{end}"
     path.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S), encoding="utf-8")
 
 

@@ -36,7 +36,7 @@ def recipe_path(name: str) -> Path:
 
 
 def run_quickstart(out: Path, *, steps: int | None = None, log: Callable[[Any], None] = console_print) -> RunResult:
-    from pseudoseg.data.synth_polyp import generate_polyp_dataset
+    from pseudoseg.synth.polyp import generate_polyp_dataset
 
     out = Path(out)
     data = out / "data"

@@ -24,13 +24,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import yaml
 
-from pseudoseg.config import RunConfig, dump_config
+from pseudoseg.config import dump_config, run_config_class
 from pseudoseg.data.pool import SamplePool, load_pool
 from pseudoseg.data.splits import Split, load_split, make_split, save_split, split_from_lists
 from pseudoseg.engine.distributed import DistInfo, barrier, init_distributed
@@ -39,9 +39,12 @@ from pseudoseg.engine.trainer import StageResult, Trainer
 from pseudoseg.errors import UserError
 from pseudoseg.progress import console_print, task_bars
 from pseudoseg.fileio import disk_errors, is_temporary_name, remove_temporary_files, write_json, write_text
-from pseudoseg.methods import RECIPES
+from pseudoseg.methods.registry import get_method
 from pseudoseg.methods.session import RunSession
 from pseudoseg.models import build_model, describe_architecture
+
+if TYPE_CHECKING:
+    from pseudoseg.config import RunConfig
 
 
 @dataclass
@@ -123,7 +126,7 @@ def _claim_run_dir(config: RunConfig, run_dir: Path) -> None:
     if config_file.is_file():
         previous = yaml.safe_load(config_file.read_text())
         try:  # keys added to pseudoseg since that run compare as their defaults
-            previous = RunConfig.model_validate(previous).model_dump(mode="json")
+            previous = run_config_class().model_validate(previous).model_dump(mode="json")
         except ValueError:
             pass
         key = _first_difference(previous, config.model_dump(mode="json"))
@@ -201,7 +204,7 @@ def split_line(config: RunConfig, split: Split, pool: SamplePool, unlabeled: np.
         if split.without_mask:
             how += f", {len(split.without_mask)} without a mask"
     scored = len(pool.with_true_masks(unlabeled))
-    if config.method.name != "supervised" and len(unlabeled):
+    if get_method(config.method.name).uses_unlabeled and len(unlabeled):
         if scored == 0:
             how += "; pseudo-label Dice not computed (no true masks in U)"
         elif scored < len(unlabeled):
@@ -257,7 +260,7 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
         validation=_indices(pool, split.validation),
         log=log,
     )
-    outcome = RECIPES[config.method.name](session)
+    outcome = get_method(config.method.name).recipe(session)
     from pseudoseg.inference import write_model_manifest
 
     released = outcome.ensemble or [outcome.networks[outcome.released]]

@@ -50,7 +50,7 @@ def test_binary_momentum_run_is_unchanged(tiny_polyps: Path, tmp_path: Path) -> 
 
 
 def test_binary_atso_run_is_unchanged(tmp_path: Path) -> None:
-    from pseudoseg.data.synth_ct import generate_ct_dataset
+    from pseudoseg.synth.ct import generate_ct_dataset
 
     ct = tmp_path / "ct"
     generate_ct_dataset(ct, n_train=6, n_test=2, shape=(16, 16, 8), seed=0)

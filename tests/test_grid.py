@@ -32,8 +32,8 @@ def test_momentum_grid_is_the_papers_grid_plus_mean_teacher_and_weak_to_strong()
         "offline-momentum",
         "online-original",
         "online-momentum",
-        "mean-teacher",
         "weak-to-strong",
+        "mean-teacher",  # added by the mean_teacher method, after the family's own rows
         "supervised-100%",
     ]
     # the supervised variant is exactly the teacher stage the others reuse, trained until
@@ -54,9 +54,14 @@ def test_momentum_grid_is_the_papers_grid_plus_mean_teacher_and_weak_to_strong()
         assert method.teacher_run == Path("grid/seed0/supervised")
         assert not networks_coincide(method)  # never Mean Teacher under another name
         assert variants[name].train.steps == 600 and variants[name].train.patience is None
+    # Mean Teacher is its own method: the student starts from the seed's labeled-only model and
+    # its teacher forgets at the rate of the base's student copy, ramped up over a quarter of the stage
     mean_teacher = variants["mean-teacher"].method
-    assert (mean_teacher.student_init, mean_teacher.unlabeled_loss, mean_teacher.teacher_momentum) == ("teacher", "mse", mean_teacher.student_momentum)
-    assert mean_teacher.beta_rampup_steps == 150
+    base = config_from_dict(BASE).method
+    assert (mean_teacher.name, mean_teacher.student_init, mean_teacher.beta, mean_teacher.rampup_steps) == ("mean_teacher", "labeled", 1.0, 150)
+    assert (mean_teacher.momentum, mean_teacher.momentum_unit, mean_teacher.views) == (base.student_momentum, base.momentum_unit, base.views)
+    assert (mean_teacher.teacher_steps, mean_teacher.teacher_batch_size, mean_teacher.teacher_stage_momentum) == (800, 16, 0.95)
+    assert mean_teacher.teacher_run == Path("grid/seed0/supervised")
     weak_to_strong = variants["weak-to-strong"].method
     assert (weak_to_strong.mode, weak_to_strong.teacher_momentum, weak_to_strong.labels, weak_to_strong.confidence) == ("online", 0.0, "hard", 0.95)
     assert weak_to_strong.student_init == "teacher"
@@ -130,3 +135,11 @@ def test_family_must_match_the_base_method() -> None:
         grid_variants(config_from_dict(BASE), "rounds")
     with pytest.raises(UserError, match="--family: expected momentum or rounds"):
         grid_variants(config_from_dict(BASE), "other")
+
+
+def test_the_family_defaults_to_the_base_methods_own() -> None:
+    assert [name for name, _ in grid_variants(config_from_dict(BASE), None)] == [name for name, _ in grid_variants(config_from_dict(BASE), "momentum")]
+    rounds = config_from_dict({**BASE, "method": {"name": "tso"}})
+    assert [name for name, _ in grid_variants(rounds, None)][:2] == ["supervised", "tso"]
+    with pytest.raises(UserError, match=r"^--family: method mean_teacher belongs to no grid family; choose one of: momentum \(momentum\); rounds \(atso, tso\)$"):
+        grid_variants(config_from_dict({**BASE, "method": {"name": "mean_teacher"}}), None)

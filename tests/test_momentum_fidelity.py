@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import torch
 
-from pseudoseg.config import MomentumConfig, config_from_dict, load_config
+from pseudoseg.config import config_from_dict, load_config
 from pseudoseg.engine.checkpoint import load_tensors
 from pseudoseg.engine.ema import retained_share, update_momentum
 from pseudoseg.engine.losses import SegmentationLoss, masked_mean_per_image
 from pseudoseg.engine.trainer import Trainer, network_seed, stage_seed
 from pseudoseg.errors import UserError
 from pseudoseg.evaluation.report import summarize_runs, write_grid_report
-from pseudoseg.methods.momentum import networks_coincide, teacher_waits_for_student
+from pseudoseg.methods.momentum import MomentumConfig, networks_coincide, teacher_waits_for_student
 from pseudoseg.runner import train
 from tests.test_momentum import make_strategy
 from tests.test_momentum import run_config as momentum_run_config

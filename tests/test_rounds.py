@@ -90,7 +90,7 @@ def test_split_subsets_keeps_cases_whole() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_ct(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pseudoseg.data.synth_ct import generate_ct_dataset
+    from pseudoseg.synth.ct import generate_ct_dataset
 
     root = tmp_path_factory.mktemp("ct") / "data"
     generate_ct_dataset(root, n_train=6, n_test=1, shape=(16, 16, 8), seed=0)

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pseudoseg.data.synth_ct import GENERATOR_VERSION, generate_ct_dataset
+from pseudoseg.synth.ct import GENERATOR_VERSION, generate_ct_dataset
 from pseudoseg.data.volumes import case_slices, discover_cases, voxel_spacing
 from pseudoseg.errors import UserError
 from pseudoseg.evaluation.volume_metrics import volume_dice

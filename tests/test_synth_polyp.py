@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from pseudoseg.data.synth_polyp import (
+from pseudoseg.synth.polyp import (
     DEFAULT_DOMAINS,
     generate_polyp_dataset,
     polyp_domain,

@@ -118,7 +118,7 @@ def test_selection_never_prefers_a_collapsed_checkpoint_over_a_real_one() -> Non
 @pytest.fixture(scope="module")
 def collapsed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A tiny CT run whose network predicts background everywhere (output bias -1e4), and its log."""
-    from pseudoseg.data.synth_ct import generate_ct_dataset
+    from pseudoseg.synth.ct import generate_ct_dataset
 
     root = tmp_path_factory.mktemp("ct")
     generate_ct_dataset(root / "data", n_train=6, n_test=2, shape=(16, 16, 8), seed=0)

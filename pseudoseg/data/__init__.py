@@ -1,1 +1,1 @@
-"""Data sets: readers for polyp and CT folders and the built-in synthetic polyp generator."""
+"""Data sets: readers for 2-D image folders, CT and MRI volumes and nnU-Net data sets; splits, the sample cache, augmentation."""

@@ -86,4 +86,31 @@ def dice_iou_defined(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return dice, iou, defined
 
 
-__all__ = ["class_overlap_counts", "confidence", "decide", "dice_iou_defined", "harden", "one_hot", "probabilities"]
+def overlap_counts(prob: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Per map ``[|P & G|, |P|, |G|]`` of ``P = prob >= threshold`` and ``G = target > 0.5``.
+
+    Returns a float64 tensor ``[B, 3]`` on ``prob``'s device (exact integer
+    counts; float64 so that sums over a whole data set stay exact and can be
+    all-reduced). Nothing is read back to the host.
+    """
+    if prob.shape != target.shape:
+        raise ValueError(f"prob has shape {tuple(prob.shape)} but target has shape {tuple(target.shape)}")
+    pred = (prob >= threshold).flatten(1)
+    gt = (target if target.dtype == torch.bool else target > 0.5).flatten(1)
+    # count_nonzero: exact integer counts, and faster than sum() on bool tensors.
+    counts = [torch.count_nonzero(pred & gt, dim=1), torch.count_nonzero(pred, dim=1), torch.count_nonzero(gt, dim=1)]
+    return torch.stack(counts, dim=1).to(torch.float64)
+
+
+def dice_iou_from_counts(inter: torch.Tensor, pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice and IoU from ``|P & G|``, ``|P|`` and ``|G|`` (any shape); both empty scores 1."""
+    total = pred + gt  # |P| + |G|
+    union = total - inter
+    ones = torch.ones_like(inter)
+    # Both empty -> total == union == 0: the prediction is perfect, score 1.
+    dice = torch.where(total > 0, 2.0 * inter / total.clamp_min(1.0), ones)
+    iou = torch.where(union > 0, inter / union.clamp_min(1.0), ones)
+    return dice, iou
+
+
+__all__ = ["class_overlap_counts", "confidence", "decide", "dice_iou_defined", "dice_iou_from_counts", "harden", "one_hot", "overlap_counts", "probabilities"]

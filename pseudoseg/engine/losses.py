@@ -19,10 +19,14 @@ probability maps with the network's channels (one-hot for hard labels).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss, MaskedDiceLoss
 from torch import nn
+
+from pseudoseg.engine.labels import probabilities
 
 
 class SegmentationLoss(nn.Module):
@@ -60,3 +64,19 @@ def masked_mean_per_image(values: torch.Tensor, valid: torch.Tensor | None) -> t
         return values.flatten(1).mean(1).mean()
     valid = valid.expand_as(values).flatten(1)
     return ((values.flatten(1) * valid).sum(1) / valid.sum(1).clamp_min(1.0)).mean()
+
+
+def probability_mse(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean Teacher's consistency: the squared error between the probabilities of ``logits``
+    and the target probabilities, summed over the channels of a pixel, then averaged per image
+    (:func:`masked_mean_per_image`)."""
+    squared = (probabilities(logits) - target) ** 2
+    return masked_mean_per_image(squared.sum(dim=1, keepdim=True), valid)
+
+
+def sigmoid_rampup(step: int, length: int) -> float:
+    """exp(-5 (1 - t)^2) for t = step / length in [0, 1] (Laine & Aila); 1 when length is 0."""
+    if length <= 0:
+        return 1.0
+    t = min(max(step / length, 0.0), 1.0)
+    return math.exp(-5.0 * (1.0 - t) ** 2)

@@ -5,12 +5,18 @@ targets of unlabeled images come from, what the loss adds, and when which
 extra network (teacher, momentum copy) is updated. The loop itself (data,
 mixed precision, optimiser, validation, checkpoints, resume, several
 processes) lives in :class:`pseudoseg.engine.trainer.Trainer`.
+
+This module is the whole contract between the two: the strategy, the
+batch it is handed, the stage it trains in (:class:`StageSpec`) and what it
+may use from the loop (:class:`StageContext`). It imports nothing of the
+loop, so methods and the loop depend on it, never the other way round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,8 +24,10 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from pseudoseg.config import RunConfig
     from pseudoseg.data.store import ArrayStore
-    from pseudoseg.engine.trainer import StageContext
+    from pseudoseg.engine.distributed import DistInfo
+    from pseudoseg.engine.losses import SegmentationLoss
 
 
 @dataclass
@@ -87,3 +95,43 @@ class Strategy:
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         pass
+
+
+@dataclass
+class StageSpec:
+    """One training stage: what trains, on which samples, for how long."""
+
+    name: str
+    strategy: Strategy
+    steps: int
+    batch_size: int
+    labeled: np.ndarray
+    validation: np.ndarray
+    unlabeled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    unlabeled_batch_size: int = 0
+    init_weights: Path | None = None
+    """Start the student from these weights (default: fresh initialisation)."""
+    init_seed: int | None = None
+    """Seed of a fresh initialisation (default: the run's, :func:`network_seed`), so
+    every stage of a run that starts fresh starts from the same weights."""
+    describe: dict[str, Any] = field(default_factory=dict)
+    """Settings that define the stage; a resume with other settings is refused."""
+
+
+@dataclass
+class StageContext:
+    """What a strategy may use from the loop it is plugged into."""
+
+    config: RunConfig
+    spec: StageSpec
+    device: torch.device
+    dist: DistInfo
+    student: nn.Module
+    criterion: SegmentationLoss
+    build_network: Callable[[], nn.Module]
+    """A new network of the run's architecture, on the device (for teachers and copies)."""
+    steps_per_epoch: int
+    stage_dir: Path
+
+
+__all__ = ["Batch", "Forward", "StageContext", "StageSpec", "Strategy"]

@@ -21,16 +21,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from pseudoseg.config import RunConfig
-from pseudoseg.data.augment import BatchAugmenter, apply_geometry
+from pseudoseg.data.augment import BatchAugmenter
 from pseudoseg.data.pool import SamplePool
 from pseudoseg.data.preprocessing import InputNormalizer, Preprocessing
+from pseudoseg.engine.batches import BatchAssembler
 from pseudoseg.engine.checkpoint import (
     flatten_optimizer,
     load_tensors,
@@ -43,51 +43,19 @@ from pseudoseg.engine.checkpoint import (
 )
 from pseudoseg.engine.device import autocast, describe_machine, resolve_amp, resolve_device
 from pseudoseg.engine.distributed import DistInfo, all_reduce_sum
-from pseudoseg.engine.labels import harden, one_hot, probabilities
+from pseudoseg.engine.labels import probabilities
 from pseudoseg.engine.losses import SegmentationLoss
 from pseudoseg.engine.streams import IndexStream
 from pseudoseg.errors import UserError
 from pseudoseg.engine.validation import ValidationTally, case_positions, prefer
 from pseudoseg.fileio import disk_errors, write_json, write_text
-from pseudoseg.engine.strategy import Batch, Strategy
+from pseudoseg.engine.strategy import Batch, StageContext, StageSpec, Strategy
 from pseudoseg.progress import console_warn, progress_bar
 
-@dataclass
-class StageSpec:
-    """One training stage: what trains, on which samples, for how long."""
+if TYPE_CHECKING:
+    from pseudoseg.config import RunConfig
 
-    name: str
-    strategy: Strategy
-    steps: int
-    batch_size: int
-    labeled: np.ndarray
-    validation: np.ndarray
-    unlabeled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    unlabeled_batch_size: int = 0
-    init_weights: Path | None = None
-    """Start the student from these weights (default: fresh initialisation)."""
-    init_seed: int | None = None
-    """Seed of a fresh initialisation (default: the run's, :func:`network_seed`), so
-    every stage of a run that starts fresh starts from the same weights."""
-    describe: dict[str, Any] = field(default_factory=dict)
-    """Settings that define the stage; a resume with other settings is refused."""
-
-
-@dataclass
-class StageContext:
-    """What a strategy may use from the loop it is plugged into."""
-
-    config: RunConfig
-    spec: StageSpec
-    device: torch.device
-    dist: DistInfo
-    student: nn.Module
-    criterion: SegmentationLoss
-    build_network: Callable[[], nn.Module]
-    """A new network of the run's architecture, on the device (for teachers and copies)."""
-    steps_per_epoch: int
-    stage_dir: Path
-
+__all__ = ["MetricsLog", "StageContext", "StageResult", "StageSpec", "Trainer", "network_seed", "read_metrics", "stage_result_from_done", "stage_seed", "weights_digest"]
 
 @dataclass
 class StageResult:
@@ -166,6 +134,7 @@ class Trainer:
         self.classes = config.data.class_set
         self.channels = self.classes.channels
         """Output channels: 1 (sigmoid) for one class, C + 1 (softmax) for several."""
+        self.batches = BatchAssembler(config, pool, self.normalizer, dist=dist, device=self.device, channels=self.channels)
         self.stages: list[StageResult] = []
         """Every stage this run trained or reused, in order (the run's budget)."""
 
@@ -197,45 +166,6 @@ class Trainer:
         cls = torch.optim.Adam if optim.name == "adam" else torch.optim.AdamW
         return cls(params, lr=optim.lr, weight_decay=optim.weight_decay, fused=True)
 
-    # --------------------------------------------------------------------- data
-    def _labeled_batch(self, indices: np.ndarray, augmenter: BatchAugmenter) -> tuple[torch.Tensor, torch.Tensor]:
-        geometry = augmenter.sample_geometry(len(indices), affine=self.config.train.augment.labeled_affine)
-        mine = indices[self.dist.shard()]
-        images = self.normalizer.to_unit(self.pool.images.read(mine))
-        masks = one_hot(torch.from_numpy(self.pool.masks.read(mine)).to(self.device), self.channels)
-        images, (masks,) = apply_geometry(images, [masks], geometry.select(self.dist.shard()))
-        if geometry.theta is not None:  # the affine warp interpolates: hard again
-            masks = harden(masks, strict=True)
-        return self.normalizer(images), masks
-
-    def _unlabeled_batch(self, indices: np.ndarray, augmenter: BatchAugmenter, strategy: Strategy) -> dict[str, Any]:
-        part = self.dist.shard()
-        geometry = augmenter.sample_geometry(len(indices), affine=self.config.train.augment.unlabeled_affine)
-        photometry = augmenter.sample_photometry(len(indices), self.config.data.in_channels) if strategy.wants_strong_view else None
-        mine = indices[part]
-        images = self.normalizer.to_unit(self.pool.images.read(mine))
-        maps = []
-        if strategy.label_store is not None:
-            maps.append(strategy.label_store.targets(mine, self.device))
-        images, maps = apply_geometry(images, maps, geometry.select(part))
-        out: dict[str, Any] = {"unlabeled": self.normalizer(images), "unlabeled_index": mine}
-        if photometry is not None:
-            out["unlabeled_strong"] = self.normalizer(augmenter.photometric(images, photometry.select(part)))
-        if maps:
-            out["unlabeled_targets"] = maps[0]
-        return out
-
-    def eval_batches(self, indices: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This process's share of ``indices``, as normalised batches (no augmentation) and
-        their masks (class indices, ``float [B, 1, H, W]``)."""
-        mine = indices[self.dist.shard()]
-        size = self.config.eval.batch_size
-        for start in range(0, len(mine), size):
-            chunk = mine[start : start + size]
-            images = self.normalizer(self.normalizer.to_unit(self.pool.images.read(chunk)))
-            masks = torch.from_numpy(self.pool.masks.read(chunk)).to(self.device).unsqueeze(1).float()
-            yield images, masks
-
     @torch.no_grad()
     def score(self, indices: np.ndarray, predict: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
         """Dice, IoU and collapse of ``predict`` on ``indices``, in the convention of the pool's kind.
@@ -251,7 +181,7 @@ class Trainer:
             size = self.config.eval.batch_size
             cases = (mine[start : start + size] for start in range(0, len(mine), size))
         tally = ValidationTally(n_cases, self.device, classes=self.classes.count)
-        for images, masks in self.eval_batches(indices):
+        for images, masks in self.batches.evaluation(indices):
             with self.autocast():
                 prob = predict(images).float()
             tally.update(prob, masks, threshold, next(cases) if cases is not None else None)
@@ -339,12 +269,13 @@ class Trainer:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 labeled_indices, labeled_epoch_ended = labeled_stream.next()
-                images, masks = self._labeled_batch(labeled_indices, augmenter)
+                images, masks = self.batches.labeled(labeled_indices, augmenter)
                 batch = Batch(images=images, masks=masks)
                 epoch_ended = labeled_epoch_ended
                 if unlabeled_stream is not None:
                     unlabeled_indices, epoch_ended = unlabeled_stream.next()
-                    for key, value in self._unlabeled_batch(unlabeled_indices, augmenter, strategy).items():
+                    views = self.batches.unlabeled(unlabeled_indices, augmenter, strong=strategy.wants_strong_view, label_store=strategy.label_store)
+                    for key, value in views.items():
                         setattr(batch, key, value)
                 with self.autocast():
                     loss, logs = strategy.loss(batch, forward, step)

@@ -37,8 +37,7 @@ import numpy as np
 import torch
 
 from pseudoseg.engine.distributed import DistInfo, all_reduce_sum
-from pseudoseg.engine.labels import class_overlap_counts, decide, dice_iou_defined
-from pseudoseg.evaluation.metrics import dice_iou_from_counts, overlap_counts
+from pseudoseg.engine.labels import class_overlap_counts, decide, dice_iou_defined, dice_iou_from_counts, overlap_counts
 
 __all__ = ["ValidationTally", "case_positions", "prefer"]
 

@@ -1,29 +1,57 @@
-"""Training methods: each a recipe of stages, each stage a small strategy in the one loop.
+"""Training methods: each one module, found by name in the method registry.
 
-``RECIPES`` maps ``method.name`` in the configuration to the function that
-runs it. To add a method: write a :class:`~pseudoseg.engine.strategy.Strategy`
-for what differs from supervised training, a recipe that arranges its stages,
-a configuration section in :mod:`pseudoseg.config`, and register it here.
+A method states only what differs from supervised training: a configuration
+section, a :class:`~pseudoseg.engine.strategy.Strategy` for its stages in the
+one training loop, and a recipe that arranges the stages, registered with
+:func:`register`. Methods of other distributions register through the
+``pseudoseg.methods`` entry-point group. See the README, "Adding a method".
+
+Importing this package is cheap: the registry imports the method modules
+when it is first asked (:func:`list_methods`, :func:`get_method`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from types import MappingProxyType
+from typing import Any
 
-from pseudoseg.engine.strategy import Batch, Strategy
-from pseudoseg.methods.momentum import MomentumStudentStrategy, run_momentum
-from pseudoseg.methods.rounds import RoundStrategy, run_atso, run_tso
-from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.supervised import SupervisedStrategy, run_supervised
+from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, MethodInfo, get_method, grid_families, list_methods, register
 
-RECIPES: MappingProxyType[str, Callable[[RunSession], RecipeOutcome]] = MappingProxyType(
-    {
-        "supervised": run_supervised,
-        "momentum": run_momentum,
-        "atso": run_atso,
-        "tso": run_tso,
-    }
-)
+# What a method module needs, importable from here (loaded on first use: they import torch).
+_LAZY = {
+    "MethodSection": "pseudoseg.config",
+    "Batch": "pseudoseg.engine.strategy",
+    "Forward": "pseudoseg.engine.strategy",
+    "StageContext": "pseudoseg.engine.strategy",
+    "StageSpec": "pseudoseg.engine.strategy",
+    "Strategy": "pseudoseg.engine.strategy",
+    "RecipeOutcome": "pseudoseg.methods.session",
+    "RunSession": "pseudoseg.methods.session",
+}
 
-__all__ = ["RECIPES", "Batch", "MomentumStudentStrategy", "RecipeOutcome", "RoundStrategy", "RunSession", "Strategy", "SupervisedStrategy"]
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "Batch",
+    "Forward",
+    "GridFamily",
+    "GridRow",
+    "LabeledStage",
+    "MethodInfo",
+    "MethodSection",
+    "RecipeOutcome",
+    "RunSession",
+    "StageContext",
+    "StageSpec",
+    "Strategy",
+    "get_method",
+    "grid_families",
+    "list_methods",
+    "register",
+]

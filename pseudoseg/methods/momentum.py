@@ -15,38 +15,111 @@ teacher is first given time to catch up on validation: ``teacher_follows``).
 The student keeps its own momentum copy, which is the released model. Momenta
 are stated per epoch or per step (``momentum_unit``) and converted to the rate
 of the updates.
+
+With ``student_init: teacher`` and equal teacher and student momenta the online
+teacher and the student's copy are one network: Mean Teacher, which has its own
+method (:mod:`pseudoseg.methods.mean_teacher`); the settings stay expressible
+here, are detected (:func:`networks_coincide`) and reported.
+
+This module also defines the ``momentum`` experiment grid (:data:`MOMENTUM_GRID`).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from pseudoseg.config import MomentumConfig, SupervisedConfig, TrainConfig
+from pseudoseg.config import MethodSection, TrainConfig
 from pseudoseg.engine.checkpoint import load_weights_file
-from pseudoseg.engine.streams import batches_per_epoch
-from pseudoseg.engine.losses import masked_mean_per_image
 from pseudoseg.engine.ema import ModelEMA, retained_share, update_momentum
 from pseudoseg.engine.labels import confidence as pixel_confidence
 from pseudoseg.engine.labels import harden, probabilities
-from pseudoseg.engine.trainer import StageContext, StageSpec, stage_seed
+from pseudoseg.engine.losses import probability_mse, sigmoid_rampup
+from pseudoseg.engine.streams import batches_per_epoch
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy
+from pseudoseg.engine.trainer import stage_seed
 from pseudoseg.errors import UserError
-from pseudoseg.engine.strategy import Batch, Forward, Strategy
+from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import finished_stage
-from pseudoseg.methods.supervised import train_labeled_stage
+from pseudoseg.methods.supervised import SupervisedConfig, train_labeled_stage
+
+if TYPE_CHECKING:
+    from pseudoseg.config import RunConfig
 
 
-def sigmoid_rampup(step: int, length: int) -> float:
-    """exp(-5 (1 - t)^2) for t = step / length in [0, 1] (Laine & Aila); 1 when length is 0."""
-    if length <= 0:
-        return 1.0
-    t = min(max(step / length, 0.0), 1.0)
-    return math.exp(-5.0 * (1.0 - t) ** 2)
+class MomentumConfig(MethodSection):
+    """Online pseudo labeling with momentum networks (Method A)."""
+
+    name: Literal["momentum"] = "momentum"
+    mode: Literal["online", "offline"] = "online"
+    """``offline``: the teacher is frozen; ``online``: the teacher is updated
+    during the student stage as a momentum copy of the student."""
+    teacher: Literal["momentum", "original"] = "momentum"
+    """Which network of the teacher stage becomes the teacher."""
+    teacher_run: Path | None = None
+    """A finished supervised run directory to take the teacher from; when
+    absent, the teacher stage is trained first in ``<run_dir>/teacher``."""
+    teacher_steps: int | None = Field(None, ge=1)
+    """Teacher-stage steps (default: ``train.steps``)."""
+    teacher_batch_size: int | None = Field(None, ge=1)
+    """Teacher-stage batch (default: labeled + unlabeled batch of the student)."""
+    teacher_stage_momentum: float = Field(0.95, ge=0, lt=1)
+    """Momentum of the teacher stage's copy (the "momentum teacher"), per ``momentum_unit``."""
+    teacher_momentum: float = Field(0.99, ge=0, lt=1)
+    """Online teacher update: teacher <- m * teacher + (1 - m) * student, per ``momentum_unit``."""
+    student_momentum: float = Field(0.99, ge=0, lt=1)
+    """Momentum of the student's own copy (the released model), per ``momentum_unit``."""
+    momentum_unit: Literal["epoch", "step"] = "epoch"
+    """What the three momenta mean: the share kept over one epoch (the paper's numbers:
+    0.95 / 0.99 / 0.99) or over one step. They are converted to the update rate of
+    ``ema_schedule`` (per-epoch m over E steps is m^(1/E) per step), so a recipe means the
+    same at any batch size and data set size."""
+    ema_schedule: Literal["step", "epoch"] = "step"
+    """All momentum updates after every step (default) or once per epoch (the authors' code)."""
+    ema_buffers: Literal["average", "copy"] = "average"
+    """Batch-norm running statistics: averaged like parameters, or copied."""
+    teacher_follows: Literal["auto", "from_start", "once_caught_up"] = "auto"
+    """``mode: online``: when the online teacher starts following the student.
+    ``from_start`` (the paper); ``once_caught_up``: from the first validation at which the
+    student's momentum copy scores at least the teacher (until then the teacher is frozen,
+    as offline), so a student that starts far from the teacher is not averaged into it
+    while it is still worse; ``auto``: ``from_start`` when the student starts from the
+    teacher (``student_init: teacher``), ``once_caught_up`` otherwise."""
+    beta: float = Field(0.3, ge=0)
+    """Weight of the loss against the teacher's pseudo labels."""
+    unlabeled_loss: Literal["segmentation", "mse"] = "segmentation"
+    """Loss against the pseudo labels: the training loss (``train.loss``), or the
+    mean squared error between probabilities (Mean Teacher's consistency)."""
+    beta_rampup_steps: int = Field(0, ge=0)
+    """Sigmoid ramp-up of beta over this many steps (0: constant)."""
+    labels: Literal["soft", "hard"] = "soft"
+    """``soft``: the teacher's probabilities; ``hard``: thresholded at 0.5."""
+    confidence: float = Field(0.0, ge=0, lt=1)
+    """Hard labels only: ignore pixels whose teacher confidence max(p, 1-p) is below."""
+    views: Literal["weak_strong", "same"] = "weak_strong"
+    """``weak_strong``: the teacher labels the weak view, the student sees a
+    photometrically strong view of the same geometry; ``same``: both see the
+    same augmented image (the authors' code)."""
+    student_init: Literal["fresh", "teacher", "random"] = "fresh"
+    """``fresh``: the student starts from the weights the teacher stage started from
+    (``model.weights`` / ``model.encoder_weights`` if set, else the run's seeded
+    initialisation): the paper's fresh student, which shares its ImageNet start with the
+    teacher. ``teacher``: from the teacher's trained weights (measured better without
+    pretrained weights, see the README; with ``mode: online`` and equal teacher and
+    student momenta the online teacher and the student's copy are then one network: Mean
+    Teacher). ``random``: an unrelated initialisation (an ablation: averaged into a
+    trained teacher, it destroys it)."""
+
+    @model_validator(mode="after")
+    def _confidence_needs_hard(self) -> MomentumConfig:
+        if self.confidence > 0 and self.labels != "hard":
+            raise ValueError("confidence applies to hard labels only: set labels: hard")
+        return self
 
 
 def pseudo_targets(prob: torch.Tensor, kind: str, confidence: float) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -142,8 +215,7 @@ class MomentumStudentStrategy(Strategy):
         criterion = self.context.criterion
         loss_sup = criterion(logits[:labeled], batch.masks)
         if method.unlabeled_loss == "mse":  # Mean Teacher's consistency between probabilities
-            squared = (probabilities(logits[labeled:]) - target) ** 2  # summed over classes per pixel
-            loss_unsup = masked_mean_per_image(squared.sum(dim=1, keepdim=True), valid)
+            loss_unsup = probability_mse(logits[labeled:], target, valid)
         else:
             loss_unsup = criterion(logits[labeled:], target, valid)
         beta = method.beta * sigmoid_rampup(step, method.beta_rampup_steps)
@@ -195,6 +267,43 @@ def teacher_stage_settings(method: MomentumConfig, train: TrainConfig) -> tuple[
     return supervised, method.teacher_steps or train.steps, method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size)
 
 
+def _labeled_stage(base: RunConfig) -> LabeledStage:
+    supervised, steps, batch_size = teacher_stage_settings(base.method, base.train)
+    return LabeledStage(supervised.model_dump(mode="json"), steps, batch_size)
+
+
+def _momentum_rows(base: RunConfig) -> list[GridRow]:
+    return [
+        GridRow.settings("offline-original", mode="offline", teacher="original"),
+        GridRow.settings("offline-momentum", mode="offline", teacher="momentum"),
+        GridRow.settings("online-original", mode="online", teacher="original"),
+        GridRow.settings("online-momentum", mode="online", teacher="momentum"),
+        # The FixMatch family's weak-to-strong baseline: the teacher is the current
+        # student itself (momentum 0), hard labels kept only where it is confident.
+        GridRow.settings("weak-to-strong", mode="online", teacher="momentum", student_init="teacher", teacher_momentum=0.0, labels="hard", confidence=0.95),
+    ]
+
+
+MOMENTUM_GRID = GridFamily(
+    name="momentum",
+    summary="Method A's grid: offline and online pseudo labeling with either teacher, weak-to-strong, and the rows other methods add",
+    methods=("momentum",),
+    labeled_stage=_labeled_stage,
+    rows=(_momentum_rows,),
+)
+"""The paper's grid: supervised on the labeled split (which is also the teacher stage),
+offline and online pseudo labeling with the original and the momentum teacher, a
+weak-to-strong baseline, the rows of other methods (Mean Teacher), and supervised on
+100 % of the labels."""
+
+
+@register(
+    "momentum",
+    section=MomentumConfig,
+    summary="Online pseudo labeling with momentum networks (Pham Van et al., 2022): the teacher follows the student as its momentum copy.",
+    families=(MOMENTUM_GRID,),
+    recipes=("polyp_momentum_synthetic.yaml", "polyp_momentum_cvc.yaml", "polyp_momentum_pranet.yaml"),
+)
 def run_momentum(session: RunSession) -> RecipeOutcome:
     method: MomentumConfig = session.config.method
     train = session.config.train
@@ -263,7 +372,8 @@ def _explain_teacher(session: RunSession, strategy: MomentumStudentStrategy) -> 
     if strategy.coincide:
         session.log(
             "momentum: student_init: teacher with equal teacher and student momenta makes the online teacher and the "
-            "student's momentum copy one network (Mean Teacher); it is validated, saved and reported once, as ema"
+            "student's momentum copy one network (Mean Teacher), which method.name: mean_teacher runs on its own; "
+            "it is validated, saved and reported once, as ema"
         )
         return
     if method.mode != "online":
@@ -280,4 +390,4 @@ def _explain_teacher(session: RunSession, strategy: MomentumStudentStrategy) -> 
         )
 
 
-__all__ = ["MomentumStudentStrategy", "teacher_stage_settings", "networks_coincide", "teacher_waits_for_student", "pseudo_targets", "run_momentum", "sigmoid_rampup"]
+__all__ = ["MOMENTUM_GRID", "MomentumConfig", "MomentumStudentStrategy", "networks_coincide", "pseudo_targets", "run_momentum", "sigmoid_rampup", "teacher_stage_settings", "teacher_waits_for_student"]

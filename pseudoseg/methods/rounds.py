@@ -80,23 +80,60 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
-from pseudoseg.config import RoundsConfig, SupervisedConfig
+from pydantic import Field
+
+from pseudoseg.config import MethodSection
 from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.distributed import barrier
 from pseudoseg.engine.labels import harden
-from pseudoseg.engine.strategy import Batch, Forward, Strategy
-from pseudoseg.engine.trainer import StageResult, StageSpec, read_metrics
+from pseudoseg.engine.strategy import Batch, Forward, StageSpec, Strategy
+from pseudoseg.engine.trainer import StageResult, read_metrics
 from pseudoseg.errors import UserError
 from pseudoseg.fileio import write_json, write_text
 from pseudoseg.methods.label_store import PseudoLabelStore, label_agreement, render_pseudo_labels
+from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import finished_stage
-from pseudoseg.methods.supervised import train_labeled_stage
+from pseudoseg.methods.supervised import SupervisedConfig, train_labeled_stage
+
+if TYPE_CHECKING:
+    from pseudoseg.config import RunConfig
+
+
+class RoundsConfig(MethodSection):
+    """ATSO and self-learning (TSO): rounds of relabelling and fine-tuning (Method B)."""
+
+    name: Literal["atso", "tso"] = "atso"
+    subsets: int = Field(2, ge=2)
+    """ATSO: number K of disjoint unlabeled subsets."""
+    rounds: int = Field(4, ge=1)
+    """Rounds R after the labeled-only model."""
+    round_steps: int = Field(200, ge=1)
+    """Training steps of every round. The released model of TSO and of ``init:
+    continue`` has had M0 + R x round_steps steps; of ``init: labeled``, M0 +
+    round_steps; of ``init: initial``, round_steps (``budget.json``)."""
+    init: Literal["labeled", "initial", "continue"] = "labeled"
+    """ATSO: where each round starts. ``labeled``: the labeled-only model M0;
+    ``initial``: the weights M0 started from (``model.weights`` /
+    ``model.encoder_weights``, else the run's seeded initialisation), the paper's
+    student that does not continue from its teacher; ``continue``: the previous
+    round's model, which rendered the labels it trains on (self-training on one
+    subset at a time, flagged ``own_labels`` in ``rounds.jsonl``). TSO always continues."""
+    labels: Literal["hard", "soft"] = "hard"
+    """Stored pseudo labels: thresholded at 0.5, or probabilities."""
+    final: Literal["last", "ensemble"] = "last"
+    """``ensemble``: average the predictions of the last K round models."""
+    teacher_run: Path | None = None
+    """A finished supervised run to start from (else trained in ``<run_dir>/round_0``)."""
+    teacher_steps: int | None = Field(None, ge=1)
+    """Steps of the labeled-only stage (default: ``train.steps``)."""
+    beta: float = Field(1.0, ge=0)
+    """Weight of the pseudo-labeled loss."""
 
 # --------------------------------------------------------------------------- schedule
 
@@ -230,6 +267,79 @@ class _LabelFile:
         return PseudoLabelStore(self.path, self.indices, channels=self.channels)
 
 
+# --------------------------------------------------------------------------- grid
+
+
+def _labeled_stage(base: RunConfig) -> LabeledStage:
+    return LabeledStage(SupervisedConfig().model_dump(mode="json"), base.method.teacher_steps or base.train.steps, base.train.batch_size)
+
+
+def _rounds_rows(base: RunConfig) -> list[GridRow]:
+    """TSO, ATSO from each start, with another K and with the ensemble, at TSO's total steps;
+    ATSO from each start at TSO's released-model steps."""
+    method = base.method
+    subsets = method.subsets
+    # TSO's released model and its whole run both have M0 + R x s steps. ATSO rows with
+    # round_steps s spend the same total; "-full" rows give every round the steps that
+    # make the released model's equal TSO's (M0's actual steps are read from the seed's
+    # supervised run, which may have stopped early).
+    R, s = method.rounds, method.round_steps
+    other_k = 3 if subsets != 3 else 2
+
+    def initial_full(raw: dict[str, Any], teacher_run: Path) -> dict[str, Any]:
+        return {**raw, "name": "atso", "subsets": subsets, "final": "last", "init": "initial", "round_steps": _stage_steps(teacher_run) + R * s}
+
+    return [
+        GridRow.settings("tso", name="tso", subsets=subsets, final="last"),
+        GridRow.settings("atso", name="atso", subsets=subsets, final="last", init="labeled", round_steps=s),
+        GridRow.settings("atso-initial", name="atso", subsets=subsets, final="last", init="initial", round_steps=s),
+        GridRow.settings("atso-continue", name="atso", subsets=subsets, final="last", init="continue", round_steps=s),
+        GridRow.settings(f"atso-k{other_k}", name="atso", subsets=other_k, final="last", init="labeled", round_steps=s),
+        GridRow.settings("atso-ensemble", name="atso", subsets=subsets, final="ensemble", init="labeled", round_steps=s),
+        GridRow.settings("atso-full", name="atso", subsets=subsets, final="last", init="labeled", round_steps=R * s),
+        GridRow("atso-initial-full", initial_full),
+    ]
+
+
+def _stage_steps(run_dir: Path) -> int:
+    """Optimiser steps a finished supervised run spent (its ``budget.json``)."""
+    path = Path(run_dir) / "budget.json"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; the seed's supervised run must finish first")
+    return int(json.loads(path.read_text())["steps"])
+
+
+def _plot_rounds(out: Path, runs: dict[str, dict[str, str]]) -> None:
+    from pseudoseg.evaluation.plots import plot_grid_rounds
+
+    plot_grid_rounds(out, runs)
+
+
+ROUNDS_GRID = GridFamily(
+    name="rounds",
+    summary="Method B's grid: supervised, TSO, ATSO from each start, another K, the ensemble, at both budgets",
+    methods=("atso", "tso"),
+    labeled_stage=_labeled_stage,
+    rows=(_rounds_rows,),
+    reference="tso",
+    plots=_plot_rounds,
+)
+"""Supervised on the labeled split, self-learning (TSO), ATSO from each start (the
+labeled-only model, its initial weights, the previous round), with another K and with
+the ensemble of the last K models, each at TSO's total steps, ATSO from each start at
+TSO's *released-model* steps (each round a full schedule), and the 100 % upper bound.
+Every table shows both budgets and the per-seed differences from TSO."""
+
+# --------------------------------------------------------------------------- recipes
+
+
+@register(
+    "atso",
+    section=RoundsConfig,
+    summary="ATSO (Huo et al., 2021): disjoint subsets of U, each relabelled by a model that did not train on it.",
+    families=(ROUNDS_GRID,),
+    recipes=("ct_atso_synthetic.yaml", "ct_atso_full_synthetic.yaml", "ct_atso_pancreas.yaml", "mri_atso_hippocampus.yaml"),
+)
 def run_atso(session: RunSession) -> RecipeOutcome:
     """ATSO: K disjoint subsets of U, each relabelled by a model that did not train on it."""
     method: RoundsConfig = session.config.method
@@ -243,6 +353,12 @@ def run_atso(session: RunSession) -> RecipeOutcome:
     return run_rounds(session, atso_schedule(method.rounds, method.subsets, init=method.init), subsets, init=method.init)
 
 
+@register(
+    "tso",
+    section=RoundsConfig,
+    summary="Self-learning (TSO): every round relabels all of U with the current model and fine-tunes that model on it.",
+    recipes=("ct_tso_synthetic.yaml", "mri_tso_hippocampus.yaml"),
+)
 def run_tso(session: RunSession) -> RecipeOutcome:
     """Self-learning: each round relabels all of U with the current model and fine-tunes it on it.
 
@@ -571,7 +687,9 @@ def _relative(path: Path, root: Path) -> str:
 
 
 __all__ = [
+    "ROUNDS_GRID",
     "RoundPlan",
+    "RoundsConfig",
     "RoundStrategy",
     "RoundsLog",
     "atso_schedule",

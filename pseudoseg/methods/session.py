@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pseudoseg.config import RunConfig
-from pseudoseg.data.pool import SamplePool
-from pseudoseg.data.splits import Split
-from pseudoseg.engine.trainer import Trainer
 from pseudoseg.errors import UserError
 from pseudoseg.progress import console_print
+
+if TYPE_CHECKING:
+    from pseudoseg.config import RunConfig
+    from pseudoseg.data.pool import SamplePool
+    from pseudoseg.data.splits import Split
+    from pseudoseg.engine.trainer import Trainer
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,35 @@ its "momentum" copy), the labeled-only baseline, and, with
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
 from torch import nn
 
-from pseudoseg.config import SupervisedConfig
+from pseudoseg.config import MethodSection
 from pseudoseg.engine.ema import ModelEMA, update_momentum
-from pseudoseg.engine.trainer import StageContext, StageResult, StageSpec
-from pseudoseg.engine.strategy import Strategy
+from pseudoseg.engine.strategy import StageContext, StageSpec, Strategy
+from pseudoseg.engine.trainer import StageResult
+from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
+
+
+class SupervisedConfig(MethodSection):
+    """Train on the labeled split only (``data.labeled_fraction: 1.0`` for the
+    fully supervised upper bound), keeping a momentum copy."""
+
+    name: Literal["supervised"] = "supervised"
+    ema_momentum: float = Field(0.95, ge=0, lt=1)
+    """Momentum of the kept copy: ema <- m * ema + (1 - m) * network, per ``momentum_unit``."""
+    momentum_unit: Literal["step", "epoch"] = "step"
+    """What the momentum means: the share of the copy kept over one step (default:
+    a copy of the last ~1/(1-m) steps, whatever the data set's size) or over one epoch
+    (the momentum paper's numbers, for its teacher stage). Converted to the update rate
+    of ``ema_schedule``: per-epoch m over E steps is m^(1/E) per step."""
+    ema_schedule: Literal["step", "epoch"] = "step"
+    """Update the momentum copy after every step or at the end of every epoch."""
+    ema_buffers: Literal["average", "copy"] = "average"
+    """Batch-norm running statistics: averaged like parameters, or copied."""
 
 
 class SupervisedStrategy(Strategy):
@@ -52,6 +74,12 @@ def train_labeled_stage(
     return session.trainer.fit(spec)
 
 
+@register(
+    "supervised",
+    section=SupervisedConfig,
+    summary="Supervised training on the labeled split only, keeping a momentum copy (the baseline; with all labels, the upper bound).",
+    uses_unlabeled=False,
+)
 def run_supervised(session: RunSession) -> RecipeOutcome:
     method: SupervisedConfig = session.config.method
     train = session.config.train
@@ -66,3 +94,6 @@ def run_supervised(session: RunSession) -> RecipeOutcome:
         batch_size=train.batch_size,
     )
     return RecipeOutcome("ema", {"ema": result.weights("ema"), "raw": result.weights("raw")})
+
+
+__all__ = ["SupervisedConfig", "SupervisedStrategy", "run_supervised", "train_labeled_stage"]

@@ -324,7 +324,7 @@ def generate_ct_dataset(
             "numTest": n_test,
             "training": training,
             "test": test,
-            "generator": "pseudoseg.data.synth_ct",
+            "generator": "pseudoseg.synth.ct",
             "generator_version": GENERATOR_VERSION,
             "seed": int(seed),
             **({"lesions": True} if lesions else {}),

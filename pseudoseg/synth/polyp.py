@@ -659,7 +659,7 @@ def generate_polyp_dataset(
             if progress is not None:
                 progress(done, len(jobs))
         summary = {
-            "generator": "pseudoseg.data.synth_polyp",
+            "generator": "pseudoseg.synth.polyp",
             "generator_version": GENERATOR_VERSION,
             "layout": "PraNet",
             "seed": int(seed),

@@ -1,0 +1,91 @@
+"""Batch assembly: pool indices in, one process's augmented, normalised device tensors out.
+
+Every process draws the augmentation parameters of the *whole* global batch
+from the stage's augmenter (one seeded generator) and keeps its own share, so
+the images a process sees, and the random state a checkpoint stores, do not
+depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from pseudoseg.data.augment import BatchAugmenter, apply_geometry
+from pseudoseg.data.pool import SamplePool
+from pseudoseg.data.preprocessing import InputNormalizer
+from pseudoseg.engine.distributed import DistInfo
+from pseudoseg.engine.labels import harden, one_hot
+
+if TYPE_CHECKING:
+    from pseudoseg.config import RunConfig
+    from pseudoseg.data.store import ArrayStore
+
+
+class BatchAssembler:
+    """This process's labeled, unlabeled and evaluation batches of a run's pool.
+
+    Args:
+        config: the run's configuration (augmentation switches, input channels, evaluation batch size).
+        pool: the decoded training pool.
+        normalizer: the run's input normalisation.
+        dist: this process's place among the processes.
+        device: where the batches go.
+        channels: the network's output channels (targets are one-hot over them).
+    """
+
+    def __init__(self, config: RunConfig, pool: SamplePool, normalizer: InputNormalizer, *, dist: DistInfo, device: torch.device, channels: int) -> None:
+        self.config = config
+        self.pool = pool
+        self.normalizer = normalizer
+        self.dist = dist
+        self.device = device
+        self.channels = channels
+
+    def labeled(self, indices: np.ndarray, augmenter: BatchAugmenter) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented, normalised images ``[b, C, S, S]`` and their targets ``[b, K, S, S]`` (one-hot, hard)."""
+        geometry = augmenter.sample_geometry(len(indices), affine=self.config.train.augment.labeled_affine)
+        mine = indices[self.dist.shard()]
+        images = self.normalizer.to_unit(self.pool.images.read(mine))
+        masks = one_hot(torch.from_numpy(self.pool.masks.read(mine)).to(self.device), self.channels)
+        images, (masks,) = apply_geometry(images, [masks], geometry.select(self.dist.shard()))
+        if geometry.theta is not None:  # the affine warp interpolates: hard again
+            masks = harden(masks, strict=True)
+        return self.normalizer(images), masks
+
+    def unlabeled(self, indices: np.ndarray, augmenter: BatchAugmenter, *, strong: bool, label_store: ArrayStore | None) -> dict[str, Any]:
+        """The fields of :class:`~pseudoseg.engine.strategy.Batch` for unlabeled images: the weak view,
+        the photometrically strong view of the same geometry (``strong``), and stored pseudo labels
+        warped with the images (``label_store``)."""
+        part = self.dist.shard()
+        geometry = augmenter.sample_geometry(len(indices), affine=self.config.train.augment.unlabeled_affine)
+        photometry = augmenter.sample_photometry(len(indices), self.config.data.in_channels) if strong else None
+        mine = indices[part]
+        images = self.normalizer.to_unit(self.pool.images.read(mine))
+        maps = []
+        if label_store is not None:
+            maps.append(label_store.targets(mine, self.device))
+        images, maps = apply_geometry(images, maps, geometry.select(part))
+        out: dict[str, Any] = {"unlabeled": self.normalizer(images), "unlabeled_index": mine}
+        if photometry is not None:
+            out["unlabeled_strong"] = self.normalizer(augmenter.photometric(images, photometry.select(part)))
+        if maps:
+            out["unlabeled_targets"] = maps[0]
+        return out
+
+    def evaluation(self, indices: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's share of ``indices``, as normalised batches (no augmentation) and
+        their masks (class indices, ``float [B, 1, H, W]``)."""
+        mine = indices[self.dist.shard()]
+        size = self.config.eval.batch_size
+        for start in range(0, len(mine), size):
+            chunk = mine[start : start + size]
+            images = self.normalizer(self.normalizer.to_unit(self.pool.images.read(chunk)))
+            masks = torch.from_numpy(self.pool.masks.read(chunk)).to(self.device).unsqueeze(1).float()
+            yield images, masks
+
+
+__all__ = ["BatchAssembler"]

@@ -1,0 +1,207 @@
+"""Mean Teacher (Tarvainen & Valpola, 2017): the student's own momentum copy is its teacher.
+
+One student stage; the teacher is the exponential moving average of the
+student's weights (``momentum``, per step or per epoch, as every momentum in
+pseudoseg) and is never trained itself. Each step::
+
+    loss = L_sup(student(x_l), y_l) + beta * ramp(step) * mean_pixels sum_k (p_student(x_u')_k - p_teacher(x_u)_k)^2
+
+where the consistency is the squared error between the two networks'
+probabilities (summed over the classes of a pixel, averaged per image), the
+teacher sees the weak view ``x_u`` and the student a photometrically strong
+view ``x_u'`` of the same geometry (``views: weak_strong``) or the same view
+(``views: same``), and ``ramp`` is the sigmoid ramp-up exp(-5 (1 - t)^2) over
+``rampup_steps``. The teacher is the released model (``ema``).
+
+By default the student starts from the momentum copy of a labeled-only stage
+(``<run_dir>/teacher``, or a finished supervised run given as ``teacher_run``):
+the same harness as the momentum method's student, so the two compare methods,
+not starts. ``student_init: fresh`` is the original recipe, from the run's
+initialisation, where the ramp-up keeps the consistency from pulling a random
+student towards its random copy.
+
+Mean Teacher is also a setting of the momentum method (``student_init:
+teacher`` with equal teacher and student momenta, ``unlabeled_loss: mse``); on
+the same seed and data both train the same weights (tests/test_mean_teacher.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from pseudoseg.config import MethodSection
+from pseudoseg.engine.ema import ModelEMA, update_momentum
+from pseudoseg.engine.labels import probabilities
+from pseudoseg.engine.losses import probability_mse, sigmoid_rampup
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy
+from pseudoseg.methods.registry import GridRow, register
+from pseudoseg.methods.session import RecipeOutcome, RunSession
+from pseudoseg.methods.stages import finished_stage
+from pseudoseg.methods.supervised import train_labeled_stage
+
+if TYPE_CHECKING:
+    from pseudoseg.config import RunConfig
+
+
+class MeanTeacherConfig(MethodSection):
+    """Mean Teacher: consistency with the student's own momentum copy, ramped up."""
+
+    name: Literal["mean_teacher"] = "mean_teacher"
+    momentum: float = Field(0.99, ge=0, lt=1)
+    """The teacher: teacher <- m * teacher + (1 - m) * student, per ``momentum_unit``."""
+    momentum_unit: Literal["step", "epoch"] = "step"
+    """What the momenta (``momentum``, ``teacher_stage_momentum``) mean: the share kept over
+    one step or over one epoch; converted to the update rate of ``ema_schedule``."""
+    ema_schedule: Literal["step", "epoch"] = "step"
+    """Momentum updates after every step or once per epoch."""
+    ema_buffers: Literal["average", "copy"] = "average"
+    """Batch-norm running statistics of the teacher: averaged like parameters, or copied."""
+    beta: float = Field(1.0, ge=0)
+    """Weight of the consistency loss (after the ramp-up)."""
+    rampup_steps: int | None = Field(None, ge=0)
+    """Sigmoid ramp-up of ``beta`` over this many steps (0: none); None: a quarter of ``train.steps``."""
+    views: Literal["weak_strong", "same"] = "weak_strong"
+    """``weak_strong``: the teacher sees the weak view, the student a photometrically strong
+    view of the same geometry; ``same``: both see the strong view."""
+    student_init: Literal["labeled", "fresh"] = "labeled"
+    """``labeled``: the student starts from the momentum copy of a labeled-only stage (trained
+    in ``<run_dir>/teacher``, or ``teacher_run``); ``fresh``: from the run's initialisation
+    (the original recipe; no labeled-only stage)."""
+    teacher_run: Path | None = None
+    """``student_init: labeled``: a finished supervised run to start from instead of training the stage."""
+    teacher_steps: int | None = Field(None, ge=1)
+    """Steps of the labeled-only stage (default: ``train.steps``)."""
+    teacher_batch_size: int | None = Field(None, ge=1)
+    """Batch of the labeled-only stage (default: labeled + unlabeled batch of the student)."""
+    teacher_stage_momentum: float = Field(0.95, ge=0, lt=1)
+    """Momentum of the labeled-only stage's copy (the student's start), per ``momentum_unit``."""
+
+    @model_validator(mode="after")
+    def _teacher_run_needs_a_labeled_start(self) -> MeanTeacherConfig:
+        if self.teacher_run is not None and self.student_init != "labeled":
+            raise ValueError("teacher_run: a fresh student starts from no labeled-only stage; set student_init: labeled or drop teacher_run")
+        return self
+
+    def rampup(self, steps: int) -> int:
+        """The ramp-up length in steps, for a stage of ``steps`` steps."""
+        return steps // 4 if self.rampup_steps is None else self.rampup_steps
+
+
+class MeanTeacherStrategy(Strategy):
+    """The student stage: supervised loss plus the ramped consistency with its momentum copy."""
+
+    uses_unlabeled = True
+    renders_pseudo_labels = True
+    # both view choices draw the photometric parameters: "same" feeds the strong view to both networks
+    wants_strong_view = True
+
+    def __init__(self, method: MeanTeacherConfig, rampup_steps: int) -> None:
+        self.method = method
+        self.rampup_steps = rampup_steps
+
+    def setup(self, context: StageContext) -> None:
+        super().setup(context)
+        method = self.method
+        rate = update_momentum(method.momentum, unit=method.momentum_unit, schedule=method.ema_schedule, steps_per_epoch=context.steps_per_epoch)
+        self.teacher = ModelEMA(context.student, rate, buffers=method.ema_buffers)
+
+    def loss(self, batch: Batch, forward: Forward, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        teacher_view = batch.unlabeled if self.method.views == "weak_strong" else batch.unlabeled_strong
+        target = self.pseudo_labels(teacher_view)
+        logits = forward(torch.cat([batch.images, batch.unlabeled_strong]))
+        labeled = batch.images.shape[0]
+        loss_sup = self.context.criterion(logits[:labeled], batch.masks)
+        loss_unsup = probability_mse(logits[labeled:], target)
+        weight = self.method.beta * sigmoid_rampup(step, self.rampup_steps)
+        return loss_sup + weight * loss_unsup, {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach()}
+
+    def after_step(self, step: int, epoch_ended: bool) -> None:
+        if self.method.ema_schedule == "step" or epoch_ended:
+            self.teacher.update()
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"ema": self.teacher.module}
+
+    @torch.no_grad()
+    def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's probabilities (float32), in eval mode, in the student's memory format."""
+        teacher = self.teacher.module.eval()  # batch-norm running statistics, dropout off
+        if self.context.config.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return probabilities(teacher(images))
+
+
+def _momentum_grid_row(base: RunConfig) -> list[GridRow]:
+    """Mean Teacher in the momentum grid: the student starts from the seed's labeled-only model
+    and its copy forgets at the rate of the base configuration's student copy; consistency
+    weight 1, ramped up over the first quarter of the stage."""
+    method = base.method
+
+    def section(raw: dict[str, Any], _: Path) -> dict[str, Any]:
+        return {
+            "name": "mean_teacher",
+            "momentum": method.student_momentum,
+            "momentum_unit": method.momentum_unit,
+            "ema_schedule": method.ema_schedule,
+            "ema_buffers": method.ema_buffers,
+            "beta": 1.0,
+            "rampup_steps": base.train.steps // 4,
+            "views": method.views,
+            "student_init": "labeled",
+            "teacher_steps": method.teacher_steps,
+            "teacher_batch_size": method.teacher_batch_size,
+            "teacher_stage_momentum": method.teacher_stage_momentum,
+        }
+
+    return [GridRow("mean-teacher", section)]
+
+
+@register(
+    "mean_teacher",
+    section=MeanTeacherConfig,
+    summary="Mean Teacher (Tarvainen & Valpola, 2017): consistency with the student's own momentum copy, on probabilities, ramped up.",
+    rows={"momentum": _momentum_grid_row},
+)
+def run_mean_teacher(session: RunSession) -> RecipeOutcome:
+    method: MeanTeacherConfig = session.config.method
+    train = session.config.train
+    session.require_unlabeled()
+    start: Path | None = None
+    if method.student_init == "labeled":
+        if method.teacher_run is not None:
+            labeled_stage = finished_stage(method.teacher_run, session)
+        else:
+            labeled_stage = train_labeled_stage(
+                session,
+                "teacher",
+                momentum=method.teacher_stage_momentum,
+                unit=method.momentum_unit,
+                schedule=method.ema_schedule,
+                buffers=method.ema_buffers,
+                steps=method.teacher_steps or train.steps,
+                batch_size=method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size),
+            )
+        start = labeled_stage.weights("ema")
+    rampup = method.rampup(train.steps)
+    spec = StageSpec(
+        name="student",
+        strategy=MeanTeacherStrategy(method, rampup),
+        steps=train.steps,
+        batch_size=train.batch_size,
+        unlabeled_batch_size=train.unlabeled_batch_size,
+        labeled=session.labeled,
+        unlabeled=session.unlabeled,
+        validation=session.validation,
+        init_weights=start,
+        describe={"strategy": "mean_teacher", **method.model_dump(mode="json"), "rampup": rampup, "init_weights": str(start)},
+    )
+    student = session.trainer.fit(spec)
+    return RecipeOutcome("ema", {"ema": student.weights("ema"), "raw": student.weights("raw")})
+
+
+__all__ = ["MeanTeacherConfig", "MeanTeacherStrategy", "run_mean_teacher"]

@@ -40,7 +40,7 @@ from pseudoseg.engine.labels import confidence as pixel_confidence
 from pseudoseg.engine.labels import harden, probabilities
 from pseudoseg.engine.losses import probability_mse, sigmoid_rampup
 from pseudoseg.engine.streams import batches_per_epoch
-from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy, Views
 from pseudoseg.engine.trainer import stage_seed
 from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, register
@@ -168,8 +168,9 @@ class MomentumStudentStrategy(Strategy):
         self.gated = teacher_waits_for_student(method)
         self.following = not self.gated
         """Whether the online teacher follows the student yet (set at a validation)."""
-        # Both views need the photometric draw: "same" feeds the strong view to both networks.
-        self.wants_strong_view = True
+
+    # Both view choices need the photometric draw: "same" feeds the strong view to both networks.
+    views = Views(photometric=True)
 
     def update_momenta(self, steps_per_epoch: int) -> tuple[float, float]:
         """(teacher, student) momentum of one update, converted from ``momentum_unit``."""

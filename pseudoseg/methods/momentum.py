@@ -279,22 +279,20 @@ def _momentum_rows(base: RunConfig) -> list[GridRow]:
         GridRow.settings("offline-momentum", mode="offline", teacher="momentum"),
         GridRow.settings("online-original", mode="online", teacher="original"),
         GridRow.settings("online-momentum", mode="online", teacher="momentum"),
-        # The FixMatch family's weak-to-strong baseline: the teacher is the current
-        # student itself (momentum 0), hard labels kept only where it is confident.
-        GridRow.settings("weak-to-strong", mode="online", teacher="momentum", student_init="teacher", teacher_momentum=0.0, labels="hard", confidence=0.95),
+        # weak-to-strong with a confidence threshold is FixMatch's row (pseudoseg/methods/fixmatch.py)
     ]
 
 
 MOMENTUM_GRID = GridFamily(
     name="momentum",
-    summary="Method A's grid: offline and online pseudo labeling with either teacher, weak-to-strong, and the rows other methods add",
+    summary="Method A's grid: offline and online pseudo labeling with either teacher, and the rows other methods add (Mean Teacher, FixMatch, UniMatch, CPS)",
     methods=("momentum",),
     labeled_stage=_labeled_stage,
     rows=(_momentum_rows,),
 )
 """The paper's grid: supervised on the labeled split (which is also the teacher stage),
-offline and online pseudo labeling with the original and the momentum teacher, a
-weak-to-strong baseline, the rows of other methods (Mean Teacher), and supervised on
+offline and online pseudo labeling with the original and the momentum teacher, the
+rows of other methods (Mean Teacher, FixMatch, UniMatch, CPS), and supervised on
 100 % of the labels."""
 
 

@@ -256,6 +256,67 @@ class OptimConfig(_Section):
     """Clip the global gradient norm to this value (None: no clipping)."""
 
 
+def _ordered_range(value: tuple[float, float]) -> tuple[float, float]:
+    if not 0.0 <= value[0] <= value[1]:
+        raise ValueError(f"expected 0 <= low <= high, got {list(value)}")
+    return value
+
+
+class StrongAugmentConfig(_Section):
+    """The strong augmentation of weak-to-strong methods (FixMatch, UniMatch): colour
+    jitter, random greyscale and Gaussian blur, each with a probability (the UniMatch
+    code's settings). Saturation, hue and greyscale apply to colour images
+    (``data.kind: folders``) only: the channels of volumes are slices or modalities."""
+
+    brightness: float = Field(0.5, ge=0, le=1)
+    """Colour jitter: intensities multiplied by a factor in [1 - b, 1 + b]."""
+    contrast: float = Field(0.5, ge=0, le=1)
+    """Colour jitter: blended with the image's mean grey by a factor in [1 - c, 1 + c]."""
+    saturation: float = Field(0.5, ge=0, le=1)
+    """Colour jitter: blended with the image's greyscale by a factor in [1 - s, 1 + s]."""
+    hue: float = Field(0.25, ge=0, le=0.5)
+    """Colour jitter: chroma rotated by up to this fraction of a turn (0: off)."""
+    jitter_probability: float = Field(0.8, ge=0, le=1)
+    """Probability of the colour jitter (brightness, contrast, saturation, hue in this order)."""
+    greyscale_probability: float = Field(0.2, ge=0, le=1)
+    """Probability of turning a colour image grey."""
+    blur_probability: float = Field(0.5, ge=0, le=1)
+    """Probability of a Gaussian blur."""
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    """Range of the blur's standard deviation, in pixels of the working resolution."""
+
+    _blur_sigma = field_validator("blur_sigma")(_ordered_range)
+
+
+class CutMixConfig(_Section):
+    """CutMix of strong views (FixMatch, UniMatch): a box of one image pasted from another
+    image of the same process's share of the batch (the UniMatch code's settings)."""
+
+    probability: float = Field(0.5, ge=0, le=1)
+    """Probability that an image gets a box."""
+    area: tuple[float, float] = (0.02, 0.4)
+    """Range of the box's area, as a fraction of the image."""
+    aspect: tuple[float, float] = (0.3, 1 / 0.3)
+    """Range of the box's height / width."""
+
+    _area = field_validator("area")(_ordered_range)
+    _aspect = field_validator("aspect")(_ordered_range)
+
+    @field_validator("area")
+    @classmethod
+    def _area_at_most_one(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[1] > 1.0:
+            raise ValueError(f"a fraction of the image, at most 1, got {list(value)}")
+        return value
+
+    @field_validator("aspect")
+    @classmethod
+    def _aspect_positive(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] <= 0.0:
+            raise ValueError(f"must be positive, got {list(value)}")
+        return value
+
+
 class AugmentConfig(_Section):
     """Batched, seeded augmentation (see :mod:`pseudoseg.data.augment`)."""
 
@@ -281,6 +342,10 @@ class AugmentConfig(_Section):
     """Per-channel additive shift, as a fraction of the intensity range."""
     noise_std: float = Field(0.0, ge=0)
     """Strong view: standard deviation of added Gaussian noise."""
+    strong: StrongAugmentConfig = StrongAugmentConfig()
+    """The strong augmentation of weak-to-strong methods."""
+    cutmix: CutMixConfig = CutMixConfig()
+    """CutMix of the strong views."""
 
 
 class TrainConfig(_Section):
@@ -543,6 +608,8 @@ def config_reference(*, built_in_only: bool = False) -> str:
         ("train.", TrainConfig, None),
         ("train.optim.", OptimConfig, None),
         ("train.augment.", AugmentConfig, None),
+        ("train.augment.strong.", StrongAugmentConfig, None),
+        ("train.augment.cutmix.", CutMixConfig, None),
         ("eval.", EvalConfig, None),
         *methods,
     ]

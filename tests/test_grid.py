@@ -24,7 +24,7 @@ def _variants(raw: dict, family: str) -> dict:
     return {name: config_from_dict(make(raw, teacher_run)) for name, make in grid_variants(base, family)}
 
 
-def test_momentum_grid_is_the_papers_grid_plus_mean_teacher_and_weak_to_strong() -> None:
+def test_momentum_grid_is_the_papers_grid_plus_the_baselines() -> None:
     variants = _variants(BASE, "momentum")
     assert list(variants) == [
         "supervised",
@@ -32,8 +32,11 @@ def test_momentum_grid_is_the_papers_grid_plus_mean_teacher_and_weak_to_strong()
         "offline-momentum",
         "online-original",
         "online-momentum",
-        "weak-to-strong",
-        "mean-teacher",  # added by the mean_teacher method, after the family's own rows
+        # added by the baselines' method files, after the family's own rows, in the order the methods are listed
+        "cps",
+        "fixmatch",
+        "mean-teacher",
+        "unimatch",
         "supervised-100%",
     ]
     # the supervised variant is exactly the teacher stage the others reuse, trained until
@@ -62,9 +65,13 @@ def test_momentum_grid_is_the_papers_grid_plus_mean_teacher_and_weak_to_strong()
     assert (mean_teacher.momentum, mean_teacher.momentum_unit, mean_teacher.views) == (base.student_momentum, base.momentum_unit, base.views)
     assert (mean_teacher.teacher_steps, mean_teacher.teacher_batch_size, mean_teacher.teacher_stage_momentum) == (800, 16, 0.95)
     assert mean_teacher.teacher_run == Path("grid/seed0/supervised")
-    weak_to_strong = variants["weak-to-strong"].method
-    assert (weak_to_strong.mode, weak_to_strong.teacher_momentum, weak_to_strong.labels, weak_to_strong.confidence) == ("online", 0.0, "hard", 0.95)
-    assert weak_to_strong.student_init == "teacher"
+    # the one-stage baselines start from the seed's labeled-only model with the paper's defaults,
+    # for the student stage's steps; FixMatch replaces the former weak-to-strong row
+    for name in ("fixmatch", "unimatch", "cps"):
+        config = variants[name]
+        assert (config.method.name, config.method.student_init, config.method.steps) == (name, "labeled", None)
+        assert config.method.teacher_run == Path("grid/seed0/supervised") and config.train.steps == 600
+    assert (variants["fixmatch"].method.threshold, variants["unimatch"].method.threshold, variants["cps"].method.cps_weight) == (0.95, 0.95, 1.5)
 
 
 def test_grid_patience_is_an_option() -> None:
@@ -95,6 +102,9 @@ def test_rounds_grid_holds_each_budget_against_tso(tmp_path: Path) -> None:
         "atso-ensemble",
         "atso-full",
         "atso-initial-full",
+        "cps",
+        "fixmatch",
+        "unimatch",
         "supervised-100%",
     ]
     assert variants["supervised"].train.steps == 400
@@ -118,8 +128,10 @@ def test_rounds_grid_holds_each_budget_against_tso(tmp_path: Path) -> None:
     # from the initial weights, M0's actual steps + 600
     assert settings("atso-full") == ("atso", "labeled", 2, "last", 4, 600)
     assert settings("atso-initial-full") == ("atso", "initial", 2, "last", 4, 350 + 600)
+    # the baselines after the shared M0 spend TSO's R x round_steps
+    assert [variants[name].method.steps for name in ("cps", "fixmatch", "unimatch")] == [600, 600, 600]
     for name in variants:
-        if name.startswith(("tso", "atso")):
+        if not name.startswith("supervised"):
             assert variants[name].method.teacher_run == teacher_run
 
 

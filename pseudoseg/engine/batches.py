@@ -19,10 +19,10 @@ from pseudoseg.data.pool import SamplePool
 from pseudoseg.data.preprocessing import InputNormalizer
 from pseudoseg.engine.distributed import DistInfo
 from pseudoseg.engine.labels import harden, one_hot
+from pseudoseg.engine.strategy import Views
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
-    from pseudoseg.data.store import ArrayStore
 
 
 class BatchAssembler:
@@ -56,24 +56,37 @@ class BatchAssembler:
             masks = harden(masks, strict=True)
         return self.normalizer(images), masks
 
-    def unlabeled(self, indices: np.ndarray, augmenter: BatchAugmenter, *, strong: bool, label_store: ArrayStore | None) -> dict[str, Any]:
-        """The fields of :class:`~pseudoseg.engine.strategy.Batch` for unlabeled images: the weak view,
-        the photometrically strong view of the same geometry (``strong``), and stored pseudo labels
-        warped with the images (``label_store``)."""
+    def unlabeled(self, indices: np.ndarray, augmenter: BatchAugmenter, views: Views) -> dict[str, Any]:
+        """The fields of :class:`~pseudoseg.engine.strategy.Batch` for unlabeled images: the weak view
+        and the ``views`` a strategy asks for, all of the same geometry."""
         part = self.dist.shard()
-        geometry = augmenter.sample_geometry(len(indices), affine=self.config.train.augment.unlabeled_affine)
-        photometry = augmenter.sample_photometry(len(indices), self.config.data.in_channels) if strong else None
+        n = len(indices)
+        # every draw is for the global batch, in a fixed order (Views): the generator's
+        # state after a step does not depend on the number of processes
+        geometry = augmenter.sample_geometry(n, affine=self.config.train.augment.unlabeled_affine)
+        photometry = augmenter.sample_photometry(n, self.config.data.in_channels) if views.photometric else None
+        strong = [(augmenter.sample_strong(n), augmenter.sample_cutmix(n) if views.cutmix else None) for _ in range(views.strong)]
         mine = indices[part]
         images = self.normalizer.to_unit(self.pool.images.read(mine))
         maps = []
-        if label_store is not None:
-            maps.append(label_store.targets(mine, self.device))
+        if views.stored_labels is not None:
+            maps.append(views.stored_labels.targets(mine, self.device))
         images, maps = apply_geometry(images, maps, geometry.select(part))
         out: dict[str, Any] = {"unlabeled": self.normalizer(images), "unlabeled_index": mine}
         if photometry is not None:
             out["unlabeled_strong"] = self.normalizer(augmenter.photometric(images, photometry.select(part)))
         if maps:
             out["unlabeled_targets"] = maps[0]
+        if strong:
+            colour = self.config.data.kind == "folders"  # volumes' channels are slices or modalities
+            height, width = images.shape[-2:]
+            views_out, mixes = [], []
+            for params, cutmix in strong:
+                view = self.normalizer(augmenter.strong(images, params.select(part), colour=colour))
+                mix = cutmix.select(part).boxes(height, width, self.device) if cutmix is not None else None
+                views_out.append(mix.apply(view) if mix is not None else view)
+                mixes.append(mix)
+            out["strong"], out["mixes"] = tuple(views_out), tuple(mixes)
         return out
 
     def evaluation(self, indices: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

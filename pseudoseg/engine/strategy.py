@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -25,9 +25,42 @@ from torch import nn
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
+    from pseudoseg.data.augment import CutMix
     from pseudoseg.data.store import ArrayStore
     from pseudoseg.engine.distributed import DistInfo
     from pseudoseg.engine.losses import SegmentationLoss
+
+
+@dataclass(frozen=True)
+class Views:
+    """The views of the unlabeled images a strategy asks the batch assembler for.
+
+    The weak view (``Batch.unlabeled``: the geometric augmentation alone) is always
+    there; every other view shares its geometry, so a prediction on one view is
+    aligned pixel for pixel with the others. Random parameters are drawn for the
+    global batch from the stage's augmenter (whose generator is checkpointed), in
+    this order: geometry, photometry, then each strong view's parameters and its
+    CutMix; so a resumed run, or one on several processes, sees the same views.
+    """
+
+    photometric: bool = False
+    """``Batch.unlabeled_strong``: brightness, contrast, colour shift and noise
+    (``train.augment``; the momentum method's and Mean Teacher's strong view)."""
+    strong: int = 0
+    """``Batch.strong``: this many views with the strong augmentation of weak-to-strong
+    methods (colour jitter, greyscale, blur: ``train.augment.strong``), each drawn anew."""
+    cutmix: bool = False
+    """Each strong view CutMix-mixed within this process's share of the batch
+    (``train.augment.cutmix``); ``Batch.mixes`` says how, to mix targets alike."""
+    stored_labels: ArrayStore | None = None
+    """``Batch.unlabeled_targets``: pseudo labels on disk (indexed by pool index),
+    read for each unlabeled batch and warped with the images."""
+
+    def __post_init__(self) -> None:
+        if self.strong < 0:
+            raise ValueError(f"strong views: expected a count >= 0, got {self.strong}")
+        if self.cutmix and not self.strong:
+            raise ValueError("cutmix mixes strong views: ask for at least one (strong >= 1)")
 
 
 @dataclass
@@ -37,18 +70,30 @@ class Batch:
     images: torch.Tensor
     """Labeled images [b, C, S, S] (this process's share)."""
     masks: torch.Tensor
-    """Their masks [b, 1, S, S] in {0, 1}."""
+    """Their targets [b, K, S, S] (one-hot; the foreground indicator for one class)."""
     unlabeled: torch.Tensor | None = None
     """Unlabeled images, weak view [u, C, S, S]."""
     unlabeled_strong: torch.Tensor | None = None
-    """The same images and geometry, photometrically strong (when the strategy asks)."""
+    """The same images and geometry, photometrically strong (``Views.photometric``)."""
     unlabeled_targets: torch.Tensor | None = None
-    """Stored pseudo labels [u, 1, S, S] in [0, 1], geometry applied (when the strategy has a store)."""
+    """Stored pseudo labels [u, K, S, S] in [0, 1], geometry applied (``Views.stored_labels``)."""
     unlabeled_index: np.ndarray | None = None
     """Pool indices of the unlabeled images."""
+    strong: tuple[torch.Tensor, ...] = ()
+    """The strong views of the same images and geometry (``Views.strong``), CutMix-mixed
+    when ``Views.cutmix``."""
+    mixes: tuple[CutMix | None, ...] = ()
+    """For each strong view, how it was mixed (``None``: not mixed); ``mix.apply(x)`` mixes
+    a target, confidence map or prediction of the weak view the same way."""
 
 
-Forward = Callable[[torch.Tensor], torch.Tensor]
+class Forward(Protocol):
+    """The loop's forward pass: ``forward(images)`` runs the student, ``forward(images,
+    network=name)`` one of the strategy's other trainable networks; each with the
+    memory format and the wrapping (several processes) of the training loop, inside
+    its mixed precision."""
+
+    def __call__(self, images: torch.Tensor, network: str | None = None) -> torch.Tensor: ...
 
 
 class Strategy:
@@ -56,15 +101,14 @@ class Strategy:
 
     uses_unlabeled: bool = False
     """Draw unlabeled batches (and count epochs over the unlabeled set)."""
-    wants_strong_view: bool = False
-    """Render a photometrically strong view of the unlabeled images."""
+    views: Views = Views()
+    """The views of the unlabeled images the batch carries besides the weak one."""
     renders_pseudo_labels: bool = False
     """:meth:`pseudo_labels` is implemented: its quality on U is logged at every validation."""
-    label_store: ArrayStore | None = None
-    """Pseudo labels on disk, indexed by pool index, read for each unlabeled batch."""
 
     def setup(self, context: StageContext) -> None:
-        """Called once the student network exists (before resume)."""
+        """Called once the student network exists (before resume); builds the strategy's
+        other networks (``context.build_network()``)."""
         self.context = context
 
     def loss(self, batch: Batch, forward: Forward, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -81,8 +125,16 @@ class Strategy:
         process): decisions taken on the validation split; returns fields to log with it."""
         return {}
 
+    def trainable(self) -> dict[str, nn.Module]:
+        """Networks trained with the student, by name (built in :meth:`setup`): the loop puts
+        their parameters in the one optimiser, wraps each for several processes, clips the
+        gradient over all of them, runs them through ``forward(images, network=name)``,
+        and validates, checkpoints and resumes each like the student."""
+        return {}
+
     def networks(self) -> dict[str, nn.Module]:
-        """Extra networks to validate and checkpoint, by name (the student is always there)."""
+        """Extra networks that are not trained by the optimiser (momentum copies, teachers),
+        by name, to validate and checkpoint (the student is always there, as ``raw``)."""
         return {}
 
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
@@ -90,7 +142,7 @@ class Strategy:
         raise NotImplementedError(f"{type(self).__name__} renders no pseudo labels")
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything beyond ``networks()`` that an exact resume needs."""
+        """Everything beyond the networks that an exact resume needs (random generators, ...)."""
         return {}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -134,4 +186,4 @@ class StageContext:
     stage_dir: Path
 
 
-__all__ = ["Batch", "Forward", "StageContext", "StageSpec", "Strategy"]
+__all__ = ["Batch", "Forward", "StageContext", "StageSpec", "Strategy", "Views"]

@@ -1,14 +1,16 @@
 """The one training loop every method plugs into.
 
 A :class:`Trainer` runs one *stage* (a teacher stage, a student stage, an ATSO
-round): it builds the student network, draws seeded labeled / unlabeled
-batches, lets the method's :class:`~pseudoseg.engine.strategy.Strategy` compute the
-loss, steps the optimiser, and validates every ``train.val_every`` steps on
-the validation split only, keeping the best weights of every network the
-stage trains. Its ``last.safetensors`` holds everything an exact resume needs
-(networks, optimiser moments, momentum copies, random generators, data
-position), so a stage killed at any point and restarted finishes with the same
-weights as one that never stopped.
+round): it builds the student network (and lets the method's
+:class:`~pseudoseg.engine.strategy.Strategy` build the networks it trains
+beside it), draws seeded labeled / unlabeled batches with the views the
+strategy asks for, lets the strategy compute the loss, steps the one
+optimiser over every trained network, and validates every
+``train.val_every`` steps on the validation split only, keeping the best
+weights of every network the stage holds. Its ``last.safetensors`` holds
+everything an exact resume needs (networks, optimiser moments, momentum
+copies, random generators, data position), so a stage killed at any point and
+restarted finishes with the same weights as one that never stopped.
 """
 
 from __future__ import annotations
@@ -235,12 +237,12 @@ class Trainer:
             stage_dir=stage_dir,
         )
         strategy.setup(context)
-        model: nn.Module = student
-        if self.dist.enabled:
-            if self.device.type == "cuda":
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            model = nn.parallel.DistributedDataParallel(model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
-        optimizer = self._optimizer(student.parameters())
+        # the student and the strategy's other trainable networks: one optimiser, each wrapped alike
+        trainable = {"raw": student, **strategy.trainable()}
+        extras = _extra_networks(strategy)
+        models = {name: self._wrap(network) for name, network in trainable.items()}
+        parameters = [parameter for network in trainable.values() for parameter in network.parameters()]
+        optimizer = self._optimizer(iter(parameters))
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         augmenter = BatchAugmenter(cfg.train.augment, seed * 7 + 3)
         log = MetricsLog(stage_dir / "metrics.jsonl", enabled=self.dist.is_main, tensorboard=cfg.train.tensorboard)
@@ -248,23 +250,24 @@ class Trainer:
         step, best, running, window_steps = 0, {}, {}, 0
         last_file = stage_dir / "last.safetensors"
         if last_file.is_file():
-            step, best, running, window_steps = self._resume(last_file, describe, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream)
+            step, best, running, window_steps = self._resume(last_file, describe, student, extras, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream)
         elif self.dist.is_main:
             stage_dir.mkdir(parents=True, exist_ok=True)
         # a killed run logged steps its checkpoint does not hold (or, with no
         # checkpoint, steps the stage now runs again from 0): they are logged again
         log.truncate_after(step)
 
-        def forward(images: torch.Tensor) -> torch.Tensor:
+        def forward(images: torch.Tensor, network: str | None = None) -> torch.Tensor:
             if cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            return model(images)
+            return models["raw" if network is None else network](images)
 
         window_start, window_images = time.perf_counter(), 0
         images_per_step = spec.batch_size + (spec.unlabeled_batch_size if strategy.uses_unlabeled else 0)
         with progress_bar(f"{spec.name}", total=spec.steps, completed=step, enabled=self.show_progress) as bar:
             while step < spec.steps and not self._patience_ran_out(best, step):
-                student.train()
+                for network in trainable.values():
+                    network.train()
                 lr = self._lr_at(step, spec.steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -274,7 +277,7 @@ class Trainer:
                 epoch_ended = labeled_epoch_ended
                 if unlabeled_stream is not None:
                     unlabeled_indices, epoch_ended = unlabeled_stream.next()
-                    views = self.batches.unlabeled(unlabeled_indices, augmenter, strong=strategy.wants_strong_view, label_store=strategy.label_store)
+                    views = self.batches.unlabeled(unlabeled_indices, augmenter, strategy.views)
                     for key, value in views.items():
                         setattr(batch, key, value)
                 with self.autocast():
@@ -283,7 +286,7 @@ class Trainer:
                 scaler.scale(loss).backward()
                 if cfg.train.optim.grad_clip is not None:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.train.optim.grad_clip, foreach=True)
+                    torch.nn.utils.clip_grad_norm_(parameters, cfg.train.optim.grad_clip, foreach=True)
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
@@ -302,13 +305,13 @@ class Trainer:
                     running, window_steps, window_start, window_images = {}, 0, time.perf_counter(), 0
                 if step % cfg.train.val_every == 0 or step == spec.steps:
                     validation_start = time.perf_counter()
-                    record = self._validate(spec, student, strategy, best, step, epoch_stream.epoch, stage_dir)
+                    record = self._validate(spec, {"raw": student, **extras}, strategy, best, step, epoch_stream.epoch, stage_dir)
                     record.update(strategy.after_validation(record))
                     log.write(record)
                     bar.note(_validation_line(record))
                     keys, totals = self._window_totals(running)
                     window = (dict(zip(keys, totals.unbind())), window_steps)
-                    self._save_last(last_file, describe, step, best, window, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream)
+                    self._save_last(last_file, describe, step, best, window, student, extras, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream)
                     # the training speed counts training time only
                     window_start += time.perf_counter() - validation_start
         budget = {
@@ -323,6 +326,15 @@ class Trainer:
             write_json(done_file, {"describe": json.loads(json.dumps(describe, default=str)), "best": best, **budget, "init_digest": init_digest, "machine": machine})
         self._record(result, origin)
         return result
+
+    def _wrap(self, network: nn.Module) -> nn.Module:
+        """``network`` as the training loop runs it: synchronised batch norm on CUDA and
+        DistributedDataParallel with several processes, itself otherwise."""
+        if not self.dist.enabled:
+            return network
+        if self.device.type == "cuda":
+            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+        return nn.parallel.DistributedDataParallel(network, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
 
     def stage_holding(self, weights: Path | None) -> StageResult | None:
         """The stage of this run (trained or reused) whose folder holds ``weights``, if any."""
@@ -357,8 +369,7 @@ class Trainer:
             return keys, torch.zeros(0, device=self.device)
         return keys, all_reduce_sum(torch.stack([running[key] for key in keys]), self.dist) / self.dist.world
 
-    def _validate(self, spec: StageSpec, student: nn.Module, strategy: Strategy, best: dict, step: int, epoch: int, stage_dir: Path) -> dict[str, Any]:
-        networks = {"raw": student, **strategy.networks()}
+    def _validate(self, spec: StageSpec, networks: dict[str, nn.Module], strategy: Strategy, best: dict, step: int, epoch: int, stage_dir: Path) -> dict[str, Any]:
         record: dict[str, Any] = {"kind": "val", "step": step, "epoch": epoch}
         metric = self.config.train.selection_metric
         convention = "per case (3-D)" if self.config.data.kind == "volumes" else "per image"
@@ -405,7 +416,7 @@ class Trainer:
         return self.score(scored, strategy.pseudo_labels)["dice"] if len(scored) else None
 
     # ------------------------------------------------------------ checkpoints
-    def _save_last(self, path, describe, step, best, window, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> None:
+    def _save_last(self, path, describe, step, best, window, student, extras, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> None:
         if not self.dist.is_main:
             return
         optim_tensors, optim_meta = flatten_optimizer(optimizer.state_dict())
@@ -413,7 +424,7 @@ class Trainer:
             **prefixed("student", student.state_dict()),
             **prefixed("optim", optim_tensors),
             **prefixed("strategy", strategy.state_tensors()),
-            **{f"network.{name}.{key}": value for name, net in strategy.networks().items() for key, value in net.state_dict().items()},
+            **{f"network.{name}.{key}": value for name, net in extras.items() for key, value in net.state_dict().items()},
             **prefixed("augment", augmenter.state_dict()),
             # the log window so far: the first record after a resume covers the
             # same steps, with the same mean, as in a run that never stopped
@@ -434,12 +445,12 @@ class Trainer:
         }
         save_tensors(path, tensors, meta)
 
-    def _resume(self, path, describe, student, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> tuple[int, dict, dict[str, torch.Tensor], int]:
+    def _resume(self, path, describe, student, extras, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> tuple[int, dict, dict[str, torch.Tensor], int]:
         tensors, meta = load_tensors(path)
         if meta.get("describe") != json.loads(json.dumps(describe, default=str)):
             raise UserError(f"{path}: an unfinished stage with other settings is in the way; use a new run_dir")
         student.load_state_dict(unprefixed("student", tensors))
-        for name, network in strategy.networks().items():
+        for name, network in extras.items():
             network.load_state_dict(unprefixed(f"network.{name}", tensors))
         strategy.load_state_tensors(unprefixed("strategy", tensors))
         optimizer.load_state_dict(unflatten_optimizer(unprefixed("optim", tensors), meta["optimizer"]))
@@ -456,6 +467,15 @@ class Trainer:
         # the mean over processes at the next log then adds it once.
         window = {key: value.to(self.device) for key, value in unprefixed("log_window", tensors).items()}
         return int(meta["step"]), meta["best"], window, int(meta.get("log_window_steps", 0))
+
+
+def _extra_networks(strategy: Strategy) -> dict[str, nn.Module]:
+    """The strategy's networks besides the student, trained or not, by name (each validated and checkpointed)."""
+    trainable, others = strategy.trainable(), strategy.networks()
+    clash = sorted((set(trainable) & set(others)) | ({"raw"} & (set(trainable) | set(others))))
+    if clash:
+        raise ValueError(f"{type(strategy).__name__}: network name {clash[0]!r} is used twice (raw is the student)")  # a bug of the method
+    return {**trainable, **others}
 
 
 def stage_result_from_done(stage_dir: Path, done: dict[str, Any]) -> StageResult:

@@ -24,6 +24,7 @@ _LAZY = {
     "StageContext": "pseudoseg.engine.strategy",
     "StageSpec": "pseudoseg.engine.strategy",
     "Strategy": "pseudoseg.engine.strategy",
+    "Views": "pseudoseg.engine.strategy",
     "RecipeOutcome": "pseudoseg.methods.session",
     "RunSession": "pseudoseg.methods.session",
 }
@@ -50,6 +51,7 @@ __all__ = [
     "StageContext",
     "StageSpec",
     "Strategy",
+    "Views",
     "get_method",
     "grid_families",
     "list_methods",

@@ -38,7 +38,7 @@ from pseudoseg.config import MethodSection
 from pseudoseg.engine.ema import ModelEMA, update_momentum
 from pseudoseg.engine.labels import probabilities
 from pseudoseg.engine.losses import probability_mse, sigmoid_rampup
-from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy, Views
 from pseudoseg.methods.registry import GridRow, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import finished_stage
@@ -98,7 +98,7 @@ class MeanTeacherStrategy(Strategy):
     uses_unlabeled = True
     renders_pseudo_labels = True
     # both view choices draw the photometric parameters: "same" feeds the strong view to both networks
-    wants_strong_view = True
+    views = Views(photometric=True)
 
     def __init__(self, method: MeanTeacherConfig, rampup_steps: int) -> None:
         self.method = method

@@ -40,7 +40,7 @@ from pseudoseg.engine.labels import confidence as pixel_confidence
 from pseudoseg.engine.labels import harden, probabilities
 from pseudoseg.engine.losses import probability_mse, sigmoid_rampup
 from pseudoseg.engine.streams import batches_per_epoch
-from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy, Views
 from pseudoseg.engine.trainer import stage_seed
 from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, register
@@ -168,8 +168,9 @@ class MomentumStudentStrategy(Strategy):
         self.gated = teacher_waits_for_student(method)
         self.following = not self.gated
         """Whether the online teacher follows the student yet (set at a validation)."""
-        # Both views need the photometric draw: "same" feeds the strong view to both networks.
-        self.wants_strong_view = True
+
+    # Both view choices need the photometric draw: "same" feeds the strong view to both networks.
+    views = Views(photometric=True)
 
     def update_momenta(self, steps_per_epoch: int) -> tuple[float, float]:
         """(teacher, student) momentum of one update, converted from ``momentum_unit``."""
@@ -278,22 +279,20 @@ def _momentum_rows(base: RunConfig) -> list[GridRow]:
         GridRow.settings("offline-momentum", mode="offline", teacher="momentum"),
         GridRow.settings("online-original", mode="online", teacher="original"),
         GridRow.settings("online-momentum", mode="online", teacher="momentum"),
-        # The FixMatch family's weak-to-strong baseline: the teacher is the current
-        # student itself (momentum 0), hard labels kept only where it is confident.
-        GridRow.settings("weak-to-strong", mode="online", teacher="momentum", student_init="teacher", teacher_momentum=0.0, labels="hard", confidence=0.95),
+        # weak-to-strong with a confidence threshold is FixMatch's row (pseudoseg/methods/fixmatch.py)
     ]
 
 
 MOMENTUM_GRID = GridFamily(
     name="momentum",
-    summary="Method A's grid: offline and online pseudo labeling with either teacher, weak-to-strong, and the rows other methods add",
+    summary="Method A's grid: offline and online pseudo labeling with either teacher, and the rows other methods add (Mean Teacher, FixMatch, UniMatch, CPS)",
     methods=("momentum",),
     labeled_stage=_labeled_stage,
     rows=(_momentum_rows,),
 )
 """The paper's grid: supervised on the labeled split (which is also the teacher stage),
-offline and online pseudo labeling with the original and the momentum teacher, a
-weak-to-strong baseline, the rows of other methods (Mean Teacher), and supervised on
+offline and online pseudo labeling with the original and the momentum teacher, the
+rows of other methods (Mean Teacher, FixMatch, UniMatch, CPS), and supervised on
 100 % of the labels."""
 
 

@@ -91,7 +91,7 @@ from pseudoseg.config import MethodSection
 from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.distributed import barrier
 from pseudoseg.engine.labels import harden
-from pseudoseg.engine.strategy import Batch, Forward, StageSpec, Strategy
+from pseudoseg.engine.strategy import Batch, Forward, StageSpec, Strategy, Views
 from pseudoseg.engine.trainer import StageResult, read_metrics
 from pseudoseg.errors import UserError
 from pseudoseg.fileio import write_json, write_text
@@ -231,7 +231,7 @@ class RoundStrategy(Strategy):
     uses_unlabeled = True
 
     def __init__(self, labels: PseudoLabelStore, *, kind: Literal["hard", "soft"] = "hard", beta: float = 1.0) -> None:
-        self.label_store = labels
+        self.views = Views(stored_labels=labels)
         self.kind = kind
         self.beta = beta
 

@@ -1,14 +1,24 @@
-"""Stages shared between methods' recipes: reusing a finished supervised stage of another run."""
+"""Stages shared between methods' recipes: reusing a finished supervised stage of another run,
+and the labeled-only start of the single-stage baselines (FixMatch, UniMatch, CPS)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field, model_validator
+
+from pseudoseg.config import MethodSection
 from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.trainer import StageResult, stage_result_from_done
 from pseudoseg.errors import UserError
+from pseudoseg.methods.registry import GridRow, Rows
 from pseudoseg.methods.session import RunSession
+from pseudoseg.methods.supervised import train_labeled_stage
+
+if TYPE_CHECKING:
+    from pseudoseg.config import RunConfig
 
 SUPERVISED_STAGE_NAMES: tuple[str, ...] = ("supervised", "teacher", "round_0")
 """Stage folders that hold a supervised stage on the labeled split (searched in this order)."""
@@ -43,4 +53,70 @@ def finished_stage(run_dir: Path, session: RunSession) -> StageResult:
     return result
 
 
-__all__ = ["SUPERVISED_STAGE_NAMES", "finished_stage"]
+class LabeledStartSection(MethodSection):
+    """Keys of a one-stage semi-supervised method that starts from a labeled-only model
+    (the grid's rows start from the seed's supervised run through ``teacher_run``)."""
+
+    steps: int | None = Field(None, ge=1)
+    """Steps of the semi-supervised stage (default: ``train.steps``)."""
+    student_init: Literal["labeled", "fresh"] = "labeled"
+    """``labeled``: the stage starts from the momentum copy of a labeled-only stage (trained in
+    ``<run_dir>/teacher``, or ``teacher_run``), as every row of the grids; ``fresh``: from the
+    run's initialisation (the papers' recipe, with pretrained encoders)."""
+    teacher_run: Path | None = None
+    """``student_init: labeled``: a finished supervised run to start from instead of training the stage."""
+    teacher_steps: int | None = Field(None, ge=1)
+    """Steps of the labeled-only stage (default: ``train.steps``)."""
+    teacher_batch_size: int | None = Field(None, ge=1)
+    """Batch of the labeled-only stage (default: labeled + unlabeled batch of the stage)."""
+    teacher_stage_momentum: float = Field(0.99, ge=0, lt=1)
+    """Momentum per step of the labeled-only stage's copy (the stage's start)."""
+
+    @model_validator(mode="after")
+    def _teacher_run_needs_a_labeled_start(self) -> LabeledStartSection:
+        if self.teacher_run is not None and self.student_init != "labeled":
+            raise ValueError("teacher_run: a fresh start uses no labeled-only stage; set student_init: labeled or drop teacher_run")
+        return self
+
+
+def labeled_start(session: RunSession, method: LabeledStartSection) -> StageResult | None:
+    """The labeled-only stage a :class:`LabeledStartSection` method starts from (``teacher_run``'s,
+    or trained in ``<run_dir>/teacher``), or None for a fresh start."""
+    if method.student_init == "fresh":
+        return None
+    if method.teacher_run is not None:
+        return finished_stage(method.teacher_run, session)
+    train = session.config.train
+    return train_labeled_stage(
+        session,
+        "teacher",
+        momentum=method.teacher_stage_momentum,
+        unit="step",
+        schedule="step",
+        buffers="average",
+        steps=method.teacher_steps or train.steps,
+        batch_size=method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size),
+    )
+
+
+def baseline_rows(row: str, section: dict[str, Any]) -> dict[str, Rows]:
+    """The grid rows of a one-stage baseline (a :class:`LabeledStartSection` method), by family.
+
+    Both start from the seed's supervised run (the grid sets ``teacher_run``). In the
+    ``momentum`` family the stage runs the base configuration's ``train.steps``, as the
+    momentum student does; in the ``rounds`` family it runs ``rounds x round_steps``
+    steps, so that after the shared labeled-only model its whole run and its released
+    model have had TSO's steps.
+    """
+
+    def momentum(base: RunConfig) -> list[GridRow]:
+        return [GridRow(row, lambda raw, _: dict(section))]
+
+    def rounds(base: RunConfig) -> list[GridRow]:
+        steps = base.method.rounds * base.method.round_steps
+        return [GridRow(row, lambda raw, _: {**section, "steps": steps})]
+
+    return {"momentum": momentum, "rounds": rounds}
+
+
+__all__ = ["SUPERVISED_STAGE_NAMES", "LabeledStartSection", "baseline_rows", "finished_stage", "labeled_start"]

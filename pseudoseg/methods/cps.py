@@ -1,0 +1,131 @@
+"""Cross pseudo supervision (Chen et al., CVPR 2021): two networks label each other.
+
+One stage, two trainable networks of the run's architecture that start from
+different weights: the student (``raw``) and its ``peer``. Each is supervised
+on the labeled images and learns the other's hard decisions (argmax; ``p >
+0.5`` for one class) on the weak view of the unlabeled images::
+
+    loss = L_sup(a(x_l), y_l) + L_sup(b(x_l), y_l) + w * ramp(step) * (L(a(x_u), hard(b(x_u))) + L(b(x_u), hard(a(x_u))))
+
+where ``w`` is ``cps_weight`` (1.5, the paper's), ``ramp`` an optional
+sigmoid ramp-up over ``rampup_steps`` (the paper's code: none), the pseudo
+labels are not differentiated, and every loss is the run's ``train.loss``
+(the paper: cross-entropy). Both networks are in the one optimiser, wrapped
+for several processes, clipped together, validated (``raw/dice``,
+``peer/dice``) and checkpointed; the released model is the first network
+(``raw``), as the paper evaluates one branch; the peer is evaluated too
+(``report/networks.json``).
+
+Where the two start (``student_init``): ``labeled`` (default, the grids) —
+the student from the labeled-only stage's momentum copy, the peer from its
+raw network, two trained networks that differ; ``fresh`` — two different
+initialisations (the student the run's, the peer another draw), the paper's
+recipe, which relies on pretrained encoders to train in reasonable time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from pseudoseg.engine.checkpoint import load_weights_file
+from pseudoseg.engine.labels import harden, probabilities
+from pseudoseg.engine.losses import sigmoid_rampup
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy
+from pseudoseg.methods.registry import register
+from pseudoseg.methods.session import RecipeOutcome, RunSession
+from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, labeled_start
+
+
+class CPSConfig(LabeledStartSection):
+    """Cross pseudo supervision: two networks, each learning the other's hard decisions on U."""
+
+    name: Literal["cps"] = "cps"
+    cps_weight: float = Field(1.5, ge=0)
+    """Weight of the cross pseudo supervision (the paper's lambda)."""
+    rampup_steps: int = Field(0, ge=0)
+    """Sigmoid ramp-up of ``cps_weight`` over this many steps (0: constant, the paper's code)."""
+
+
+class CPSStrategy(Strategy):
+    """Two trainable networks: the student and its peer, each supervised by the other on U."""
+
+    uses_unlabeled = True
+    renders_pseudo_labels = True
+
+    def __init__(self, method: CPSConfig, peer_weights: Path | None = None) -> None:
+        self.method = method
+        self.peer_weights = peer_weights
+        """Where the peer starts (a weights file), or None: a fresh initialisation."""
+
+    def setup(self, context: StageContext) -> None:
+        super().setup(context)
+        # drawn from the stage's seed, so the peer starts from other weights than the student
+        self.peer = context.build_network()
+        if self.peer_weights is not None:
+            tensors, _ = load_weights_file(self.peer_weights)
+            self.peer.load_state_dict(tensors)
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"peer": self.peer}
+
+    def loss(self, batch: Batch, forward: Forward, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labeled = batch.images.shape[0]
+        inputs = torch.cat([batch.images, batch.unlabeled])
+        first, second = forward(inputs), forward(inputs, network="peer")
+        criterion = self.context.criterion
+        loss_sup = criterion(first[:labeled], batch.masks)
+        loss_sup_peer = criterion(second[:labeled], batch.masks)
+        with torch.no_grad():
+            from_first = harden(probabilities(first[labeled:]), strict=True)
+            from_second = harden(probabilities(second[labeled:]), strict=True)
+        loss_cps = criterion(first[labeled:], from_second) + criterion(second[labeled:], from_first)
+        weight = self.method.cps_weight * sigmoid_rampup(step, self.method.rampup_steps)
+        loss = loss_sup + loss_sup_peer + weight * loss_cps
+        return loss, {"loss_sup": loss_sup.detach(), "loss_sup_peer": loss_sup_peer.detach(), "loss_cps": loss_cps.detach()}
+
+    @torch.no_grad()
+    def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
+        """The peer's probabilities (eval mode): the labels the released network learns from."""
+        was_training = self.peer.training
+        self.peer.eval()
+        if self.context.config.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        prob = probabilities(self.peer(images))
+        self.peer.train(was_training)
+        return prob
+
+
+@register(
+    "cps",
+    section=CPSConfig,
+    summary="Cross pseudo supervision (Chen et al., CVPR 2021): two networks from different starts learn each other's hard labels on U.",
+    rows=baseline_rows("cps", {"name": "cps"}),
+)
+def run_cps(session: RunSession) -> RecipeOutcome:
+    method: CPSConfig = session.config.method
+    train = session.config.train
+    session.require_unlabeled()
+    start = labeled_start(session, method)
+    init, peer = (start.weights("ema"), start.weights("raw")) if start is not None else (None, None)
+    spec = StageSpec(
+        name="student",
+        strategy=CPSStrategy(method, peer),
+        steps=method.steps or train.steps,
+        batch_size=train.batch_size,
+        unlabeled_batch_size=train.unlabeled_batch_size,
+        labeled=session.labeled,
+        unlabeled=session.unlabeled,
+        validation=session.validation,
+        init_weights=init,
+        describe={"strategy": "cps", **method.model_dump(mode="json"), "init_weights": str(init), "peer_weights": str(peer)},
+    )
+    result = session.trainer.fit(spec)
+    return RecipeOutcome("raw", {"raw": result.weights("raw"), "peer": result.weights("peer")})
+
+
+__all__ = ["CPSConfig", "CPSStrategy", "run_cps"]

@@ -1,0 +1,142 @@
+"""FixMatch for segmentation (Sohn et al., 2020): weak-to-strong pseudo labels with a confidence threshold.
+
+One stage. Each step the student predicts the weak view of the unlabeled
+images (the geometric augmentation alone); where its confidence reaches
+``threshold`` (0.95, the paper's), its hard decision is the target of its
+prediction on a *strong* view of the same images and geometry::
+
+    loss = L_sup(student(x_l), y_l) + beta * L(student(mix(strong(x_u))), mix(hard(student(x_u))), mix(conf >= threshold))
+
+The strong view is colour jitter, random greyscale and Gaussian blur, each
+with a probability (``train.augment.strong``), then CutMix (``cutmix``,
+``train.augment.cutmix``): a box of each image replaced by the same box of
+another image of the batch; its target and confidence mask are mixed the
+same way, so the pasted pixels learn their own image's pseudo label. This is
+the segmentation form of FixMatch used as the baseline in UniMatch (Yang et
+al., CVPR 2023) and its code's settings; ``beta`` is the paper's lambda_u = 1,
+and the loss against the pseudo labels is the run's ``train.loss`` on the
+confident pixels only (per image, see :mod:`pseudoseg.engine.losses`). The
+labeled, weak and strong images go through the network in one batch, in
+training mode, as in the paper's implementation; the weak view's prediction
+is not differentiated.
+
+By default the stage starts from the momentum copy of a labeled-only stage
+(``student_init: labeled``, or the seed's supervised run in the grids:
+``teacher_run``), as every semi-supervised row of the grids does, so the grids
+compare methods rather than starts. The student is the released model (``raw``).
+
+FixMatch replaces the momentum grid's former ``weak-to-strong`` row (the
+momentum method with a momentum-0 teacher, hard labels at 0.95 and only
+photometric changes): the row ``fixmatch`` adds the strong augmentation and
+CutMix; it is also a row of the rounds grid.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from pseudoseg.data.augment import CutMix
+from pseudoseg.engine.labels import probabilities
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy, Views
+from pseudoseg.methods.momentum import pseudo_targets
+from pseudoseg.methods.registry import register
+from pseudoseg.methods.session import RecipeOutcome, RunSession
+from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, labeled_start
+
+
+class FixMatchConfig(LabeledStartSection):
+    """FixMatch for segmentation: confident weak-view decisions as targets of a strong, CutMix-mixed view."""
+
+    name: Literal["fixmatch"] = "fixmatch"
+    threshold: float = Field(0.95, ge=0, lt=1)
+    """Confidence (probability of the decided class) a weak-view pixel needs to count."""
+    beta: float = Field(1.0, ge=0)
+    """Weight of the loss on the strong view (the paper's lambda_u)."""
+    cutmix: bool = True
+    """CutMix the strong view (``train.augment.cutmix``); off: the strong augmentation alone."""
+
+
+def weak_to_strong_targets(weak_logits: torch.Tensor, threshold: float, mix: CutMix | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard targets of the weak view's prediction and the mask of its confident pixels
+    (``[u, K, H, W]``, ``[u, 1, H, W]``), CutMix-mixed like the strong view they supervise.
+
+    Not differentiated; the probabilities are taken in float32 (:func:`probabilities`).
+    """
+    prob = probabilities(weak_logits.detach())
+    target, valid = pseudo_targets(prob, "hard", threshold)
+    if valid is None:  # threshold 0: every pixel counts
+        valid = torch.ones_like(prob[:, :1])
+    if mix is not None:
+        target, valid = mix.apply(target), mix.apply(valid)
+    return target, valid
+
+
+def student_predictions(context: StageContext, images: torch.Tensor) -> torch.Tensor:
+    """The student's probabilities on ``images`` in eval mode (the diagnostics' pseudo labels), its mode restored."""
+    student = context.student
+    was_training = student.training
+    student.eval()
+    if context.config.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        prob = probabilities(student(images))
+    student.train(was_training)
+    return prob
+
+
+class FixMatchStrategy(Strategy):
+    """The stage: supervised loss plus the strong view learning the weak view's confident decisions."""
+
+    uses_unlabeled = True
+    renders_pseudo_labels = True
+
+    def __init__(self, method: FixMatchConfig) -> None:
+        self.method = method
+        self.views = Views(strong=1, cutmix=method.cutmix)
+
+    def loss(self, batch: Batch, forward: Forward, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labeled, unlabeled = batch.images.shape[0], batch.unlabeled.shape[0]
+        logits = forward(torch.cat([batch.images, batch.unlabeled, batch.strong[0]]))
+        criterion = self.context.criterion
+        loss_sup = criterion(logits[:labeled], batch.masks)
+        target, valid = weak_to_strong_targets(logits[labeled : labeled + unlabeled], self.method.threshold, batch.mixes[0])
+        loss_unsup = criterion(logits[labeled + unlabeled :], target, valid)
+        loss = loss_sup + self.method.beta * loss_unsup
+        return loss, {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach(), "confident": valid.mean()}
+
+    def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
+        return student_predictions(self.context, images)
+
+
+@register(
+    "fixmatch",
+    section=FixMatchConfig,
+    summary="FixMatch for segmentation (Sohn et al., 2020): confident weak-view decisions supervise a strong, CutMix-mixed view.",
+    rows=baseline_rows("fixmatch", {"name": "fixmatch"}),
+)
+def run_fixmatch(session: RunSession) -> RecipeOutcome:
+    method: FixMatchConfig = session.config.method
+    train = session.config.train
+    session.require_unlabeled()
+    start = labeled_start(session, method)
+    init = start.weights("ema") if start is not None else None
+    spec = StageSpec(
+        name="student",
+        strategy=FixMatchStrategy(method),
+        steps=method.steps or train.steps,
+        batch_size=train.batch_size,
+        unlabeled_batch_size=train.unlabeled_batch_size,
+        labeled=session.labeled,
+        unlabeled=session.unlabeled,
+        validation=session.validation,
+        init_weights=init,
+        describe={"strategy": "fixmatch", **method.model_dump(mode="json"), "init_weights": str(init)},
+    )
+    student = session.trainer.fit(spec)
+    return RecipeOutcome("raw", {"raw": student.weights("raw")})
+
+
+__all__ = ["FixMatchConfig", "FixMatchStrategy", "run_fixmatch", "student_predictions", "weak_to_strong_targets"]

@@ -86,5 +86,23 @@ def test_a_fresh_mean_teacher_trains_no_labeled_stage(tmp_path: Path, tiny_polyp
 def test_the_ramp_up_defaults_to_a_quarter_of_the_stage() -> None:
     assert MeanTeacherConfig().rampup(600) == 150
     assert MeanTeacherConfig(rampup_steps=0).rampup(600) == 0
-    with pytest.raises(UserError, match=r"^configuration: method.teacher_run: a fresh student starts from no labeled-only stage"):
+    with pytest.raises(UserError, match=r"^configuration: method.teacher_run: a fresh start uses no labeled-only stage"):
         config_from_dict({"data": {"train": "x"}, "method": {"name": "mean_teacher", "student_init": "fresh", "teacher_run": "runs/s"}})
+
+
+def test_steps_sets_the_stage_and_its_ramp_up(tmp_path: Path, tiny_polyps: Path) -> None:
+    result, _ = quiet(run_config(tmp_path / "steps", tiny_polyps, {"name": "mean_teacher", "student_init": "fresh", "steps": 4}))
+    done = json.loads((tmp_path / "steps" / "student" / "done.json").read_text())
+    assert result.budget["steps"] == 4 and done["describe"]["rampup"] == 1  # a quarter of the 4-step stage, not of train.steps (8)
+
+
+def test_mean_teacher_has_a_row_in_both_grids() -> None:
+    from pseudoseg.methods.registry import grid_families
+
+    rounds = config_from_dict({"data": {"train": "x", "kind": "volumes"}, "method": {"name": "atso", "rounds": 4, "round_steps": 150}})
+    rows = {row.name: row for row in grid_families()["rounds"].rows_for(rounds)}
+    section = rows["mean-teacher"].method({"name": "atso"}, Path("s"))
+    assert section == {"name": "mean_teacher", "steps": 600}  # TSO's R x round_steps after M0
+    assert MeanTeacherConfig(**{k: v for k, v in section.items() if k != "name"}).rampup(600) == 150
+    momentum = config_from_dict({"data": {"train": "x"}, "train": {"steps": 600}, "method": {"name": "momentum"}})
+    assert "mean-teacher" in {row.name for row in grid_families()["momentum"].rows_for(momentum)}

@@ -31,25 +31,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
-from pseudoseg.config import MethodSection
 from pseudoseg.engine.ema import ModelEMA, update_momentum
 from pseudoseg.engine.labels import probabilities
 from pseudoseg.engine.losses import probability_mse, sigmoid_rampup
 from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy, Views
 from pseudoseg.methods.registry import GridRow, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.stages import finished_stage
+from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, finished_stage
 from pseudoseg.methods.supervised import train_labeled_stage
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
 
 
-class MeanTeacherConfig(MethodSection):
-    """Mean Teacher: consistency with the student's own momentum copy, ramped up."""
+class MeanTeacherConfig(LabeledStartSection):
+    """Mean Teacher: consistency with the student's own momentum copy, ramped up.
+
+    The keys of the labeled-only start (``steps``, ``student_init``, ``teacher_run``,
+    ``teacher_steps``, ``teacher_batch_size``) are those of every one-stage baseline."""
 
     name: Literal["mean_teacher"] = "mean_teacher"
     momentum: float = Field(0.99, ge=0, lt=1)
@@ -64,28 +66,12 @@ class MeanTeacherConfig(MethodSection):
     beta: float = Field(1.0, ge=0)
     """Weight of the consistency loss (after the ramp-up)."""
     rampup_steps: int | None = Field(None, ge=0)
-    """Sigmoid ramp-up of ``beta`` over this many steps (0: none); None: a quarter of ``train.steps``."""
+    """Sigmoid ramp-up of ``beta`` over this many steps (0: none); None: a quarter of the stage."""
     views: Literal["weak_strong", "same"] = "weak_strong"
     """``weak_strong``: the teacher sees the weak view, the student a photometrically strong
     view of the same geometry; ``same``: both see the strong view."""
-    student_init: Literal["labeled", "fresh"] = "labeled"
-    """``labeled``: the student starts from the momentum copy of a labeled-only stage (trained
-    in ``<run_dir>/teacher``, or ``teacher_run``); ``fresh``: from the run's initialisation
-    (the original recipe; no labeled-only stage)."""
-    teacher_run: Path | None = None
-    """``student_init: labeled``: a finished supervised run to start from instead of training the stage."""
-    teacher_steps: int | None = Field(None, ge=1)
-    """Steps of the labeled-only stage (default: ``train.steps``)."""
-    teacher_batch_size: int | None = Field(None, ge=1)
-    """Batch of the labeled-only stage (default: labeled + unlabeled batch of the student)."""
     teacher_stage_momentum: float = Field(0.95, ge=0, lt=1)
     """Momentum of the labeled-only stage's copy (the student's start), per ``momentum_unit``."""
-
-    @model_validator(mode="after")
-    def _teacher_run_needs_a_labeled_start(self) -> MeanTeacherConfig:
-        if self.teacher_run is not None and self.student_init != "labeled":
-            raise ValueError("teacher_run: a fresh student starts from no labeled-only stage; set student_init: labeled or drop teacher_run")
-        return self
 
     def rampup(self, steps: int) -> int:
         """The ramp-up length in steps, for a stage of ``steps`` steps."""
@@ -165,7 +151,9 @@ def _momentum_grid_row(base: RunConfig) -> list[GridRow]:
     "mean_teacher",
     section=MeanTeacherConfig,
     summary="Mean Teacher (Tarvainen & Valpola, 2017): consistency with the student's own momentum copy, on probabilities, ramped up.",
-    rows={"momentum": _momentum_grid_row},
+    # the rounds grid: from M0's momentum copy, as many steps as TSO's rounds; a per-step copy
+    # of 0.99 and the ramp-up over the first quarter of the stage (the defaults)
+    rows={"momentum": _momentum_grid_row, "rounds": baseline_rows("mean-teacher", {"name": "mean_teacher"})["rounds"]},
 )
 def run_mean_teacher(session: RunSession) -> RecipeOutcome:
     method: MeanTeacherConfig = session.config.method
@@ -187,11 +175,12 @@ def run_mean_teacher(session: RunSession) -> RecipeOutcome:
                 batch_size=method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size),
             )
         start = labeled_stage.weights("ema")
-    rampup = method.rampup(train.steps)
+    steps = method.steps or train.steps
+    rampup = method.rampup(steps)
     spec = StageSpec(
         name="student",
         strategy=MeanTeacherStrategy(method, rampup),
-        steps=train.steps,
+        steps=steps,
         batch_size=train.batch_size,
         unlabeled_batch_size=train.unlabeled_batch_size,
         labeled=session.labeled,

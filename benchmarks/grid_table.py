@@ -1,0 +1,115 @@
+"""One Markdown table from rows of several finished grids (mean ± std over their seeds).
+
+A grid compares the rows of one family on one base configuration; a results
+table sometimes needs rows of several (the supervised model at another label
+fraction, a bound trained with another patience, another family's method).
+This script reads each grid's ``runs.json`` and every run's
+``report/metrics.json``, and prints one row per ``GRID:ROW[=LABEL]`` with the
+chosen metric columns (mean over test sets, mean ± sample std over the grid's
+seeds), the steps of the released model and of the whole run, and, with
+``--reference``, the per-seed differences of the first column from that row
+(paired by seed; rows of other seeds are not paired). Example, the README's
+two-class hippocampus table::
+
+    python benchmarks/grid_table.py runs/mc-hippo10:supervised="supervised 10 %" \\
+        runs/mc-hippo20:supervised="supervised 20 %" runs/mc-hippo10:tso runs/mc-hippo10:atso \\
+        runs/mc-hippo10-momentum:online-momentum runs/mc-hippo10-bound:supervised-100% \\
+        --columns dice,dice/Anterior,dice/Posterior,hd95_mm,hd95_mm/Anterior,hd95_mm/Posterior \\
+        --reference "supervised 10 %"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pseudoseg.evaluation.report import summarize_runs
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _row(spec: str) -> tuple[Path, str, str]:
+    where, _, label = spec.partition("=")
+    grid, sep, row = where.rpartition(":")
+    if not sep or not grid or not row:
+        _fail(f"{spec!r}: expected GRID:ROW or GRID:ROW=LABEL")
+    return Path(grid), row, label or row
+
+
+def _runs(grid: Path, row: str) -> dict[int, dict[str, Any]]:
+    """{seed: the run's report/metrics.json} of one row of a finished grid."""
+    index = grid / "runs.json"
+    if not index.is_file():
+        _fail(f"{index} not found (the grid has not finished)")
+    runs = json.loads(index.read_text())["runs"]
+    if row not in runs:
+        _fail(f"{index}: no row {row!r} (it has {', '.join(runs)})")
+    out = {}
+    for seed in runs[row]:
+        report = grid / f"seed{seed}" / row / "report" / "metrics.json"  # the grid's layout, wherever it ran from
+        if not report.is_file():
+            _fail(f"{report} not found")
+        out[int(seed)] = json.loads(report.read_text())
+    return out
+
+
+def _span(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+
+def _cell(stats: dict[str, Any] | None, decimals: int) -> str:
+    if stats is None or stats["mean"] != stats["mean"]:
+        return ""
+    std = stats["std"]
+    return f"{stats['mean']:.{decimals}f}" + ("" if std != std else f" ± {std:.{decimals}f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rows", nargs="+", help="GRID:ROW or GRID:ROW=LABEL, in table order")
+    parser.add_argument("--columns", default="dice", help="comma-separated metric columns (default: dice)")
+    parser.add_argument("--reference", help="label of the row the per-seed differences of the first column are taken from")
+    parser.add_argument("--decimals", type=int, default=3)
+    args = parser.parse_args(argv)
+    columns = [c for c in args.columns.split(",") if c]
+    rows = [_row(spec) for spec in args.rows]
+    labels = [label for _, _, label in rows]
+    if len(set(labels)) != len(labels):
+        _fail("two rows share a label; name them with GRID:ROW=LABEL")
+    reports = {label: _runs(grid, row) for grid, row, label in rows}
+    for label, per_seed in reports.items():
+        for seed, report in per_seed.items():
+            missing = [c for c in columns if c not in report["mean"]]
+            if missing:
+                _fail(f"{label}, seed {seed}: no column {', '.join(missing)} (it has {', '.join(report['mean'])})")
+    # the mean over test sets as the one "set" of each run
+    summary = summarize_runs({label: [{"all": report["mean"]} for _, report in sorted(per_seed.items())] for label, per_seed in reports.items()})
+    header = ["Row", "Seeds", *columns, "Released steps", "Steps"]
+    lines = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 1)]
+    for label, per_seed in reports.items():
+        budgets = [report["budget"] for report in per_seed.values()]
+        cells = [_cell(summary[label]["sets"]["all"].get(column), args.decimals) for column in columns]
+        released = _span([b.get("released_steps", b["steps"]) for b in budgets])
+        lines.append("| " + " | ".join([label, ", ".join(map(str, sorted(per_seed))), *cells, released, _span([b["steps"] for b in budgets])]) + " |")
+    print("\n".join(lines))
+    if args.reference:
+        if args.reference not in reports:
+            _fail(f"--reference {args.reference!r} is not a row label ({', '.join(labels)})")
+        first, reference = columns[0], reports[args.reference]
+        print(f"\nPer-seed differences in `{first}` from {args.reference} (seed: difference):\n")
+        for label, per_seed in reports.items():
+            if label == args.reference:
+                continue
+            paired = [(seed, report["mean"][first] - reference[seed]["mean"][first]) for seed, report in sorted(per_seed.items()) if seed in reference]
+            print(f"- {label}: " + ", ".join(f"{seed}: {difference:+.{args.decimals}f}" for seed, difference in paired))
+
+
+if __name__ == "__main__":
+    main()

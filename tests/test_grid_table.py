@@ -1,0 +1,63 @@
+"""benchmarks/grid_table.py: one table from rows of several finished grids."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "grid_table.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("grid_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _grid(root: Path, rows: dict[str, dict[int, tuple[float, float, int, int]]]) -> Path:
+    """A finished grid: runs.json and each run's report (dice, dice/a, released steps, steps)."""
+    runs: dict[str, dict[str, str]] = {}
+    for row, seeds in rows.items():
+        for seed, (dice, dice_a, released, steps) in seeds.items():
+            report = root / f"seed{seed}" / row / "report"
+            report.mkdir(parents=True)
+            metrics = {"mean": {"dice": dice, "dice/a": dice_a}, "budget": {"steps": steps, "released_steps": released}}
+            (report / "metrics.json").write_text(json.dumps(metrics))
+            runs.setdefault(row, {})[str(seed)] = f"elsewhere/seed{seed}/{row}"  # as recorded where the grid ran
+    (root / "runs.json").write_text(json.dumps({"family": "rounds", "seeds": [0, 1], "runs": runs}))
+    return root
+
+
+def test_rows_of_two_grids_in_one_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _grid(tmp_path / "a", {"supervised": {0: (0.70, 0.6, 100, 100), 1: (0.74, 0.8, 120, 120)}, "tso": {0: (0.71, 0.5, 150, 150), 1: (0.70, 0.5, 170, 170)}})
+    b = _grid(tmp_path / "b", {"supervised": {0: (0.80, 0.9, 300, 300), 1: (0.82, 0.9, 300, 300)}})
+    _script().main([f"{a}:supervised=M0", f"{a}:tso", f"{b}:supervised=bound", "--columns", "dice,dice/a", "--reference", "M0"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "| Row | Seeds | dice | dice/a | Released steps | Steps |"
+    assert out[2] == "| M0 | 0, 1 | 0.720 ± 0.028 | 0.700 ± 0.141 | 100–120 | 100–120 |"  # sample std over the two seeds
+    assert out[3] == "| tso | 0, 1 | 0.705 ± 0.007 | 0.500 ± 0.000 | 150–170 | 150–170 |"
+    assert out[4] == "| bound | 0, 1 | 0.810 ± 0.014 | 0.900 ± 0.000 | 300 | 300 |"
+    assert "- tso: 0: +0.010, 1: -0.040" in out and "- bound: 0: +0.100, 1: +0.080" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{a}:atso"], "no row 'atso' (it has supervised)"),
+        (["{a}:supervised", "--columns", "hd95_mm"], "supervised, seed 0: no column hd95_mm"),
+        (["{a}:supervised", "{a}:supervised"], "two rows share a label"),
+        (["{a}"], "expected GRID:ROW"),
+        (["{a}/missing:supervised"], "runs.json not found (the grid has not finished)"),
+    ],
+)
+def test_bad_rows_are_one_line_errors(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _grid(tmp_path / "a", {"supervised": {0: (0.7, 0.6, 100, 100)}})
+    with pytest.raises(SystemExit) as exit_info:
+        _script().main([arg.format(a=a) for arg in args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,10 @@ def _span(values: list[int]) -> str:
 
 
 def _cell(stats: dict[str, Any] | None, decimals: int) -> str:
-    if stats is None or stats["mean"] != stats["mean"]:
+    if stats is None or math.isnan(stats["mean"]):
         return ""
-    std = stats["std"]
-    return f"{stats['mean']:.{decimals}f}" + ("" if std != std else f" ± {std:.{decimals}f}")
+    std = stats["std"]  # NaN for one seed
+    return f"{stats['mean']:.{decimals}f}" + ("" if math.isnan(std) else f" ± {std:.{decimals}f}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,3 +53,13 @@ def run_cli(*argv: str) -> int:
     with pytest.raises(SystemExit) as exit_info:
         main(list(argv))
     return exit_info.value.code
+
+
+def load_benchmark(name: str):
+    """A script of ``benchmarks/`` imported as a module (they are not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "grid_table.py"
+from tests.conftest import load_benchmark
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("grid_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("grid_table")
 
 
 def _grid(root: Path, rows: dict[str, dict[int, tuple[float, float, int, int]]]) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -12,16 +11,11 @@ import numpy as np
 import pytest
 
 from pseudoseg.data.volumes import discover_cases
-from tests.conftest import run_cli
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "hippocampus_split.py"
+from tests.conftest import load_benchmark, run_cli
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("hippocampus_split", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("hippocampus_split")
 
 
 def _decathlon(root: Path, cases: int = 10) -> Path:

@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--columns", default="dice", help="comma-separated metric columns (default: dice)")
     parser.add_argument("--reference", help="label of the row the per-seed differences of the first column are taken from")
     parser.add_argument("--decimals", type=int, default=3)
+    parser.add_argument("--mm-decimals", type=int, default=1, help="decimals of distances in mm (hd95_mm columns)")
     args = parser.parse_args(argv)
     columns = [c for c in args.columns.split(",") if c]
     rows = [_row(spec) for spec in args.rows]
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 1)]
     for label, per_seed in reports.items():
         budgets = [report["budget"] for report in per_seed.values()]
-        cells = [_cell(summary[label]["sets"]["all"].get(column), args.decimals) for column in columns]
+        cells = [_cell(summary[label]["sets"]["all"].get(column), args.mm_decimals if column.startswith("hd95_mm") else args.decimals) for column in columns]
         released = _span([b.get("released_steps", b["steps"]) for b in budgets])
         lines.append("| " + " | ".join([label, ", ".join(map(str, sorted(per_seed))), *cells, released, _span([b["steps"] for b in budgets])]) + " |")
     print("\n".join(lines))

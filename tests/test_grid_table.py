@@ -21,7 +21,7 @@ def _grid(root: Path, rows: dict[str, dict[int, tuple[float, float, int, int]]])
         for seed, (dice, dice_a, released, steps) in seeds.items():
             report = root / f"seed{seed}" / row / "report"
             report.mkdir(parents=True)
-            metrics = {"mean": {"dice": dice, "dice/a": dice_a}, "budget": {"steps": steps, "released_steps": released}}
+            metrics = {"mean": {"dice": dice, "dice/a": dice_a, "hd95_mm": 10 * dice}, "budget": {"steps": steps, "released_steps": released}}
             (report / "metrics.json").write_text(json.dumps(metrics))
             runs.setdefault(row, {})[str(seed)] = f"elsewhere/seed{seed}/{row}"  # as recorded where the grid ran
     (root / "runs.json").write_text(json.dumps({"family": "rounds", "seeds": [0, 1], "runs": runs}))
@@ -31,12 +31,12 @@ def _grid(root: Path, rows: dict[str, dict[int, tuple[float, float, int, int]]])
 def test_rows_of_two_grids_in_one_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = _grid(tmp_path / "a", {"supervised": {0: (0.70, 0.6, 100, 100), 1: (0.74, 0.8, 120, 120)}, "tso": {0: (0.71, 0.5, 150, 150), 1: (0.70, 0.5, 170, 170)}})
     b = _grid(tmp_path / "b", {"supervised": {0: (0.80, 0.9, 300, 300), 1: (0.82, 0.9, 300, 300)}})
-    _script().main([f"{a}:supervised=M0", f"{a}:tso", f"{b}:supervised=bound", "--columns", "dice,dice/a", "--reference", "M0"])
+    _script().main([f"{a}:supervised=M0", f"{a}:tso", f"{b}:supervised=bound", "--columns", "dice,dice/a,hd95_mm", "--reference", "M0"])
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "| Row | Seeds | dice | dice/a | Released steps | Steps |"
-    assert out[2] == "| M0 | 0, 1 | 0.720 ± 0.028 | 0.700 ± 0.141 | 100–120 | 100–120 |"  # sample std over the two seeds
-    assert out[3] == "| tso | 0, 1 | 0.705 ± 0.007 | 0.500 ± 0.000 | 150–170 | 150–170 |"
-    assert out[4] == "| bound | 0, 1 | 0.810 ± 0.014 | 0.900 ± 0.000 | 300 | 300 |"
+    assert out[0] == "| Row | Seeds | dice | dice/a | hd95_mm | Released steps | Steps |"
+    assert out[2] == "| M0 | 0, 1 | 0.720 ± 0.028 | 0.700 ± 0.141 | 7.2 ± 0.3 | 100–120 | 100–120 |"  # sample std over the two seeds
+    assert out[3] == "| tso | 0, 1 | 0.705 ± 0.007 | 0.500 ± 0.000 | 7.0 ± 0.1 | 150–170 | 150–170 |"
+    assert out[4] == "| bound | 0, 1 | 0.810 ± 0.014 | 0.900 ± 0.000 | 8.1 ± 0.1 | 300 | 300 |"
     assert "- tso: 0: +0.010, 1: -0.040" in out and "- bound: 0: +0.100, 1: +0.080" in out
 
 

@@ -44,7 +44,7 @@ def test_rows_of_two_grids_in_one_table(tmp_path: Path, capsys: pytest.CaptureFi
     ("args", "message"),
     [
         (["{a}:atso"], "no row 'atso' (it has supervised)"),
-        (["{a}:supervised", "--columns", "hd95_mm"], "supervised, seed 0: no column hd95_mm"),
+        (["{a}:supervised", "--columns", "iou"], "supervised, seed 0: no column iou"),
         (["{a}:supervised", "{a}:supervised"], "two rows share a label"),
         (["{a}"], "expected GRID:ROW"),
         (["{a}/missing:supervised"], "runs.json not found (the grid has not finished)"),

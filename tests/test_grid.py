@@ -104,6 +104,7 @@ def test_rounds_grid_holds_each_budget_against_tso(tmp_path: Path) -> None:
         "atso-initial-full",
         "cps",
         "fixmatch",
+        "mean-teacher",
         "unimatch",
         "supervised-100%",
     ]
@@ -129,7 +130,7 @@ def test_rounds_grid_holds_each_budget_against_tso(tmp_path: Path) -> None:
     assert settings("atso-full") == ("atso", "labeled", 2, "last", 4, 600)
     assert settings("atso-initial-full") == ("atso", "initial", 2, "last", 4, 350 + 600)
     # the baselines after the shared M0 spend TSO's R x round_steps
-    assert [variants[name].method.steps for name in ("cps", "fixmatch", "unimatch")] == [600, 600, 600]
+    assert [variants[name].method.steps for name in ("cps", "fixmatch", "mean-teacher", "unimatch")] == [600, 600, 600, 600]
     for name in variants:
         if not name.startswith("supervised"):
             assert variants[name].method.teacher_run == teacher_run

@@ -6,7 +6,8 @@ fraction, a bound trained with another patience, another family's method).
 This script reads each grid's ``runs.json`` and every run's
 ``report/metrics.json``, and prints one row per ``GRID:ROW[=LABEL]`` with the
 chosen metric columns (mean over test sets, mean ± sample std over the grid's
-seeds), the steps of the released model and of the whole run, and, with
+seeds; ``rounds/<key>``: the mean over a rounds run's rounds of that key of its
+``rounds.jsonl``, e.g. ``rounds/gain``, ``rounds/agreement_dice``), the steps of the released model and of the whole run, and, with
 ``--reference``, the per-seed differences of the first column from that row
 (paired by seed; rows of other seeds are not paired). Example, the README's
 two-class hippocampus table::
@@ -56,7 +57,16 @@ def _runs(grid: Path, row: str) -> dict[int, dict[str, Any]]:
         report = grid / f"seed{seed}" / row / "report" / "metrics.json"  # the grid's layout, wherever it ran from
         if not report.is_file():
             _fail(f"{report} not found")
-        out[int(seed)] = json.loads(report.read_text())
+        metrics = json.loads(report.read_text())
+        rounds = report.parent.parent / "rounds.jsonl"
+        if rounds.is_file():  # the per-round diagnostics, each as its mean over the rounds that have it
+            records = [json.loads(line) for line in rounds.read_text().splitlines() if line.strip()]
+            keys = {key for record in records for key, value in record.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+            for key in keys:
+                values = [record[key] for record in records if isinstance(record.get(key), (int, float)) and record.get("round", 0) > 0]
+                if values:
+                    metrics["mean"][f"rounds/{key}"] = sum(values) / len(values)
+        out[int(seed)] = metrics
     return out
 
 

@@ -57,3 +57,12 @@ def test_bad_rows_are_one_line_errors(args: list[str], message: str, tmp_path: P
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_round_diagnostics_are_means_over_the_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _grid(tmp_path / "a", {"tso": {0: (0.7, 0.6, 100, 100), 1: (0.7, 0.6, 100, 100)}})
+    for seed, gains in ((0, [0.1, -0.3]), (1, [0.2, 0.2])):  # round 0 (M0's labels) has no gain
+        records = [{"round": 0, "gain": None, "pseudo_dice": 0.5}] + [{"round": r + 1, "gain": g, "pseudo_dice": 0.6} for r, g in enumerate(gains)]
+        (a / f"seed{seed}" / "tso" / "rounds.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
+    _script().main([f"{a}:tso", "--columns", "rounds/gain,rounds/pseudo_dice"])
+    assert capsys.readouterr().out.splitlines()[2] == "| tso | 0, 1 | 0.050 ± 0.212 | 0.600 ± 0.000 | 100 | 100 |"  # seeds: -0.1, +0.2

@@ -7,7 +7,8 @@ This script reads each grid's ``runs.json`` and every run's
 ``report/metrics.json``, and prints one row per ``GRID:ROW[=LABEL]`` with the
 chosen metric columns (mean over test sets, mean ± sample std over the grid's
 seeds; ``rounds/<key>``: the mean over a rounds run's rounds of that key of its
-``rounds.jsonl``, e.g. ``rounds/gain``, ``rounds/agreement_dice``), the steps of the released model and of the whole run, and, with
+``rounds.jsonl``, e.g. ``rounds/gain``, ``rounds/agreement_dice``), the steps
+of the released model and of the whole run, and, with
 ``--reference``, the per-seed differences of the first column from that row
 (paired by seed; rows of other seeds are not paired). Example, the README's
 two-class hippocampus table::
@@ -26,12 +27,12 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pseudoseg.evaluation.report import summarize_runs
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
 

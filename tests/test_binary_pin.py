@@ -4,10 +4,12 @@
 binary runs (online momentum on 2-D polyps, ATSO with soft labels on volumes)
 as the code before multi-class support produced them (commit 9250bad,
 ``amp: off``, one thread). The runs here must reproduce them; the tolerance
-(1 % relative) covers floating-point differences between CPUs, not a changed
-rule: the pins were written on another CPU than an AMD EPYC with AVX-512 BF16, which trains the ATSO
-run to values up to 0.13 % away (a few voxels of these near-zero Dice
-scores), while a changed decision, resize or class rule moves them by far more.
+covers floating-point differences between CPUs, not a changed rule. The
+momentum run reproduces within 0.1 % relative on every CPU tried. The ATSO
+run, written on another CPU, comes out up to 0.13 % away on an AMD EPYC with
+AVX-512 BF16 (its near-zero validation Dice moves by about one voxel), so it
+is held to 0.2 %; a changed decision, resize or class rule moves these
+values by far more.
 """
 
 from __future__ import annotations
@@ -21,22 +23,22 @@ from pseudoseg.config import config_from_dict
 from pseudoseg.runner import train
 
 PIN = json.loads((Path(__file__).parent / "binary_pin.json").read_text())
-RELATIVE_TOLERANCE = 1e-2
+ATSO_TOLERANCE = 2e-3  # relative; see the module docstring
 
 
-def _close(actual, expected, path: str = "") -> None:
+def _close(actual, expected, path: str = "", rel: float = 1e-3) -> None:
     if isinstance(expected, dict):
         assert set(actual) == set(expected), path
         for key in expected:
-            _close(actual[key], expected[key], f"{path}/{key}")
+            _close(actual[key], expected[key], f"{path}/{key}", rel)
     elif isinstance(expected, list):
         assert len(actual) == len(expected), path
         for i, (a, e) in enumerate(zip(actual, expected)):
-            _close(a, e, f"{path}[{i}]")
+            _close(a, e, f"{path}[{i}]", rel)
     elif expected is None or isinstance(expected, (bool, str)):
         assert actual == expected, path
     else:
-        assert actual == pytest.approx(expected, rel=RELATIVE_TOLERANCE, abs=1e-6), path
+        assert actual == pytest.approx(expected, rel=rel, abs=1e-6), path
 
 
 def test_binary_momentum_run_is_unchanged(tiny_polyps: Path, tmp_path: Path) -> None:
@@ -68,6 +70,6 @@ def test_binary_atso_run_is_unchanged(tmp_path: Path) -> None:
     }
     result = train(config_from_dict(config), show_progress=False, log=lambda _: None)
     assert config_from_dict(config).data.class_set.names == ("organ",)  # one class, named by dataset.json
-    _close(result.metrics["sets"], PIN["atso"])
+    _close(result.metrics["sets"], PIN["atso"], rel=ATSO_TOLERANCE)
     rounds = [json.loads(line) for line in (tmp_path / "atso" / "rounds.jsonl").read_text().splitlines()]
-    _close([{key: record[key] for key in ("agreement_dice", "pseudo_dice", "val_dice")} for record in rounds], PIN["atso_rounds"])
+    _close([{key: record[key] for key in ("agreement_dice", "pseudo_dice", "val_dice")} for record in rounds], PIN["atso_rounds"], rel=ATSO_TOLERANCE)

@@ -67,6 +67,10 @@ class _Section(BaseModel):
         return {**data, **words} if words else data
 
 
+VALIDATION_SHARE = types.MappingProxyType({"from_labeled": 0.2, "extra": 0.1})
+"""Default ``data.val_fraction`` of each ``data.validation`` choice."""
+
+
 class DataConfig(_Section):
     """Where the images come from and how they are split into L / U / V."""
 
@@ -99,10 +103,22 @@ class DataConfig(_Section):
     """``imagenet``: ImageNet mean/std (RGB photographs, pretrained encoders);
     ``unit``: scale to [-1, 1] (CT slices)."""
     labeled_fraction: float = 0.2
-    """Simulated labels: fraction of the masked images (after validation) that keep
-    their masks, in (0, 1]. Not used when the labels are given."""
-    val_fraction: float = 0.1
-    """Fraction of the pool held out for validation (checkpoint choice), in [0, 1)."""
+    """Simulated labels: fraction of the masked images whose masks the run uses, in
+    (0, 1]: with ``validation: from_labeled``, every mask it uses (labeled and
+    validation together); with ``extra``, the labeled ones, after validation was
+    drawn beside them. Not used when the labels are given."""
+    validation: Literal["from_labeled", "extra"] = "from_labeled"
+    """Where the validation set (checkpoint choice) comes from in a simulated split.
+    ``from_labeled``: carved out of the labeled budget, so "20 % labels" is 20 % of the
+    masks in all (a user with 20 masks has no others to validate on); ``extra``: drawn
+    from the pool beside the labeled set, as the momentum paper's authors and most
+    published protocols do (the run then uses more masks than its fraction says).
+    Given labels always carve validation out of the masks there are. ``split.json``,
+    reports and grid tables state the masks used as labeled + validation."""
+    val_fraction: float | None = None
+    """Share held out for validation, in [0, 1): of the masks the run uses with
+    ``validation: from_labeled`` and with given labels (default 0.2), of the whole
+    pool with ``extra`` (default 0.1)."""
     split_seed: int | None = None
     """Seed of the L / U / V split; defaults to the run's seed."""
     split: Path | None = None
@@ -150,8 +166,8 @@ class DataConfig(_Section):
 
     @field_validator("val_fraction")
     @classmethod
-    def _val_fraction(cls, value: float) -> float:
-        if not 0.0 <= value < 1.0:
+    def _val_fraction(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 <= value < 1.0:
             raise ValueError(f"must be in [0, 1), got {value}")
         return value
 
@@ -171,6 +187,8 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _channels_from_dataset_json(self) -> DataConfig:
+        if self.val_fraction is None:  # resolved once here, so config.yaml records the share used
+            object.__setattr__(self, "val_fraction", VALIDATION_SHARE[self.validation])
         if self.channels is None and self.kind == "volumes":
             from pseudoseg.data.nnunet import channel_count
 
@@ -348,6 +366,24 @@ class AugmentConfig(_Section):
     """CutMix of the strong views."""
 
 
+class FinetuneConfig(_Section):
+    """The learning-rate protocol of a stage that starts from trained weights: an ATSO or
+    TSO round, a baseline or a momentum student started from the labeled-only model.
+    Such a stage is fine-tuning, not training from scratch: it runs at ``lr_factor``
+    times ``optim.lr``, after a linear warm-up over the share ``warmup`` of its steps,
+    along ``schedule``, with a fresh optimiser. ``optim.schedule`` and
+    ``optim.warmup_steps`` are the protocol of the stages that start fresh. Whatever
+    the protocol, the stage's start is validated at step 0 and released unless a
+    later checkpoint beats it."""
+
+    lr_factor: float = Field(1.0, gt=0)
+    """Learning rate of the stage: ``optim.lr`` times this."""
+    warmup: float = Field(0.0, ge=0, lt=1)
+    """Share of the stage's steps over which the learning rate rises linearly from ~0."""
+    schedule: Literal["constant", "cosine", "poly"] = "constant"
+    """Learning-rate schedule after the warm-up (poly: power 0.9)."""
+
+
 class TrainConfig(_Section):
     steps: int = Field(1000, ge=1)
     """Optimiser steps of the stage (the most it runs when ``patience`` is set). An
@@ -362,6 +398,7 @@ class TrainConfig(_Section):
     unlabeled_batch_size: int = Field(8, ge=1)
     """Unlabeled images per step (global), for methods that use them."""
     optim: OptimConfig = OptimConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
     loss: Literal["dice", "dice_bce"] = "dice"
     """Loss on logits for both labeled and pseudo-labeled images (per image, then averaged)."""
     dice_smooth: float = Field(1e-5, gt=0)
@@ -601,16 +638,19 @@ def config_reference(*, built_in_only: bool = False) -> str:
     every registered method (with ``built_in_only``, of the methods shipped with pseudoseg: the
     README's, which does not depend on the plug-ins installed where it is generated)."""
     methods = [(f"method.  (name: {' / '.join(literal_words(section.model_fields['name'].annotation))})", section, None) for section in _method_sections(built_in_only=built_in_only)]
+
+
+    def nested(prefix: str, model: type[BaseModel]) -> list[tuple[str, type[BaseModel], None]]:
+        """A section and, after it, every section nested in it (``train.optim``, ``train.augment.strong``, ...)."""
+        inner = [(f"{prefix}{name}.", type(field.default)) for name, field in model.model_fields.items() if isinstance(field.default, BaseModel)]
+        return [(prefix, model, None), *(entry for key, section in inner for entry in nested(key, section))]
+
     sections = [
         ("", RunSettings, ("run_dir", "seed", "device")),
-        ("data.", DataConfig, None),
-        ("model.", ModelConfig, None),
-        ("train.", TrainConfig, None),
-        ("train.optim.", OptimConfig, None),
-        ("train.augment.", AugmentConfig, None),
-        ("train.augment.strong.", StrongAugmentConfig, None),
-        ("train.augment.cutmix.", CutMixConfig, None),
-        ("eval.", EvalConfig, None),
+        *nested("data.", DataConfig),
+        *nested("model.", ModelConfig),
+        *nested("train.", TrainConfig),
+        *nested("eval.", EvalConfig),
         *methods,
     ]
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]

@@ -165,7 +165,7 @@ def run_grid(
             log(f"[grid] seed {seed}: {name}")
             result = train(config, log=log)
             per_variant[name].append({k: v for k, v in result.metrics["sets"].items()})
-            budgets[name].append({key: result.budget[key] for key in ("released_steps", "steps", "images") if key in result.budget})
+            budgets[name].append({key: result.budget[key] for key in ("released_steps", "steps", "images", "masks_used", "kept_start") if key in result.budget})
             reports.setdefault(name, []).append(result.metrics)
             runs.setdefault(name, {})[str(seed)] = str(run_dir)
     summary = summarize_runs(per_variant)

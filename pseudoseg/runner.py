@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from pseudoseg.config import dump_config, run_config_class
-from pseudoseg.data.pool import SamplePool, load_pool
+from pseudoseg.data.pool import SamplePool, check_test_apart, load_pool
 from pseudoseg.data.splits import Split, load_split, make_split, save_split, split_from_lists
 from pseudoseg.engine.distributed import DistInfo, barrier, init_distributed
 from pseudoseg.engine.device import describe_machine, machine_line, resolve_amp, resolve_device
@@ -174,9 +174,10 @@ def choose_split(config: RunConfig, pool: SamplePool, run_dir: Path) -> Split:
         origin = ""
         simulate = data.labels == "simulated" or (data.labels == "auto" and not unmasked and not data.unlabeled)
         if simulate:
-            split = make_split(masked, labeled_fraction=data.labeled_fraction, val_fraction=data.val_fraction, seed=config.split_seed)
-        else:
-            split = replace(make_split(masked, labeled_fraction=1.0, val_fraction=data.val_fraction, seed=config.split_seed), labeled_fraction=None)
+            split = make_split(masked, labeled_fraction=data.labeled_fraction, val_fraction=data.val_fraction, seed=config.split_seed, validation=data.validation)
+        else:  # given labels: validation carved out of the masks there are
+            split = make_split(masked, labeled_fraction=1.0, val_fraction=data.val_fraction, seed=config.split_seed, validation="from_labeled")
+            split = replace(split, labeled_fraction=None)
     missing = set(unmasked)
     for part in ("labeled", "validation"):
         wrong = [unit for unit in getattr(split, part) if unit in missing]
@@ -209,7 +210,7 @@ def split_line(config: RunConfig, split: Split, pool: SamplePool, unlabeled: np.
             how += "; pseudo-label Dice not computed (no true masks in U)"
         elif scored < len(unlabeled):
             how += f"; pseudo-label Dice on the {len(split.hidden_masks)} unlabeled {noun} with a true mask"
-    return f"{counts} ({how}); run directory {run_dir}"
+    return f"{counts} ({how}); {split.masks_line()}; run directory {run_dir}"
 
 
 def _indices(pool: SamplePool, units: tuple[str, ...]) -> np.ndarray:
@@ -223,6 +224,7 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
         torch.set_num_threads(config.train.num_threads)
     device = resolve_device(config.device)
     dist = init_distributed(device)
+    check_test_apart(config.data)  # before anything is written
     run_dir = prepare_run_dir(config, dist)
     cache_dir = config.data.cache_dir or run_dir / "cache"
     if dist.is_main:
@@ -264,7 +266,14 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
     from pseudoseg.inference import write_model_manifest
 
     released = outcome.ensemble or [outcome.networks[outcome.released]]
-    budget = run_budget(trainer.stages, run_dir, [stage for stage in map(trainer.stage_holding, released) if stage is not None])
+    holding = [trainer.stage_holding(path) for path in released]
+    budget = run_budget(trainer.stages, run_dir, [stage for stage in holding if stage is not None])
+    # the released weights are their stage's start (the labeled-only model, or the model a
+    # round started from): no semi-supervised checkpoint beat it on validation
+    budget["kept_start"] = all(stage is not None and stage.released_start(path) for path, stage in zip(released, holding))
+    budget["masks_used"] = split.masks_used
+    if budget["kept_start"]:
+        log(f"{config.method.name}: the released model is its stage's start, kept: no checkpoint trained from it scored higher on validation")
     if dist.is_main:
         write_model_manifest(run_dir, outcome.released, outcome.networks, outcome.ensemble)
         write_json(run_dir / "budget.json", budget)
@@ -319,6 +328,12 @@ def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True
     if not classes.is_binary:
         extra["classes"] = classes.to_json()
     notes = provenance_notes(provenance)
+    if (run_dir / "split.json").is_file():
+        split = Split.from_json(json.loads((run_dir / "split.json").read_text()), origin=str(run_dir / "split.json"))
+        extra["masks_used"] = split.masks_used
+        notes.insert(0, f"Masks used: {split.masks_line().removeprefix('masks used: ')}.")
+    if extra.get("budget", {}).get("kept_start"):
+        notes.append("**Kept start**: the released model is the start of its stage (no checkpoint trained from it scored higher on validation).")
     conventions = conventions_for(classes, config.data.kind)
     write_report(results[released], report_dir, stem="metrics", title=f"{config.method.name} ({released})", extra=extra, notes=notes, conventions=conventions)
     write_json(report_dir / "networks.json", finite_or_none({"released": released, "networks": results, **provenance}))

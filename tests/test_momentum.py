@@ -496,7 +496,10 @@ def test_trainer_feeds_teacher_and_student_views_of_the_same_geometry(workdir: P
 def test_pseudo_label_quality_is_logged_at_every_validation(online_run: Observed) -> None:
     records = read_metrics(online_run.run_dir / "student" / "metrics.jsonl")
     validations = [r for r in records if r["kind"] == "val"]
-    assert [r["step"] for r in validations] == [5, 10, 12]
+    # step 0 validates the stage's start (the labeled-only model), which it must beat
+    assert [r["step"] for r in validations] == [0, 5, 10, 12]
+    assert set(validations[0]) == {"kind", "step", "epoch", "start/dice", "start/iou"}
+    validations = validations[1:]
     for record in validations:
         assert 0.0 <= record["pseudo/dice"] <= 1.0
         assert {"raw/dice", "ema/dice", "teacher/dice"} <= set(record)

@@ -56,10 +56,13 @@ def test_images_without_a_mask_are_the_unlabeled_set(tmp_path, tiny_polyps) -> N
     unmasked = sorted(set(p.stem for p in (root / "images").iterdir()) - set(masked))
     assert split["labels"] == "given" and split["labeled_fraction"] is None and split["seed"] == 0
     assert sorted(split["labeled"] + split["validation"]) == masked
-    assert split["counts"] == {"labeled": 11, "unlabeled": 28, "validation": 1}
+    assert split["counts"] == {"labeled": 10, "unlabeled": 28, "validation": 2}  # validation: 20 % of the 12 masks
     assert split["unlabeled"] == unmasked and split["without_mask"] == unmasked
     assert split["sources"] == {str(root): sorted(masked + unmasked)}
-    assert lines[0].startswith("supervised: 11 labeled, 28 unlabeled, 1 validation images (labels as given: the 28 unlabeled have no mask; data.labeled_fraction 0.2 not used)")
+    assert lines[0].startswith(
+        "supervised: 10 labeled, 28 unlabeled, 2 validation images (labels as given: the 28 unlabeled have no mask; data.labeled_fraction 0.2 not used); "
+        "masks used: 10 labeled + 2 validation = 12 (validation from the labeled budget)"
+    )
     # The pool holds no mask for them: flagged, and the record never written.
     pool = load_pool(config.data, result.run_dir / "cache")
     flags = dict(zip(pool.ids, pool.has_mask))
@@ -71,10 +74,10 @@ def test_fully_labeled_folder_is_the_benchmark_split_as_before(tmp_path, tiny_po
     config, result = run(tmp_path, tiny_polyps, tiny_polyps / "TrainDataset", lines)
     split = manifest(result.run_dir)
     stems = sorted(p.stem for p in (tiny_polyps / "TrainDataset" / "images").iterdir())
-    expected = make_split(stems, labeled_fraction=0.2, val_fraction=0.1, seed=0)
+    expected = make_split(stems, labeled_fraction=0.2, val_fraction=0.2, seed=0, validation="from_labeled")
     assert (split["labeled"], split["unlabeled"], split["validation"]) == (list(expected.labeled), list(expected.unlabeled), list(expected.validation))
     assert split["labels"] == "simulated" and split["labeled_fraction"] == 0.2 and split["without_mask"] == []
-    assert "labels simulated: masks of 29 hidden (data.labeled_fraction 0.2, split seed 0)" in lines[0]
+    assert "labels simulated: masks of 32 hidden (data.labeled_fraction 0.2, split seed 0)" in lines[0]
 
 
 def test_extra_unlabeled_folders(tmp_path, tiny_polyps) -> None:
@@ -88,7 +91,7 @@ def test_extra_unlabeled_folders(tmp_path, tiny_polyps) -> None:
     extra = sorted(f"frames/{p.stem}" for p in frames.iterdir())
     # With an image-only folder the masks of the training folder are used as given.
     assert split["labels"] == "given" and split["unlabeled"] == extra and split["without_mask"] == extra
-    assert split["counts"] == {"labeled": 36, "unlabeled": 4, "validation": 4}
+    assert split["counts"] == {"labeled": 32, "unlabeled": 4, "validation": 8}
     assert split["sources"][str(frames)] == extra
 
 
@@ -100,8 +103,9 @@ def test_simulated_labels_on_partial_data_score_pseudo_labels_on_the_hidden_mask
     split = manifest(result.run_dir)
     assert split["labels"] == "simulated" and len(split["without_mask"]) == 10
     hidden = sorted(set(split["unlabeled"]) - set(split["without_mask"]))
-    assert len(hidden) == 13 and all((root / "masks" / f"{stem}.png").is_file() for stem in hidden)
-    assert "pseudo-label Dice on the 13 unlabeled images with a true mask" in lines[0]
+    # half of the 30 masks used (12 labeled + 3 validation), the other 15 hidden
+    assert len(hidden) == 15 and all((root / "masks" / f"{stem}.png").is_file() for stem in hidden)
+    assert "pseudo-label Dice on the 15 unlabeled images with a true mask" in lines[0]
     records = [json.loads(line) for line in (result.run_dir / "student" / "metrics.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["pseudo/dice"] <= 1.0 for r in records if r["kind"] == "val")
 
@@ -417,7 +421,7 @@ def test_split_lists_and_explicit_label_modes(tmp_path, tiny_polyps, capsys) -> 
     # A fully labeled folder with labels: given keeps every mask (no hidden ones).
     full = config_from_dict({**raw, "data": {**raw["data"], "train": str(tiny_polyps / "TrainDataset"), "labels": "given"}})
     split = choose_split(full, load_pool(full.data, tmp_path / "cache"), tmp_path / "run")
-    assert (len(split.labeled), len(split.unlabeled), len(split.validation)) == (36, 0, 4) and split.labeled_fraction is None
+    assert (len(split.labeled), len(split.unlabeled), len(split.validation)) == (32, 0, 8) and split.labeled_fraction is None
 
 
 def test_comparison_puts_the_teacher_stage_beside_the_released_model(tmp_path, tiny_polyps) -> None:

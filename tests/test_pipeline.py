@@ -44,9 +44,10 @@ def test_train_evaluate_predict(tmp_path: Path, tiny_polyps: Path) -> None:
     assert mean == pytest.approx(np.mean([s["dice@0.5"] for s in sets.values()]))
     assert "paper convention" in summary["metrics"]["conventions"]["dice@0.5"]
     assert "PraNet convention" in summary["metrics"]["conventions"]["meanDice"]
-    # the split manifest: 40 images -> 4 validation, 7 labeled (20 % of 36), 29 unlabeled
+    # the split manifest: 40 images at 20 % -> 8 masks used, 2 of them validate; 32 unlabeled
     split = json.loads((run / "split.json").read_text())
-    assert (len(split["validation"]), len(split["labeled"]), len(split["unlabeled"])) == (4, 7, 29)
+    assert (len(split["validation"]), len(split["labeled"]), len(split["unlabeled"])) == (2, 6, 32)
+    assert split["masks_used"] == {"labeled": 6, "validation": 2, "total": 8}
     # validation records only ever come from the validation split
     records = [json.loads(line) for line in (run / "supervised" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "val"] == [3, 6]

@@ -241,17 +241,19 @@ def test_atso_start_options_start_where_they_say(init: str, tiny_ct: Path, cache
     train(config_from_dict(raw), show_progress=False, log=lambda line: logged.append(str(line)))
     done = {r: json.loads((run / f"round_{r}" / "done.json").read_text()) for r in range(4)}
     started_from = {r: done[r]["init_digest"] for r in range(1, 4)}
+    m0 = run / "round_0" / "best_ema.safetensors"  # M0: the labeled-only stage's released network, its momentum copy
     if init == "labeled":  # every round from M0's released weights
-        assert set(started_from.values()) == {_digest_of_file(raw, run / "round_0" / "best_raw.safetensors")}
+        assert set(started_from.values()) == {_digest_of_file(raw, m0)}
     elif init == "initial":  # every round from the weights M0 itself started from, not from M0
         assert set(started_from.values()) == {done[0]["init_digest"]}
-        assert done[0]["init_digest"] != _digest_of_file(raw, run / "round_0" / "best_raw.safetensors")
+        assert done[0]["init_digest"] != _digest_of_file(raw, m0)
     else:  # round r from round r - 1's weights
-        assert started_from == {r: _digest_of_file(raw, run / f"round_{r - 1}" / "best_raw.safetensors") for r in range(1, 4)}
+        previous = {1: m0, 2: run / "round_1" / "best_raw.safetensors", 3: run / "round_2" / "best_raw.safetensors"}
+        assert started_from == {r: _digest_of_file(raw, previous[r]) for r in range(1, 4)}
     records = read_rounds(run)[1:]
     assert {r["init"] for r in records} == {init}
     assert [r["init_weights"] for r in records] == [
-        {"labeled": "round_0/best_raw.safetensors", "initial": "initial", "continue": f"round_{r - 1}/best_raw.safetensors"}[init] for r in (1, 2, 3)
+        {"labeled": "round_0/best_ema.safetensors", "initial": "initial", "continue": f"round_{r - 1}/best_{'ema' if r == 1 else 'raw'}.safetensors"}[init] for r in (1, 2, 3)
     ]
     # continue is flagged: each round fine-tunes the model that rendered its labels; from M0, only
     # round 1 does (M0 labelled everything); from the initial weights, none

@@ -237,7 +237,7 @@ def _attempt(report: CheckReport, action, *args):
 
 
 def _check_folders(report: CheckReport, dataset, images_dir: str, masks_dir: str, unlabeled: tuple[Path, ...], test: Path | None) -> None:
-    from pseudoseg.data.folders import ImagePair, discover_test_sets, find_pairs, find_unlabeled_images
+    from pseudoseg.data.folders import ImagePair, discover_test_sets, find_pairs, find_unlabeled_images, shared_images
     from pseudoseg.data.nnunet import check_num_training, list_cases
 
     if dataset is not None:
@@ -254,12 +254,19 @@ def _check_folders(report: CheckReport, dataset, images_dir: str, masks_dir: str
         _check_pair(report, pair)
     if dataset is not None and report.classes.values is None:  # with values, every file is checked against them
         _check_label_values(report, dataset, report.mask_values)
+    pool = [pair.image for pair in pairs]
     for folder in unlabeled:
         for pair in _attempt(report, lambda folder=folder: find_unlabeled_images(folder, images_dir=images_dir)) or []:
             _check_pair(report, pair)
+            pool.append(pair.image)
     if test is not None:
         sets = _attempt(report, lambda: discover_test_sets(test, images_dir=images_dir, masks_dir=masks_dir)) or {}
         report.test += sum(len(pairs) for pairs in sets.values())
+        shared = shared_images([pair.image for found in sets.values() for pair in found], pool)
+        if shared:
+            shown = ", ".join(f"{test_image} = {twin}" for test_image, twin in shared[:3])
+            more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
+            report.problems.append(f"{test}: {len(shared)} test image{'s are' if len(shared) > 1 else ' is'} also in the training pool (same content): {shown}{more}")
 
 
 def _check_pair(report: CheckReport, pair) -> None:
@@ -310,8 +317,10 @@ def _check_volumes(report: CheckReport, dataset, unlabeled: tuple[Path, ...], te
     for folder in unlabeled:
         cases += _attempt(report, lambda folder=folder: _unlabeled_cases(Path(folder))) or []
     # data.test is often the training folder itself (imagesTs/ beside imagesTr/): counted above already
-    if test is not None and not (Path(test).resolve() == report.path.resolve() and (report.path / "imagesTs").is_dir()):
-        report.test += len(_attempt(report, lambda: discover_cases(test, images_dir="imagesTs" if (test / "imagesTs").is_dir() else "imagesTr", labels_dir="labelsTs" if (test / "imagesTs").is_dir() else "labelsTr", require_labels=True)) or [])
+    if test is not None and not (test / "imagesTs").is_dir():  # imagesTr/ holds training cases: never a test set
+        report.problems.append(f"{test}: no imagesTs/ folder; a test set of volumes is imagesTs/ + labelsTs/ (imagesTr/ holds training cases)")
+    elif test is not None and Path(test).resolve() != report.path.resolve():
+        report.test += len(_attempt(report, lambda: discover_cases(test, images_dir="imagesTs", labels_dir="labelsTs", require_labels=True)) or [])
     label_values: set[int] = set()
     for case in cases:
         _check_case(report, case, label_values)

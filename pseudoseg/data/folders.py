@@ -18,7 +18,7 @@ same boolean array so that nothing downstream has to care.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -478,6 +478,22 @@ def discover_test_sets(
             f"(or {parent}/{images_dir}/)"
         )
     return {child.name: find_pairs(child, **options) for child in children}
+
+
+def shared_images(candidates: Sequence[Path], pool: Sequence[Path]) -> list[tuple[Path, Path]]:
+    """(candidate, its twin in ``pool``) for every candidate whose bytes equal a pool file's.
+
+    Files are compared by a SHA-256 of their contents, so a copy under another name or
+    folder is found; a re-encoded copy is not.
+    """
+    import hashlib
+
+    def digest(path: Path) -> str:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+
+    known = {digest(path): path for path in pool}
+    return [(path, known[found]) for path in candidates if (found := digest(path)) in known]
 
 
 def _list_image_files(folder: Path) -> dict[str, Path]:

@@ -124,8 +124,32 @@ def _extra_prefixes(folders: tuple[Path, ...]) -> list[str]:
     return [name if names.count(name) == 1 else f"{name}{k + 1}" for k, name in enumerate(names)]
 
 
-def _folder_source(data: DataConfig) -> _Source:
-    from pseudoseg.data.folders import ImagePair, check_pair_shapes, find_pairs, find_unlabeled_images, read_mask, read_pair_image
+def check_test_apart(data: DataConfig) -> None:
+    """Refuse a 2-D test set (``data.test``) that holds an image of the training pool.
+
+    Images are compared by content (a hash of the file's bytes, so a copy under another
+    name is found too); a test image the network trained on, with or without its mask,
+    would inflate every test score.
+
+    Raises:
+        UserError: naming the first test images found in the pool and their twins.
+    """
+    from pseudoseg.data.folders import discover_test_sets, shared_images
+
+    if data.kind != "folders" or data.test is None:
+        return
+    pairs, _, _ = _training_pairs(data)
+    tests = [pair for found in discover_test_sets(data.test, images_dir=data.images_dir, masks_dir=data.masks_dir).values() for pair in found]
+    shared = shared_images([pair.image for pair in tests], [pair.image for pair in pairs])
+    if shared:
+        shown = ", ".join(f"{test} = {train}" for test, train in shared[:3])
+        more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
+        raise UserError(f"data.test: {len(shared)} test image{'s are' if len(shared) > 1 else ' is'} also in the training pool (same content): {shown}{more}")
+
+
+def _training_pairs(data: DataConfig) -> tuple[list, list[str], list[str]]:
+    """The 2-D training pool as (image pairs, ids, source folder of each): ``data.train``, then ``data.unlabeled``."""
+    from pseudoseg.data.folders import ImagePair, find_pairs, find_unlabeled_images
     from pseudoseg.data.nnunet import read_dataset_json, training_cases
 
     dataset = read_dataset_json(data.train)
@@ -146,6 +170,13 @@ def _folder_source(data: DataConfig) -> _Source:
         pairs += extra
         ids += [f"{prefix}/{pair.stem}" for pair in extra]
         sources += [str(folder)] * len(extra)
+    return pairs, ids, sources
+
+
+def _folder_source(data: DataConfig) -> _Source:
+    from pseudoseg.data.folders import check_pair_shapes, read_mask, read_pair_image
+
+    pairs, ids, sources = _training_pairs(data)
     fingerprint = [[_file_fingerprint(path) for path in (pair.channels or (pair.image,))] + ([_file_fingerprint(pair.mask)] if pair.mask else []) for pair in pairs]
     empty = np.zeros((1, data.image_size, data.image_size), dtype=np.uint8)
     classes = data.class_set

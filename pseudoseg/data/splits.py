@@ -31,8 +31,11 @@ from pseudoseg.errors import UserError
 from pseudoseg.fileio import write_json
 
 MANIFEST_FORMAT = "pseudoseg-split"
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 _SOURCES = ("random", "lists")
+VALIDATION_FROM = ("from_labeled", "extra")
+"""Where a split's validation set comes from: out of the masks counted as labeled (the
+labeled budget, or the masks the user has), or drawn beside them."""
 # Suffixes tolerated (and stripped) in list files, beyond the 2-D image ones.
 _LIST_SUFFIXES = (".nii.gz", ".nii", ".npy", ".npz", ".h5", ".mha", ".nrrd", *sorted(IMAGE_SUFFIXES))
 
@@ -58,6 +61,10 @@ class Split:
     have a mask that the split hides (simulated)."""
     sources: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """The folder each id was read from: folder -> ids (empty when not recorded)."""
+    validation_from: str = "extra"
+    """``from_labeled``: V was carved out of the masks the run counts as labeled (``labeled_fraction``
+    is the share of masks used in all); ``extra``: V was drawn beside them (lists, and
+    manifests before version 3)."""
 
     def __post_init__(self) -> None:
         for name in ("labeled", "unlabeled", "validation", "without_mask"):
@@ -67,6 +74,8 @@ class Split:
             raise ValueError("ids without a mask can only be unlabeled")
         if self.source not in _SOURCES:
             raise ValueError(f"source must be one of {_SOURCES}, got {self.source!r}")
+        if self.validation_from not in VALIDATION_FROM:
+            raise ValueError(f"validation_from must be one of {VALIDATION_FROM}, got {self.validation_from!r}")
         overlap = _first_overlap(self.labeled, self.unlabeled, self.validation)
         if overlap is not None:
             raise ValueError(f"id {overlap!r} is in two parts of the split")
@@ -84,6 +93,17 @@ class Split:
         missing = set(self.without_mask)
         return tuple(item for item in self.unlabeled if item not in missing)
 
+    @property
+    def masks_used(self) -> dict[str, int]:
+        """The masks the run uses: labeled (trained on) + validation (choose checkpoints)."""
+        return {"labeled": len(self.labeled), "validation": len(self.validation), "total": len(self.labeled) + len(self.validation)}
+
+    def masks_line(self) -> str:
+        """``masks used: 17 labeled + 4 validation = 21 (validation from the labeled budget)``."""
+        used = self.masks_used
+        where = "from the labeled budget" if self.validation_from == "from_labeled" else "beside the labeled set"
+        return f"masks used: {used['labeled']} labeled + {used['validation']} validation = {used['total']} (validation {where})"
+
     def to_json(self) -> dict[str, Any]:
         """The manifest payload: parameters, counts (for people reading it) and the ids."""
         return {
@@ -94,11 +114,13 @@ class Split:
             "seed": self.seed,
             "val_fraction": self.val_fraction,
             "labeled_fraction": self.labeled_fraction,
+            "validation_from": self.validation_from,
             "counts": {
                 "labeled": len(self.labeled),
                 "unlabeled": len(self.unlabeled),
                 "validation": len(self.validation),
             },
+            "masks_used": self.masks_used,
             "labeled": list(self.labeled),
             "unlabeled": list(self.unlabeled),
             "validation": list(self.validation),
@@ -155,6 +177,9 @@ class Split:
             raise UserError(f"{origin}: 'without_mask' must list ids of the unlabeled part")
         if not isinstance(sources, dict) or not all(isinstance(ids, list) for ids in sources.values()):
             raise UserError(f"{origin}: 'sources' must map folders to lists of ids")
+        validation_from = payload.get("validation_from", "extra")  # manifests before version 3 drew V beside L
+        if validation_from not in VALIDATION_FROM:
+            raise UserError(f"{origin}: 'validation_from' must be one of {', '.join(VALIDATION_FROM)}, got {validation_from!r}")
         return cls(
             labeled=parts["labeled"],
             unlabeled=parts["unlabeled"],
@@ -165,6 +190,7 @@ class Split:
             source=source,
             without_mask=tuple(without_mask),
             sources={str(folder): tuple(ids) for folder, ids in sources.items()},
+            validation_from=validation_from,
         )
 
 
@@ -175,6 +201,7 @@ def make_split(
     val_fraction: float = 0.1,
     seed: int = 0,
     groups: Mapping[str, str] | None = None,
+    validation: str = "extra",
 ) -> Split:
     """Draw a seeded labeled / unlabeled / validation split.
 
@@ -183,20 +210,30 @@ def make_split(
     Units are sorted first, so the result does not depend on the order of
     ``ids``. One permutation is drawn from ``numpy.random.default_rng(seed)``:
 
+    ``validation="extra"`` (validation drawn beside the labeled set):
+
     1. its first ``round(val_fraction * n)`` units are the validation set
        (at least one when ``val_fraction > 0`` and there are two units or more,
        always leaving one for training);
     2. of the rest, the first ``round(labeled_fraction * rest)`` are labeled
        (at least one) and the others unlabeled.
 
-    Rounding is half-up. Because validation is taken first and does not look at
-    ``labeled_fraction``, runs with the same seed and ``val_fraction`` select
-    checkpoints on the same images whatever their labeled fraction, e.g. a
-    20 % run and its fully supervised (``labeled_fraction=1.0``, U empty)
-    upper bound.
+    Because validation is taken first and does not look at ``labeled_fraction``,
+    runs with the same seed and ``val_fraction`` select checkpoints on the same
+    images whatever their labeled fraction, e.g. a 20 % run and its fully
+    supervised (``labeled_fraction=1.0``, U empty) upper bound. Example: 100 ids
+    with ``labeled_fraction=0.2, val_fraction=0.1`` give 10 validation, 18
+    labeled and 72 unlabeled: 28 masks used.
 
-    Example: 100 ids with the defaults give 10 validation, 18 labeled and 72
-    unlabeled.
+    ``validation="from_labeled"`` (validation carved out of the labeled budget):
+    the first ``round(labeled_fraction * n)`` units are the masks the run uses (at
+    least two when ``val_fraction > 0``); the first ``round(val_fraction * budget)``
+    of them validate (at least one, leaving at least one labeled), the rest of the
+    budget is labeled, every other unit unlabeled. Example: 100 ids with
+    ``labeled_fraction=0.2, val_fraction=0.2`` give 4 validation, 16 labeled and
+    80 unlabeled: 20 masks used.
+
+    Rounding is half-up.
 
     Raises:
         UserError: for a fraction out of range (``labeled_fraction`` in (0, 1],
@@ -221,11 +258,18 @@ def make_split(
     n_units = len(units)
 
     order = np.random.default_rng(int(seed)).permutation(n_units)
-    n_val = 0
-    if val_fraction > 0 and n_units > 1:  # a single unit must stay in training
-        n_val = min(max(1, _round_half_up(val_fraction, n_units)), n_units - 1)
-    rest = order[n_val:]
-    n_labeled = min(max(1, _round_half_up(labeled_fraction, len(rest))), len(rest))
+    if validation not in VALIDATION_FROM:
+        raise ValueError(f"validation must be one of {VALIDATION_FROM}, got {validation!r}")
+    validates = val_fraction > 0 and n_units > 1  # a single unit must stay in training
+    if validation == "extra":
+        n_val = min(max(1, _round_half_up(val_fraction, n_units)), n_units - 1) if validates else 0
+        rest = order[n_val:]
+        n_labeled = min(max(1, _round_half_up(labeled_fraction, len(rest))), len(rest))
+    else:
+        budget = min(max(2 if validates else 1, _round_half_up(labeled_fraction, n_units)), n_units)
+        n_val = min(max(1, _round_half_up(val_fraction, budget)), budget - 1) if validates else 0
+        rest = order[n_val:]
+        n_labeled = budget - n_val
 
     def expand(indices: np.ndarray) -> tuple[str, ...]:
         return tuple(sorted(item for i in indices for item in members[units[i]]))
@@ -238,6 +282,7 @@ def make_split(
         val_fraction=val_fraction,
         labeled_fraction=labeled_fraction,
         source="random",
+        validation_from=validation,
     )
 
 

@@ -163,11 +163,28 @@ class StageSpec:
     unlabeled_batch_size: int = 0
     init_weights: Path | None = None
     """Start the student from these weights (default: fresh initialisation)."""
+    baseline: Path | None = None
+    """The model the stage must beat on V, when it is not the one the student starts from:
+    the labeled-only model M0 of a fresh student, of an ATSO round from the initial weights,
+    or of a student started from M0's raw network while the run's M0 is its momentum copy.
+    Without it, a stage that starts from trained weights (``init_weights``) must beat them."""
     init_seed: int | None = None
     """Seed of a fresh initialisation (default: the run's, :func:`network_seed`), so
     every stage of a run that starts fresh starts from the same weights."""
     describe: dict[str, Any] = field(default_factory=dict)
     """Settings that define the stage; a resume with other settings is refused."""
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether the stage starts from trained weights (``train.finetune`` sets its learning rate)."""
+        return self.init_weights is not None
+
+    @property
+    def start(self) -> Path | None:
+        """The model validated at step 0 as every network's first candidate (its ``baseline``,
+        else the trained weights it starts from): it stays a network's best until one of
+        its checkpoints scores higher, so the stage never releases a model below it."""
+        return self.baseline if self.baseline is not None else self.init_weights
 
 
 @dataclass

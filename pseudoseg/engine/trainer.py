@@ -52,7 +52,7 @@ from pseudoseg.errors import UserError
 from pseudoseg.engine.validation import ValidationTally, case_positions, prefer
 from pseudoseg.fileio import disk_errors, write_json, write_text
 from pseudoseg.engine.strategy import Batch, StageContext, StageSpec, Strategy
-from pseudoseg.progress import console_warn, progress_bar
+from pseudoseg.progress import console_print, console_warn, progress_bar
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
@@ -78,6 +78,15 @@ class StageResult:
 
     def weights(self, network: str) -> Path:
         return self.stage_dir / self.best[network]["file"]
+
+    @property
+    def kept_start(self) -> list[str]:
+        """Networks of which no checkpoint beat the stage's start on V: their best weights are the start."""
+        return [name for name, entry in self.best.items() if entry.get("start")]
+
+    def released_start(self, weights: Path) -> bool:
+        """Whether ``weights`` (one of this stage's best files) is the stage's start, kept."""
+        return any(entry.get("start") and entry["file"] == Path(weights).name for entry in self.best.values())
 
     @property
     def lineage_steps(self) -> int:
@@ -150,16 +159,22 @@ class Trainer:
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.amp_dtype)
 
-    def _lr_at(self, step: int, steps: int) -> float:
-        optim = self.config.train.optim
-        if step < optim.warmup_steps:
-            return optim.lr * (step + 1) / optim.warmup_steps
-        progress = (step - optim.warmup_steps) / max(1, steps - optim.warmup_steps)
-        if optim.schedule == "cosine":
-            return optim.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-        if optim.schedule == "poly":
-            return optim.lr * (1.0 - progress) ** 0.9
-        return optim.lr
+    def _lr_at(self, step: int, steps: int, *, fine_tunes: bool) -> float:
+        """The learning rate of ``step``: ``optim``'s protocol for a stage that starts fresh,
+        ``finetune``'s for one that starts from trained weights."""
+        train = self.config.train
+        if fine_tunes:
+            lr, warmup, schedule = train.optim.lr * train.finetune.lr_factor, round(train.finetune.warmup * steps), train.finetune.schedule
+        else:
+            lr, warmup, schedule = train.optim.lr, train.optim.warmup_steps, train.optim.schedule
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        if schedule == "cosine":
+            return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if schedule == "poly":
+            return lr * (1.0 - progress) ** 0.9
+        return lr
 
     def _optimizer(self, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
         optim = self.config.train.optim
@@ -194,6 +209,11 @@ class Trainer:
         stage_dir = self.run_dir / spec.name
         done_file = stage_dir / "done.json"
         describe = {"steps": spec.steps, "batch_size": spec.batch_size, "unlabeled_batch_size": spec.unlabeled_batch_size, **spec.describe}
+        if spec.fine_tunes:
+            describe["finetune"] = self.config.train.finetune.model_dump(mode="json")
+        if spec.start is not None:  # relative to the run directory when inside it, so a run can move
+            start = Path(spec.start).resolve()
+            describe["start"] = str(start.relative_to(self.run_dir.resolve()) if start.is_relative_to(self.run_dir.resolve()) else start)
         origin = self.stage_holding(spec.init_weights)
         if done_file.is_file():
             done = json.loads(done_file.read_text())
@@ -254,8 +274,10 @@ class Trainer:
         elif self.dist.is_main:
             stage_dir.mkdir(parents=True, exist_ok=True)
         # a killed run logged steps its checkpoint does not hold (or, with no
-        # checkpoint, steps the stage now runs again from 0): they are logged again
-        log.truncate_after(step)
+        # checkpoint, everything: the stage runs again from its start): they are logged again
+        log.truncate_after(step if last_file.is_file() else -1)
+        if spec.start is not None and not last_file.is_file():
+            self._keep_start_as_best(spec, student, {"raw": student, **extras}, best, log, stage_dir)
 
         def forward(images: torch.Tensor, network: str | None = None) -> torch.Tensor:
             if cfg.train.channels_last:
@@ -268,7 +290,7 @@ class Trainer:
             while step < spec.steps and not self._patience_ran_out(best, step):
                 for network in trainable.values():
                     network.train()
-                lr = self._lr_at(step, spec.steps)
+                lr = self._lr_at(step, spec.steps, fine_tunes=spec.fine_tunes)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 labeled_indices, labeled_epoch_ended = labeled_stream.next()
@@ -323,9 +345,55 @@ class Trainer:
         result = StageResult(stage_dir, best, budget, init_digest)
         if self.dist.is_main:
             machine = describe_machine(self.device, self.amp_dtype)
-            write_json(done_file, {"describe": json.loads(json.dumps(describe, default=str)), "best": best, **budget, "init_digest": init_digest, "machine": machine})
+            write_json(
+                done_file,
+                {"describe": json.loads(json.dumps(describe, default=str)), "best": best, **budget, "init_digest": init_digest, "machine": machine},
+            )
+            if result.kept_start:
+                score = best[result.kept_start[0]]["score"]
+                console_print(
+                    f"{spec.name}: no checkpoint of {', '.join(result.kept_start)} beat the stage's start on validation "
+                    f"({cfg.train.selection_metric} {score:.4f} at step 0); the start is kept as {'their' if len(result.kept_start) > 1 else 'its'} best"
+                )
         self._record(result, origin)
         return result
+
+    def _keep_start_as_best(self, spec: StageSpec, student: nn.Module, networks: dict[str, nn.Module], best: dict, log: MetricsLog, stage_dir: Path) -> None:
+        """Validate the stage's start (step 0) and make it every network's best so far.
+
+        A later checkpoint of a network replaces it only by scoring higher on V, so the
+        stage can release its start but never a model below it.
+        """
+        if spec.start == spec.init_weights:
+            start = student  # not trained yet: it holds the start
+        else:
+            with torch.random.fork_rng(devices=[]):  # the stage's own random state stays as seeded
+                start = self.build_network()
+            tensors, _ = load_weights_file(spec.start, expect=self.architecture)
+            start.load_state_dict(tensors)
+        was_training = start.training
+        start.eval()
+        scores = self.score(spec.validation, lambda x: probabilities(start(x)))
+        start.train(was_training)
+        metric = self.config.train.selection_metric
+        convention = "per case (3-D)" if self.config.data.kind == "volumes" else "per image"
+        record: dict[str, Any] = {"kind": "val", "step": 0, "epoch": 0, "start/dice": scores["dice"], "start/iou": scores["iou"]}
+        if not self.classes.is_binary:
+            record.update({f"start/dice/{cls}": value for cls, value in zip(self.classes.names, scores["class_dice"])})
+        for name in networks:
+            path = stage_dir / f"best_{name}.safetensors"
+            best[name] = {
+                "score": scores[metric],
+                "metric": f"val {metric}@{self.config.eval.threshold} {convention}",
+                "step": 0,
+                "file": path.name,
+                "collapse": scores["collapse"],
+                "start": True,
+            }
+            if self.dist.is_main:
+                meta = {"architecture": self.architecture, "preprocessing": self.preprocessing, "stage": spec.name, "network": name, "step": 0, "validation": scores, "seed": self.config.seed, "start": str(spec.start)}
+                save_weights(path, start, meta)
+        log.write(record)
 
     def _wrap(self, network: nn.Module) -> nn.Module:
         """``network`` as the training loop runs it: synchronised batch norm on CUDA and

@@ -121,9 +121,9 @@ def _evaluate_volumes(predictors, test_root: Path, pre: Preprocessing, config: E
     from pseudoseg.evaluation.volume_metrics import VolumeMetrics
 
     classes = pre.classes
-    images_dir = "imagesTs" if (test_root / "imagesTs").is_dir() else "imagesTr"
-    labels_dir = images_dir.replace("images", "labels")
-    cases = volume_cases(test_root, images_dir=images_dir, labels_dir=labels_dir, require_labels=True)
+    if not (test_root / "imagesTs").is_dir():  # imagesTr/ holds training cases: never a test set
+        raise UserError(f"{test_root}: no imagesTs/ folder; a test set of volumes is imagesTs/ + labelsTs/ (imagesTr/ holds training cases)")
+    cases = volume_cases(test_root, images_dir="imagesTs", labels_dir="labelsTs", require_labels=True)
     metrics = {name: VolumeMetrics(classes.names) for name in predictors}
     for done, case in enumerate(cases, 1):
         slices, _ = pre.volume_slices(case, with_labels=False)
@@ -137,7 +137,7 @@ def _evaluate_volumes(predictors, test_root: Path, pre: Preprocessing, config: E
     results: dict[str, PerSet] = {}
     for name, metric in metrics.items():
         summary = metric.compute()
-        keys = ("dice", "hd95_mm", "hd95_undefined", "n") if classes.is_binary else [key for key in summary if key != "cases"]
+        keys = ("dice", "hd95_mm", "hd95_penalised_mm", "hd95_undefined", "n") if classes.is_binary else [key for key in summary if key != "cases"]
         results[name] = {"test": {key: summary[key] for key in keys}}
     return results
 

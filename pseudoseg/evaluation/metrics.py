@@ -132,9 +132,14 @@ METRIC_CONVENTIONS: Mapping[str, str] = MappingProxyType(
             "spacing, MONAI), averaged over the cases where it is defined (not when exactly one of prediction "
             "and label is empty; 0 when both are); empty when it is defined for no case; lower is better"
         ),
+        "hd95_penalised_mm": (
+            "volume convention: HD95 in mm averaged over every case, a case whose HD95 is undefined (the "
+            "structure missed, or predicted where the label has none) counting as the diagonal of its volume "
+            "in mm, the largest distance in the scan; lower is better"
+        ),
         "hd95_undefined": (
             "volume convention: number of cases whose HD95 is undefined (an empty prediction against a label, "
-            "or a prediction against an empty label), left out of hd95_mm"
+            "or a prediction against an empty label), left out of hd95_mm and penalised in hd95_penalised_mm"
         ),
     }
 )
@@ -476,12 +481,14 @@ def conventions_for(classes: ClassSet, kind: str) -> dict[str, str]:
         means = {
             "dice": f"volume convention, several classes: Dice {where}; each class averaged over the cases where it is present ({skipped}), then the mean over the foreground classes present in some case",
             "hd95_mm": f"volume convention, several classes: 95th-percentile symmetric Hausdorff distance in mm (voxel spacing, MONAI) {where}; each class averaged over the cases where it is in both prediction and label (absent from both: skipped, not counted as 0 mm; in exactly one: undefined, counted in hd95_undefined), then the mean over the classes where it is defined; lower is better",
-            "hd95_undefined": "volume convention, several classes: number of (case, class) pairs where the class is in exactly one of prediction and label (HD95 undefined), left out of hd95_mm",
+            "hd95_penalised_mm": f"volume convention, several classes: HD95 in mm {where}; each class averaged over the cases where it is present, a case where it is in exactly one of prediction and label counting as the diagonal of the volume in mm (absent from both: skipped), then the mean over the classes; lower is better",
+            "hd95_undefined": "volume convention, several classes: number of (case, class) pairs where the class is in exactly one of prediction and label (HD95 undefined), left out of hd95_mm and penalised in hd95_penalised_mm",
         }
         per_class = {
             "dice": f"volume convention: Dice of {{label}} {where}, averaged over the cases where the class is present in the prediction or the label (absent from both: skipped)",
             "hd95_mm": f"volume convention: HD95 in mm of {{label}} {where}, averaged over the cases where the class is in both prediction and label; lower is better",
-            "hd95_undefined": "volume convention: number of cases where {label} is in exactly one of prediction and label (HD95 undefined), left out of its hd95_mm",
+            "hd95_penalised_mm": f"volume convention: HD95 in mm of {{label}} {where}, averaged over the cases where the class is present, a miss or a spurious prediction counting as the volume's diagonal in mm; lower is better",
+            "hd95_undefined": "volume convention: number of cases where {label} is in exactly one of prediction and label (HD95 undefined), left out of its hd95_mm and penalised in its hd95_penalised_mm",
         }
     else:
         where = f"per image at the decision ({decision} resized bilinearly to the mask's native resolution)"
@@ -510,8 +517,8 @@ def headline_columns(classes: ClassSet, kind: str) -> tuple[str, ...]:
     and each class, for Dice (and HD95 for volumes; IoU's mean for images).
     """
     if classes.is_binary:
-        return ("dice", "hd95_mm", "hd95_undefined") if kind == "volumes" else ("dice@0.5", "meanDice")
+        return ("dice", "hd95_mm", "hd95_penalised_mm", "hd95_undefined") if kind == "volumes" else ("dice@0.5", "meanDice")
     dice = ("dice", *class_columns("dice", classes.names))
     if kind == "volumes":
-        return (*dice, "hd95_mm", *class_columns("hd95_mm", classes.names), "hd95_undefined")
+        return (*dice, "hd95_mm", *class_columns("hd95_mm", classes.names), "hd95_penalised_mm", *class_columns("hd95_penalised_mm", classes.names), "hd95_undefined")
     return (*dice, "iou")

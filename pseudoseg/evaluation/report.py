@@ -438,6 +438,18 @@ def _budget_cell(values: Sequence[int]) -> str:
     return f"{low:,}" if low == high else f"{low:,}–{high:,}"
 
 
+def _masks_cell(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Masks used as ``labeled+validation`` (the distinct values over seeds)."""
+    used = list(dict.fromkeys(f"{b['masks_used']['labeled']}+{b['masks_used']['validation']}" for b in runs if "masks_used" in b))
+    return " / ".join(used) or "–"
+
+
+def _kept_start_cell(runs: Sequence[Mapping[str, Any]]) -> str:
+    """In how many seeds the released model is its stage's start (``–``: no row start to keep)."""
+    flags = [bool(b["kept_start"]) for b in runs if "kept_start" in b]
+    return f"{sum(flags)}/{len(flags)}" if flags else "–"
+
+
 def write_grid_report(
     summary: Mapping[str, Mapping[str, Any]],
     out_dir: str | Path,
@@ -486,7 +498,8 @@ def write_grid_report(
     csv_rows: list[list[Any]] = []
     lines = [f"# {title}", ""] if title else []
     released = bool(budgets) and all("released_steps" in b for runs in budgets.values() for b in runs)
-    budget_header = (["Released steps"] if released else []) + (["Steps", "Images seen"] if budgets else [])
+    masks = bool(budgets) and any("masks_used" in b for runs in budgets.values() for b in runs)
+    budget_header = (["Released steps"] if released else []) + (["Steps", "Images seen"] if budgets else []) + (["Masks (L+V)", "Kept start"] if masks else [])
     lines += [*notes, ""] if notes else []
     for column in metric_columns:
         header = ["Configuration", "Seeds", *set_names, "Mean", *budget_header]
@@ -494,6 +507,8 @@ def write_grid_report(
         for config, entry in summary.items():
             cells = [_cell(entry["sets"].get(name, {}).get(column), decimals) for name in set_names]
             spent = [_budget_cell([b[key] for b in budgets.get(config, [])]) for key in ("released_steps", "steps", "images") if key != "released_steps" or released] if budgets else []
+            if masks:
+                spent += [_masks_cell(budgets.get(config, [])), _kept_start_cell(budgets.get(config, []))]
             md_rows.append([config, str(entry["n_seeds"]), *cells, _cell(entry["mean"].get(column), decimals), *spent])
             for name in [*set_names, "Mean"]:
                 stats = entry["mean"].get(column) if name == "Mean" else entry["sets"].get(name, {}).get(column)
@@ -520,6 +535,13 @@ def write_grid_report(
                 "trained or fine-tuned in (a model restarted from the labeled-only model has M0's and its own; "
                 "one restarted from the initial weights, its own)."
                 if released
+                else ""
+            )
+            + (
+                " *Masks (L+V)*: the masks the row's run used, labeled + validation. *Kept start*: in how many seeds "
+                "the released model is its stage's start (the labeled-only model, or the model a round started from), "
+                "kept because no checkpoint trained from it scored higher on validation."
+                if masks
                 else ""
             ),
             "",

@@ -12,7 +12,11 @@ Empty masks are common in organ/tumour data, so their handling is fixed here:
   nothing is undefined). ``nan`` is kept in the per-case table and left out of
   the mean (``nanmean``); :meth:`VolumeMetrics.compute` counts such cases in
   ``"hd95_undefined"`` so a mean over few cases is not mistaken for a mean over
-  all of them.
+  all of them. Left out, a missed structure would make a model look better than
+  one that found it badly, so beside that mean stands ``hd95_penalised_mm``: the
+  mean over *all* cases where a missed (or spurious) structure counts as the
+  diagonal of the case's volume in mm (:func:`volume_diagonal_mm`), the largest
+  distance two voxels of the case can have.
 
 With several classes (``VolumeMetrics(class_names)``, predictions and labels
 as class-index volumes) every class is scored as above on its own voxels,
@@ -38,7 +42,7 @@ from monai.metrics import compute_hausdorff_distance
 
 from pseudoseg.evaluation.metrics import class_columns, mean_defined
 
-__all__ = ["VolumeMetrics", "volume_dice", "volume_hd95"]
+__all__ = ["VolumeMetrics", "volume_diagonal_mm", "volume_dice", "volume_hd95"]
 
 
 def _as_mask(array: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
@@ -114,6 +118,17 @@ def volume_hd95(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float]) 
     return float(distance.item())
 
 
+def volume_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The diagonal of a volume of ``shape`` voxels of size ``spacing`` (mm): the HD95 a missed
+    or spurious structure is penalised with."""
+    return float(math.sqrt(sum((n * float(s)) ** 2 for n, s in zip(shape, spacing))))
+
+
+def _penalised(hd95: float, present: bool, diagonal: float) -> float:
+    """HD95 where defined; the diagonal where the structure is in exactly one of prediction and label."""
+    return diagonal if present and math.isnan(hd95) else hd95
+
+
 class VolumeMetrics:
     """Accumulates per-case Dice and HD95 and averages them over cases.
 
@@ -153,7 +168,8 @@ class VolumeMetrics:
         if case_id in self._cases:
             raise ValueError(f"case {case_id!r} was already scored")
         if self.class_names is None:
-            scores = {"dice": volume_dice(pred, target), "hd95_mm": volume_hd95(pred, target, spacing)}
+            hd95 = volume_hd95(pred, target, spacing)
+            scores = {"dice": volume_dice(pred, target), "hd95_mm": hd95, "hd95_penalised_mm": _penalised(hd95, True, volume_diagonal_mm(np.shape(pred), spacing))}
         else:
             scores = self._class_scores(np.asarray(pred), np.asarray(target), spacing)
         self._cases[case_id] = scores
@@ -163,12 +179,22 @@ class VolumeMetrics:
         _check_shapes(pred, target)
         dice: dict[str, float] = {}
         hd95: dict[str, float] = {}
+        penalised: dict[str, float] = {}
+        diagonal = volume_diagonal_mm(pred.shape, spacing)
         for index, name in enumerate(self.class_names, 1):
             p, t = pred == index, target == index
             present = bool(p.any() or t.any())
             dice[f"dice/{name}"] = volume_dice(p, t) if present else math.nan
             hd95[f"hd95_mm/{name}"] = volume_hd95(p, t, spacing) if present else math.nan
-        return {"dice": mean_defined(list(dice.values())), **dice, "hd95_mm": mean_defined(list(hd95.values())), **hd95}
+            penalised[f"hd95_penalised_mm/{name}"] = _penalised(hd95[f"hd95_mm/{name}"], present, diagonal)
+        return {
+            "dice": mean_defined(list(dice.values())),
+            **dice,
+            "hd95_mm": mean_defined(list(hd95.values())),
+            **hd95,
+            "hd95_penalised_mm": mean_defined(list(penalised.values())),
+            **penalised,
+        }
 
     def compute(self) -> dict[str, Any]:
         """Means over cases (HD95 over the cases where it is defined) and the per-case table."""
@@ -176,10 +202,12 @@ class VolumeMetrics:
             return self._compute_classes()
         dice = np.array([c["dice"] for c in self._cases.values()], dtype=np.float64)
         hd95 = np.array([c["hd95_mm"] for c in self._cases.values()], dtype=np.float64)
+        penalised = np.array([c["hd95_penalised_mm"] for c in self._cases.values()], dtype=np.float64)
         defined = ~np.isnan(hd95)
         return {
             "dice": float(dice.mean()) if dice.size else math.nan,
             "hd95_mm": float(hd95[defined].mean()) if defined.any() else math.nan,
+            "hd95_penalised_mm": float(penalised.mean()) if penalised.size else math.nan,
             "n": int(dice.size),
             "hd95_undefined": int((~defined).sum()),
             "cases": {case_id: dict(scores) for case_id, scores in sorted(self._cases.items())},
@@ -188,9 +216,11 @@ class VolumeMetrics:
     def _compute_classes(self) -> dict[str, Any]:
         """Per class: mean over the cases where it is defined; the means over classes; undefined HD95 counts."""
         names = self.class_names
-        column = {key: np.array([c[key] for c in self._cases.values()], dtype=np.float64) for key in (*class_columns("dice", names), *class_columns("hd95_mm", names))}
+        keys = (*class_columns("dice", names), *class_columns("hd95_mm", names), *class_columns("hd95_penalised_mm", names))
+        column = {key: np.array([c[key] for c in self._cases.values()], dtype=np.float64) for key in keys}
         dice = {key: mean_defined(column[key]) for key in class_columns("dice", names)}
         hd95 = {key: mean_defined(column[key]) for key in class_columns("hd95_mm", names)}
+        penalised = {key: mean_defined(column[key]) for key in class_columns("hd95_penalised_mm", names)}
         # present (a Dice) but no HD95: the class is in exactly one of prediction and label
         undefined = {
             f"hd95_undefined/{name}": int((~np.isnan(column[f"dice/{name}"]) & np.isnan(column[f"hd95_mm/{name}"])).sum())
@@ -201,6 +231,8 @@ class VolumeMetrics:
             **dice,
             "hd95_mm": mean_defined(list(hd95.values())),
             **hd95,
+            "hd95_penalised_mm": mean_defined(list(penalised.values())),
+            **penalised,
             "hd95_undefined": sum(undefined.values()),
             **undefined,
             "n": len(self._cases),

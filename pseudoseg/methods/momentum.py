@@ -334,6 +334,9 @@ def run_momentum(session: RunSession) -> RecipeOutcome:
         unlabeled=session.unlabeled,
         validation=session.validation,
         init_weights=teacher_weights if method.student_init == "teacher" else None,
+        # M0, the labeled-only model the supervised row reports: the student stage releases
+        # nothing below it on V, whatever the student started from
+        baseline=teacher_stage.weights("ema"),
         # fresh: the run's initialisation, the one the teacher stage started from;
         # random: another draw
         init_seed=stage_seed(session.config.seed, "random-student") if method.student_init == "random" else None,

@@ -251,6 +251,9 @@ class RoundStrategy(Strategy):
 
 # --------------------------------------------------------------------------- recipe
 
+LABELED_NETWORK = "ema"
+"""The network of the labeled-only stage that is M0 (its released one: what the supervised row reports)."""
+
 INITIAL_WEIGHTS = "initial"
 """How a round's ``init_weights`` reads when it starts from M0's initial weights (``method.init: initial``)."""
 
@@ -396,7 +399,9 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
             steps=method.teacher_steps or config.train.steps,
             batch_size=config.train.batch_size,
         )
-    weights: dict[int, Path] = {0: labeled_stage.weights("raw")}
+    # M0 is the labeled-only stage's released network (its momentum copy), the model
+    # the grid's supervised row reports and every other row starts from
+    weights: dict[int, Path] = {0: labeled_stage.weights(LABELED_NETWORK)}
     stages: dict[int, StageResult] = {0: labeled_stage}
 
     everything = np.sort(np.concatenate(subsets))
@@ -423,6 +428,7 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
             unlabeled=subsets[plan.train_subset],
             validation=session.validation,
             init_weights=start,  # None: the run's fresh initialisation, which M0 started from
+            baseline=weights[0] if start is None else None,  # a round from trained weights must beat them
             describe={
                 "strategy": method.name,
                 "round": plan.round,
@@ -569,10 +575,12 @@ def _mask_dice(session: RunSession, files: dict[int, _LabelFile], subsets: list[
     return total / count if count else None
 
 
-def _validation_dice(stage: StageResult) -> dict[str, Any]:
-    best = stage.best["raw"]
+def _validation_dice(stage: StageResult, network: str = "raw") -> dict[str, Any]:
+    """The validation Dice of the stage's best checkpoint of ``network`` (its start, where it kept it)."""
+    best = stage.best[network]
+    key = "start/dice" if best.get("start") else f"{network}/dice"
     records = [r for r in read_metrics(stage.stage_dir / "metrics.jsonl") if r.get("kind") == "val" and r.get("step") == best["step"]]
-    dice = records[-1].get("raw/dice") if records else None
+    dice = records[-1].get(key) if records else None
     return {"val_dice": dice, "val_step": best["step"]}
 
 
@@ -586,7 +594,7 @@ def _initial_record(session: RunSession, stage: StageResult, initial: _LabelFile
     return {
         "round": 0,
         "method": session.config.method.name,
-        "weights": _relative(stage.weights("raw"), run_dir),
+        "weights": _relative(stage.weights(LABELED_NETWORK), run_dir),
         "relabelled_file": _relative(initial.path, run_dir),
         "relabelled_by": initial.rendered_by,
         "n_relabelled": len(initial.indices),
@@ -597,7 +605,7 @@ def _initial_record(session: RunSession, stage: StageResult, initial: _LabelFile
         "pseudo_dice": pseudo["dice"],
         "pseudo_dice_pooled": pseudo["dice_pooled"],
         "pseudo_dice_all": _mask_dice(session, files, subsets),
-        **_validation_dice(stage),
+        **_validation_dice(stage, LABELED_NETWORK),
         **_round_budget(session, stage),
     }
 
@@ -646,6 +654,7 @@ def _round_record(
         "gain_pooled": _difference(pseudo["dice_pooled"], before["dice_pooled"]),
         "pseudo_dice_all": _mask_dice(session, files, subsets),
         **_validation_dice(stage),
+        "kept_start": stage.released_start(stage.weights("raw")),
         **_round_budget(session, stage),
     }
 

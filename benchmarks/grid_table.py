@@ -8,7 +8,8 @@ This script reads each grid's ``runs.json`` and every run's
 chosen metric columns (mean over test sets, mean ± sample std over the grid's
 seeds; ``rounds/<key>``: the mean over a rounds run's rounds of that key of its
 ``rounds.jsonl``, e.g. ``rounds/gain``, ``rounds/agreement_dice``), the steps
-of the released model and of the whole run, and, with
+of the released model and of the whole run, the masks the run used (labeled +
+validation) and in how many seeds it released its stage's start, and, with
 ``--reference``, the per-seed differences of the first column from that row
 (paired by seed; rows of other seeds are not paired). Example, the README's
 two-class hippocampus table::
@@ -104,13 +105,16 @@ def main(argv: list[str] | None = None) -> None:
                 _fail(f"{label}, seed {seed}: no column {', '.join(missing)} (it has {', '.join(report['mean'])})")
     # the mean over test sets as the one "set" of each run
     summary = summarize_runs({label: [{"all": report["mean"]} for _, report in sorted(per_seed.items())] for label, per_seed in reports.items()})
-    header = ["Row", "Seeds", *columns, "Released steps", "Steps"]
+    header = ["Row", "Seeds", *columns, "Released steps", "Steps", "Masks (L+V)", "Kept start"]
     lines = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 1)]
     for label, per_seed in reports.items():
         budgets = [report["budget"] for report in per_seed.values()]
-        cells = [_cell(summary[label]["sets"]["all"].get(column), args.mm_decimals if column.startswith("hd95_mm") else args.decimals) for column in columns]
+        cells = [_cell(summary[label]["sets"]["all"].get(column), args.mm_decimals if column.startswith(("hd95_mm", "hd95_penalised_mm")) else args.decimals) for column in columns]
         released = _span([b.get("released_steps", b["steps"]) for b in budgets])
-        lines.append("| " + " | ".join([label, ", ".join(map(str, sorted(per_seed))), *cells, released, _span([b["steps"] for b in budgets])]) + " |")
+        masks = " / ".join(dict.fromkeys(f"{m['labeled']}+{m['validation']}" for m in (report.get("masks_used") for report in per_seed.values()) if m)) or "–"
+        kept = [bool(b["kept_start"]) for b in budgets if "kept_start" in b]
+        kept_cell = f"{sum(kept)}/{len(kept)}" if kept else "–"
+        lines.append("| " + " | ".join([label, ", ".join(map(str, sorted(per_seed))), *cells, released, _span([b["steps"] for b in budgets]), masks, kept_cell]) + " |")
     print("\n".join(lines))
     if args.reference:
         if args.reference not in reports:

@@ -58,17 +58,17 @@ class RunResult:
     """What the run's stages spent (``budget.json``, see :func:`run_budget`)."""
 
 
-def run_budget(stages: list[StageResult], run_dir: Path, released: list[StageResult] | None = None) -> dict[str, Any]:
+def run_budget(stages: list[StageResult], run_dir: Path, released: list[tuple[StageResult, ...]] | None = None) -> dict[str, Any]:
     """Optimiser steps and training images of every stage a run trained or reused, and their totals.
 
     A stage reused from another run (``method.teacher_run``) counts: the run's
     model depends on it. Stages are named by their folder relative to the run
     (or the path of the run they were taken from).
 
-    ``released``: the stages holding the released weights (several for an
-    ensemble). ``released_steps`` is then what those weights received: the
-    steps of every stage in their lineage (the stages they were fine-tuned
-    from, down to a fresh start), each counted once; ``steps`` is everything
+    ``released``: the lineage of each released weights file (several for an
+    ensemble): the stages they were trained in, fine-tuned from, down to a fresh
+    start. ``released_steps`` is then what those weights received, the steps of
+    every stage of those lineages, each counted once; ``steps`` is everything
     the run spent. Self-learning that continues from round to round releases
     a model of ``steps`` steps; ATSO that restarts every round from the
     labeled-only model releases one of M0 + one round.
@@ -86,7 +86,7 @@ def run_budget(stages: list[StageResult], run_dir: Path, released: list[StageRes
         "images": sum(stage["images"] for stage in per_stage.values()),
     }
     if released:
-        lineage = {name(ancestor): ancestor for stage in released for ancestor in stage.lineage or (stage,)}
+        lineage = {name(ancestor): ancestor for stages_of in released for ancestor in stages_of}
         budget["released_steps"] = sum(ancestor.budget["steps"] for ancestor in lineage.values())
         budget["released_stages"] = list(lineage)
     budget["stages"] = per_stage
@@ -213,6 +213,15 @@ def split_line(config: RunConfig, split: Split, pool: SamplePool, unlabeled: np.
     return f"{counts} ({how}); {split.masks_line()}; run directory {run_dir}"
 
 
+def _released_lineage(trainer: Trainer, weights: Path, stage: StageResult) -> tuple[StageResult, ...]:
+    """The stages the released ``weights`` of ``stage`` received their steps in: where the stage kept
+    its start, the start's own (the stage's steps did not reach them; the start may itself be a kept start)."""
+    if stage.released_start(weights) and stage.start is not None:
+        origin = trainer.stage_holding(stage.start)
+        return _released_lineage(trainer, stage.start, origin) if origin is not None else ()
+    return stage.lineage or (stage,)
+
+
 def _indices(pool: SamplePool, units: tuple[str, ...]) -> np.ndarray:
     wanted = set(units)
     return np.array([index for index, group in enumerate(pool.groups) if group in wanted], dtype=np.int64)
@@ -267,7 +276,7 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
 
     released = outcome.ensemble or [outcome.networks[outcome.released]]
     holding = [trainer.stage_holding(path) for path in released]
-    budget = run_budget(trainer.stages, run_dir, [stage for stage in holding if stage is not None])
+    budget = run_budget(trainer.stages, run_dir, [_released_lineage(trainer, path, stage) for path, stage in zip(released, holding) if stage is not None])
     # the released weights are their stage's start (the labeled-only model, or the model a
     # round started from): no semi-supervised checkpoint beat it on validation
     budget["kept_start"] = all(stage is not None and stage.released_start(path) for path, stage in zip(released, holding))

@@ -21,7 +21,8 @@ def _grid(root: Path, rows: dict[str, dict[int, tuple[float, float, int, int]]])
         for seed, (dice, dice_a, released, steps) in seeds.items():
             report = root / f"seed{seed}" / row / "report"
             report.mkdir(parents=True)
-            metrics = {"mean": {"dice": dice, "dice/a": dice_a, "hd95_mm": 10 * dice}, "budget": {"steps": steps, "released_steps": released}}
+            budget = {"steps": steps, "released_steps": released, "kept_start": row != "supervised" and seed == 1}
+            metrics = {"mean": {"dice": dice, "dice/a": dice_a, "hd95_mm": 10 * dice}, "budget": budget, "masks_used": {"labeled": 16, "validation": 4, "total": 20}}
             (report / "metrics.json").write_text(json.dumps(metrics))
             runs.setdefault(row, {})[str(seed)] = f"elsewhere/seed{seed}/{row}"  # as recorded where the grid ran
     (root / "runs.json").write_text(json.dumps({"family": "rounds", "seeds": [0, 1], "runs": runs}))
@@ -33,10 +34,10 @@ def test_rows_of_two_grids_in_one_table(tmp_path: Path, capsys: pytest.CaptureFi
     b = _grid(tmp_path / "b", {"supervised": {0: (0.80, 0.9, 300, 300), 1: (0.82, 0.9, 300, 300)}})
     _script().main([f"{a}:supervised=M0", f"{a}:tso", f"{b}:supervised=bound", "--columns", "dice,dice/a,hd95_mm", "--reference", "M0"])
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "| Row | Seeds | dice | dice/a | hd95_mm | Released steps | Steps |"
-    assert out[2] == "| M0 | 0, 1 | 0.720 ± 0.028 | 0.700 ± 0.141 | 7.2 ± 0.3 | 100–120 | 100–120 |"  # sample std over the two seeds
-    assert out[3] == "| tso | 0, 1 | 0.705 ± 0.007 | 0.500 ± 0.000 | 7.0 ± 0.1 | 150–170 | 150–170 |"
-    assert out[4] == "| bound | 0, 1 | 0.810 ± 0.014 | 0.900 ± 0.000 | 8.1 ± 0.1 | 300 | 300 |"
+    assert out[0] == "| Row | Seeds | dice | dice/a | hd95_mm | Released steps | Steps | Masks (L+V) | Kept start |"
+    assert out[2] == "| M0 | 0, 1 | 0.720 ± 0.028 | 0.700 ± 0.141 | 7.2 ± 0.3 | 100–120 | 100–120 | 16+4 | 0/2 |"  # sample std over the two seeds
+    assert out[3] == "| tso | 0, 1 | 0.705 ± 0.007 | 0.500 ± 0.000 | 7.0 ± 0.1 | 150–170 | 150–170 | 16+4 | 1/2 |"  # seed 1 released its start
+    assert out[4] == "| bound | 0, 1 | 0.810 ± 0.014 | 0.900 ± 0.000 | 8.1 ± 0.1 | 300 | 300 | 16+4 | 0/2 |"
     assert "- tso: 0: +0.010, 1: -0.040" in out and "- bound: 0: +0.100, 1: +0.080" in out
 
 
@@ -65,4 +66,4 @@ def test_round_diagnostics_are_means_over_the_rounds(tmp_path: Path, capsys: pyt
         records = [{"round": 0, "gain": None, "pseudo_dice": 0.5}] + [{"round": r + 1, "gain": g, "pseudo_dice": 0.6} for r, g in enumerate(gains)]
         (a / f"seed{seed}" / "tso" / "rounds.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
     _script().main([f"{a}:tso", "--columns", "rounds/gain,rounds/pseudo_dice"])
-    assert capsys.readouterr().out.splitlines()[2] == "| tso | 0, 1 | 0.050 ± 0.212 | 0.600 ± 0.000 | 100 | 100 |"  # seeds: -0.1, +0.2
+    assert capsys.readouterr().out.splitlines()[2] == "| tso | 0, 1 | 0.050 ± 0.212 | 0.600 ± 0.000 | 100 | 100 | 16+4 | 1/2 |"  # seeds: -0.1, +0.2

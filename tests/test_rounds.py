@@ -211,9 +211,13 @@ def test_tso_on_volumes(tiny_ct: Path, cache: Path, tmp_path: Path) -> None:
     train(config_from_dict(rounds_config(run, volume_data(tiny_ct, cache), name="tso", rounds=2)), show_progress=False, log=lambda _: None)
     check_tso_provenance(check_run_files(run, "tso", rounds=2, subsets=1))
     assert json.loads((run / "model.json").read_text())["ensemble"] is None
-    # self-learning releases a model that received every step of the run
+    # self-learning releases a model that received every step of the run up to the last round
+    # that did not keep its start (a round that kept it hands on its start's weights)
     budget = json.loads((run / "budget.json").read_text())
-    assert budget["released_steps"] == budget["steps"] == 3 + 2 * 2
+    kept = [r["kept_start"] for r in read_rounds(run)[1:]]
+    last_own = max((r for r, k in zip((1, 2), kept) if not k), default=0)
+    assert budget["kept_start"] is kept[-1]
+    assert (budget["released_steps"], budget["steps"]) == (3 + 2 * last_own, 3 + 2 * 2)
     assert [(r["steps"], r["released_steps"], r["total_steps"], r.get("own_labels")) for r in read_rounds(run)] == [
         (3, 3, 3, None),
         (2, 5, 5, True),
@@ -263,9 +267,18 @@ def test_atso_start_options_start_where_they_say(init: str, tiny_ct: Path, cache
     assert [(r["steps"], r["total_steps"]) for r in records] == [(2, 5), (2, 7), (2, 9)]
     released = {"labeled": [5, 5, 5], "initial": [2, 2, 2], "continue": [5, 7, 9]}[init]
     assert [r["released_steps"] for r in records] == released
+    # the released weights: the last round's, or where a round kept its start, that start's
+    # (a round kept its start when no checkpoint of its own beat it on validation)
+    kept = [r["kept_start"] for r in records]
     budget = json.loads((run / "budget.json").read_text())
-    assert (budget["steps"], budget["released_steps"]) == (9, released[-1])
-    assert budget["released_stages"] == {"labeled": ["round_0", "round_3"], "initial": ["round_3"], "continue": ["round_0", "round_1", "round_2", "round_3"]}[init]
+    if init == "continue":  # back to the last round that did not keep its start (M0 if none)
+        last_own = max((r for r, k in zip((1, 2, 3), kept) if not k), default=0)
+        stages = [f"round_{r}" for r in range(last_own + 1)]
+    else:  # from M0 or from the initial weights (which must beat M0)
+        stages = ["round_0"] if kept[-1] else {"labeled": ["round_0", "round_3"], "initial": ["round_3"]}[init]
+    assert budget["kept_start"] is kept[-1]
+    assert budget["released_stages"] == stages
+    assert (budget["steps"], budget["released_steps"]) == (9, sum(3 if stage == "round_0" else 2 for stage in stages))
     # the gain a round buys: its labels of the subset it relabels against the true masks, minus the previous ones'
     for record in records:
         assert record["gain"] == pytest.approx(record["pseudo_dice"] - record["previous_pseudo_dice"])
@@ -275,8 +288,10 @@ def test_atso_start_options_start_where_they_say(init: str, tiny_ct: Path, cache
 def test_ensemble_budget_counts_every_member(atso_volumes: tuple[Path, dict]) -> None:
     run, _ = atso_volumes  # final: ensemble of rounds 2 and 3, both fine-tuned from M0
     budget = json.loads((run / "budget.json").read_text())
-    assert budget["released_stages"] == ["round_0", "round_2", "round_3"]
-    assert budget["released_steps"] == 3 + 2 + 2
+    kept = {r["round"]: r["kept_start"] for r in read_rounds(run)[1:]}
+    members = ["round_0", *(f"round_{r}" for r in (2, 3) if not kept[r])]  # a member that kept its start is M0
+    assert budget["released_stages"] == members
+    assert budget["released_steps"] == 3 + 2 * (len(members) - 1)
 
 
 @pytest.mark.parametrize("method", ["atso", "tso"])

@@ -78,6 +78,8 @@ def test_a_round_that_only_gets_worse_releases_its_start(tiny_polyps: Path, tmp_
     released = run / json.loads((run / "model.json").read_text())["networks"]["last"]
     assert _digest(raw, released) == _digest(raw, m0)  # the run hands back M0 itself
     assert result.budget["kept_start"] is True
+    # the released weights received M0's steps alone: the rounds' steps never reached them
+    assert (result.budget["released_steps"], result.budget["released_stages"], result.budget["steps"]) == (40, ["round_0"], 48)
     assert json.loads((run / "budget.json").read_text())["kept_start"] is True
     assert sum("the released model is its stage's start" in line for line in logged) == 1
     # the rounds' own diagnostics read the kept start's validation score

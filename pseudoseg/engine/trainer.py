@@ -70,6 +70,9 @@ class StageResult:
     images drawn, labeled and unlabeled), ``max_steps``, ``stopped_early``."""
     init_digest: str | None = None
     """Digest of the weights the stage's student started from (:func:`weights_digest`)."""
+    start: Path | None = None
+    """The stage's start (``StageSpec.start``), where it had one: the model its best weights are
+    where no checkpoint beat it (:attr:`kept_start`)."""
     lineage: tuple[StageResult, ...] = field(default=(), repr=False, compare=False)
     """The stages this one's weights descend from, oldest first, itself last: the
     stage whose weights it started from (``StageSpec.init_weights``), that
@@ -342,7 +345,7 @@ class Trainer:
             "images": step * images_per_step,
             "stopped_early": step < spec.steps,
         }
-        result = StageResult(stage_dir, best, budget, init_digest)
+        result = StageResult(stage_dir, best, budget, init_digest, Path(spec.start) if spec.start is not None else None)
         if self.dist.is_main:
             machine = describe_machine(self.device, self.amp_dtype)
             write_json(
@@ -557,7 +560,8 @@ def stage_result_from_done(stage_dir: Path, done: dict[str, Any]) -> StageResult
         "images": int(done.get("images", steps * per_step)),
         "stopped_early": bool(done.get("stopped_early", False)),
     }
-    return StageResult(stage_dir, done["best"], budget, done.get("init_digest"))
+    start = describe.get("start")  # relative to the run directory when inside it
+    return StageResult(stage_dir, done["best"], budget, done.get("init_digest"), stage_dir.parent / start if start else None)
 
 
 def _validation_line(record: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ after SIGKILL, and its grid rows."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from pseudoseg.engine.losses import SegmentationLoss
 from pseudoseg.engine.trainer import weights_digest
 from pseudoseg.errors import UserError
 from pseudoseg.methods import get_method, grid_families
-from pseudoseg.methods.bcp import PatchDraw, bidirectional_copy_paste, copy_paste, largest_components, mixed_loss
+from pseudoseg.methods.bcp import PatchDraw, authors_loss, bidirectional_copy_paste, copy_paste, largest_components, mixed_loss
 from pseudoseg.engine.labels import one_hot
 from pseudoseg.models.factory import build_model
 from tests.conftest import tiny_config, write_config
@@ -93,6 +94,24 @@ def test_mixed_loss_weighs_each_region_on_its_own(channels: int) -> None:
     torch.testing.assert_close(mixed_loss(criterion, logits, mixed), torch.tensor(0.25), atol=1e-4, rtol=0)
     swapped = copy_paste(target, target, target, target, box, (1.0, 0.25))
     torch.testing.assert_close(mixed_loss(criterion, logits, swapped), torch.tensor(1.0), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("channels, expected", [(1, (1.0 + 0.2) / 2 + math.log(2)), (3, (1.0 + 0.4 + 1.0) / 3 + math.log(3))])
+def test_the_authors_loss_is_batch_dice_with_the_background_plus_cross_entropy(channels: int, expected: float) -> None:
+    # an undecided network (logits 0) against class 1 everywhere: the background's Dice loss 1, class 1's
+    # 1 - 2 (1/2) / (1/4 + 1) = 0.2 with a sigmoid, 1 - 2 (1/3) / (1/9 + 1) = 0.4 with three classes
+    # (class 2: 1), and the cross-entropy log 2 / log 3
+    target = one_hot(torch.ones(2, 5, 5, dtype=torch.long), channels)
+    region = torch.zeros(2, 1, 5, 5)
+    region[:, :, 1:4, :] = 1.0
+    logits = torch.zeros(2, channels, 5, 5)
+    logits[:, :, 0] = 30.0 * (1 - 2 * target[:, :, 0])  # confidently wrong outside the region: not counted
+    torch.testing.assert_close(authors_loss(logits, target, region), torch.tensor(expected), atol=1e-5, rtol=0)
+    # Dice over the batch: an image whose region holds no foreground costs nothing when it predicts none
+    target[1] = one_hot(torch.zeros(1, 5, 5, dtype=torch.long), channels)[0]
+    logits[1] = 30.0 * (2 * target[1] - 1)
+    per_image = authors_loss(logits[:1], target[:1], region[:1])
+    assert float(authors_loss(logits, target, region)) < float(per_image)
 
 
 def test_largest_components_keep_each_class_largest_8_connected_part() -> None:

@@ -10,9 +10,11 @@ Two stages, as the authors' code (``ACDC_BCP_train.py``, DeepMed-Lab-ECNU/BCP).
 
        loss = (L(f(x), y; outside) + L(f(x), y; inside)) / 2
 
-   where ``L(.; region)`` is the run's ``train.loss`` on the region's pixels only
-   (masked Dice, cross-entropy averaged over the region). ``pretrain: plain`` is
-   the supervised stage every other baseline starts from.
+   where ``L(.; region)`` is the loss on the region's pixels only: by default the
+   authors' (``loss: authors``: Dice over the batch with every class, the background
+   included, + cross-entropy), or the run's ``train.loss`` (``loss: run``: masked
+   Dice per image + its cross-entropy if any). ``pretrain: plain`` is the supervised
+   stage every other baseline starts from.
 2. **Self-training** (``<run_dir>/student``): a mean teacher, the EMA copy of
    the student (``momentum`` 0.99 per step, both starting from the pre-trained
    network), labels the unlabeled batch (hard decisions, argmax; ``p > 0.5`` for
@@ -42,18 +44,18 @@ by default the pre-training runs here and both networks start from its best
 raw network on the validation split (the authors' ``best_model``); the grids'
 rows start, like every baseline, from the momentum copy (``start_network: ema``)
 of the seed's supervised run (``teacher_run``: the plain stage, not the
-copy-paste one). The paper's Dice includes the background class and the
-authors apply a softmax twice (once in ``mix_loss``, once in their Dice); here
-the loss is the run's ``train.loss`` (docs/methods_bcp.md lists every difference).
+copy-paste one). docs/methods_bcp.md lists every difference from the authors' code.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from scipy import ndimage
 from torch import nn
@@ -104,6 +106,11 @@ class BCPConfig(LabeledStartSection):
     largest_component: bool = True
     """Keep only the largest connected component (8-connected) of each class in the
     teacher's labels (the authors' ACDC code); the labels go to the CPU for it."""
+    loss: Literal["authors", "run"] = "authors"
+    """The loss on each part of a mixed image (pre-training and self-training): ``authors``,
+    the authors' Dice (over the whole batch, every class with the background, squared
+    denominators) + cross-entropy on the part's pixels; ``run``: the run's ``train.loss``
+    on the part's pixels (masked Dice per image, foreground classes only)."""
     teacher_mode: Literal["train", "eval"] = "train"
     """The teacher labels U in training mode (batch statistics of each unlabeled half, the
     authors' code) or in eval mode (running statistics)."""
@@ -173,12 +180,45 @@ def bidirectional_copy_paste(
     return into_unlabeled, into_labeled
 
 
-def mixed_loss(criterion: SegmentationLoss, logits: torch.Tensor, mixed: Mixed) -> torch.Tensor:
+RegionLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(logits ``[n, K, H, W]``, targets ``[n, K, H, W]``, region ``float [n, 1, H, W]``) -> the loss on the region's pixels."""
+
+
+def authors_loss(logits: torch.Tensor, targets: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """The authors' Dice + cross-entropy on the pixels where ``region`` is 1 (``losses.DiceLoss``
+    and ``nn.CrossEntropyLoss`` in their ``mix_loss``).
+
+    Dice per class over the whole batch, ``1 - (2 sum p t + e) / (sum p^2 + sum t^2 + e)``
+    with e = 1e-10, averaged over every class, the background included (one class: the
+    sigmoid's two classes, background and foreground); the cross-entropy averaged over the
+    region's pixels of the batch (one class: binary). In float32."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        foreground = torch.sigmoid(logits)
+        probs, classes = torch.cat([1.0 - foreground, foreground], 1), torch.cat([1.0 - targets, targets], 1)
+        pixel_ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    else:
+        probs, classes = torch.softmax(logits, 1), targets
+        pixel_ce = -(targets * F.log_softmax(logits, 1)).sum(1, keepdim=True)
+    dims = (0, 2, 3)
+    intersection = (probs * classes * region).sum(dims)
+    denominator = (probs.square() * region).sum(dims) + (classes.square() * region).sum(dims)
+    dice = 1.0 - (2.0 * intersection + 1e-10) / (denominator + 1e-10)
+    cross_entropy = (pixel_ce * region).sum() / (region.sum() + 1e-16)
+    return dice.mean() + cross_entropy
+
+
+def mixed_loss(region_loss: RegionLoss, logits: torch.Tensor, mixed: Mixed) -> torch.Tensor:
     """The authors' ``mix_loss``: the loss on the pixels outside the square and, separately, on
     those inside, each against the mixed target, weighted."""
     inside = mixed.box.expand(logits.shape[0], 1, *logits.shape[-2:]).float()
     outside = 1.0 - inside
-    return mixed.outside_weight * criterion(logits, mixed.targets, outside) + mixed.inside_weight * criterion(logits, mixed.targets, inside)
+    return mixed.outside_weight * region_loss(logits, mixed.targets, outside) + mixed.inside_weight * region_loss(logits, mixed.targets, inside)
+
+
+def region_loss_of(loss: str, criterion: SegmentationLoss) -> RegionLoss:
+    """The region loss a BCP ``loss`` setting names (``run``: the run's criterion, masked)."""
+    return authors_loss if loss == "authors" else criterion
 
 
 def largest_components(labels: torch.Tensor) -> torch.Tensor:
@@ -204,19 +244,21 @@ class CopyPasteStrategy(SupervisedStrategy):
     """BCP's pre-training: supervised training on labeled images copy-pasted into each other
     (the second half of the batch into the first), keeping the momentum copy of the labeled stage."""
 
-    def __init__(self, momentum: float, *, unit: str = "epoch", schedule: str = "step", buffers: str = "average", patch_fraction: float) -> None:
+    def __init__(self, momentum: float, *, unit: str = "epoch", schedule: str = "step", buffers: str = "average", patch_fraction: float, loss: str) -> None:
         super().__init__(momentum, unit=unit, schedule=schedule, buffers=buffers)
         self.patch_fraction = patch_fraction
+        self.loss_kind = loss
 
     def setup(self, context: StageContext) -> None:
         super().setup(context)
         self.patches = PatchDraw(self.patch_fraction, stage_seed(context.config.seed, f"{context.spec.name}/copy-paste"))
+        self.region_loss = region_loss_of(self.loss_kind, context.criterion)
 
     def loss(self, batch: Batch, forward: Forward, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         half = batch.images.shape[0] // 2
         box = self.patches.box(*batch.images.shape[-2:], batch.images.device)
         mixed = copy_paste(batch.images[:half], batch.masks[:half], batch.images[half:], batch.masks[half:], box, (1.0, 1.0))
-        loss = mixed_loss(self.context.criterion, forward(mixed.images), mixed) / 2.0
+        loss = mixed_loss(self.region_loss, forward(mixed.images), mixed) / 2.0
         return loss, {"loss_sup": loss.detach()}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -240,6 +282,7 @@ class BCPStrategy(Strategy):
         super().setup(context)
         self.teacher = ModelEMA(context.student, self.method.momentum, buffers="average")  # the authors average every state entry
         self.patches = PatchDraw(self.method.patch_fraction, stage_seed(context.config.seed, f"{context.spec.name}/copy-paste"))
+        self.region_loss = region_loss_of(self.method.loss, context.criterion)
 
     @torch.no_grad()
     def teacher_labels(self, unlabeled: torch.Tensor) -> torch.Tensor:
@@ -261,9 +304,8 @@ class BCPStrategy(Strategy):
         pseudo = self.teacher_labels(batch.unlabeled)
         box = self.patches.box(*batch.images.shape[-2:], batch.images.device)
         into_unlabeled, into_labeled = bidirectional_copy_paste(batch.images, batch.masks, batch.unlabeled, pseudo, box, self.method.unlabeled_weight)
-        criterion = self.context.criterion
-        loss_into_unlabeled = mixed_loss(criterion, forward(into_unlabeled.images), into_unlabeled)
-        loss_into_labeled = mixed_loss(criterion, forward(into_labeled.images), into_labeled)
+        loss_into_unlabeled = mixed_loss(self.region_loss, forward(into_unlabeled.images), into_unlabeled)
+        loss_into_labeled = mixed_loss(self.region_loss, forward(into_labeled.images), into_labeled)
         loss = (loss_into_unlabeled + loss_into_labeled) / 2.0
         return loss, {"loss_into_unlabeled": loss_into_unlabeled.detach(), "loss_into_labeled": loss_into_labeled.detach()}
 
@@ -317,7 +359,7 @@ def run_bcp(session: RunSession) -> RecipeOutcome:
     pretraining = {}
     if method.student_init == "labeled" and method.teacher_run is None and method.pretrain == "copy_paste":
         _check_halves(method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size), "method.teacher_batch_size", world)
-        pretraining = {"strategy": CopyPasteStrategy, "settings": {"patch_fraction": method.patch_fraction}}
+        pretraining = {"strategy": CopyPasteStrategy, "settings": {"patch_fraction": method.patch_fraction, "loss": method.loss}}
     start = labeled_start(session, method, **pretraining)
     init = start.weights(method.start_network) if start is not None else None
     spec = StageSpec(
@@ -336,4 +378,16 @@ def run_bcp(session: RunSession) -> RecipeOutcome:
     return RecipeOutcome("raw", {"raw": result.weights("raw"), "ema": result.weights("ema")})
 
 
-__all__ = ["BCPConfig", "BCPStrategy", "CopyPasteStrategy", "Mixed", "PatchDraw", "bidirectional_copy_paste", "copy_paste", "largest_components", "mixed_loss", "run_bcp"]
+__all__ = [
+    "BCPConfig",
+    "BCPStrategy",
+    "CopyPasteStrategy",
+    "Mixed",
+    "PatchDraw",
+    "authors_loss",
+    "bidirectional_copy_paste",
+    "copy_paste",
+    "largest_components",
+    "mixed_loss",
+    "run_bcp",
+]

@@ -280,7 +280,8 @@ class BCPStrategy(Strategy):
 
     def setup(self, context: StageContext) -> None:
         super().setup(context)
-        self.teacher = ModelEMA(context.student, self.method.momentum, buffers="average")  # the authors average every state entry
+        # batch-norm statistics averaged like the weights, as the authors' EMA of the whole state (integer counters copied)
+        self.teacher = ModelEMA(context.student, self.method.momentum, buffers="average")
         self.patches = PatchDraw(self.method.patch_fraction, stage_seed(context.config.seed, f"{context.spec.name}/copy-paste"))
         self.region_loss = region_loss_of(self.method.loss, context.criterion)
 
@@ -297,6 +298,10 @@ class BCPStrategy(Strategy):
             teacher.eval()
         else:
             logits = teacher(unlabeled)
+        return self._targets(logits)
+
+    def _targets(self, logits: torch.Tensor) -> torch.Tensor:
+        """Hard decisions of the teacher's logits, reduced to each class's largest component if asked."""
         labels = harden(probabilities(logits), strict=True)
         return largest_components(labels) if self.method.largest_component else labels
 
@@ -322,8 +327,7 @@ class BCPStrategy(Strategy):
         teacher = self.teacher.module.eval()
         if self.context.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        labels = harden(probabilities(teacher(images)), strict=True)
-        return largest_components(labels) if self.method.largest_component else labels
+        return self._targets(teacher(images))
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return self.patches.state_tensors()

@@ -33,6 +33,7 @@ def test_momentum_grid_is_the_papers_grid_plus_the_baselines() -> None:
         "online-original",
         "online-momentum",
         # added by the baselines' method files, after the family's own rows, in the order the methods are listed
+        "bcp",
         "cps",
         "fixmatch",
         "mean-teacher",
@@ -67,7 +68,7 @@ def test_momentum_grid_is_the_papers_grid_plus_the_baselines() -> None:
     assert mean_teacher.teacher_run == Path("grid/seed0/supervised")
     # the one-stage baselines start from the seed's labeled-only model with the paper's defaults,
     # for the student stage's steps; FixMatch replaces the former weak-to-strong row
-    for name in ("fixmatch", "unimatch", "cps"):
+    for name in ("fixmatch", "unimatch", "cps", "bcp"):
         config = variants[name]
         assert (config.method.name, config.method.student_init, config.method.steps) == (name, "labeled", None)
         assert config.method.teacher_run == Path("grid/seed0/supervised") and config.train.steps == 600
@@ -102,6 +103,7 @@ def test_rounds_grid_holds_each_budget_against_tso(tmp_path: Path) -> None:
         "atso-ensemble",
         "atso-full",
         "atso-initial-full",
+        "bcp",
         "cps",
         "fixmatch",
         "mean-teacher",
@@ -130,7 +132,7 @@ def test_rounds_grid_holds_each_budget_against_tso(tmp_path: Path) -> None:
     assert settings("atso-full") == ("atso", "labeled", 2, "last", 4, 600)
     assert settings("atso-initial-full") == ("atso", "initial", 2, "last", 4, 350 + 600)
     # the baselines after the shared M0 spend TSO's R x round_steps
-    assert [variants[name].method.steps for name in ("cps", "fixmatch", "mean-teacher", "unimatch")] == [600, 600, 600, 600]
+    assert [variants[name].method.steps for name in ("bcp", "cps", "fixmatch", "mean-teacher", "unimatch")] == [600, 600, 600, 600, 600]
     for name in variants:
         if not name.startswith("supervised"):
             assert variants[name].method.teacher_run == teacher_run

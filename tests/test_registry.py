@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_built_in_methods_are_listed_in_order_with_one_line_each() -> None:
     methods = list_methods()
     # the default first, then by module: a new file in pseudoseg/methods is found without being listed anywhere
-    assert [info.name for info in methods] == ["supervised", "cps", "fixmatch", "mean_teacher", "momentum", "atso", "tso", "unimatch"]
+    assert [info.name for info in methods] == ["supervised", "bcp", "cps", "fixmatch", "mean_teacher", "momentum", "atso", "tso", "unimatch"]
     assert all(info.source == "built in" and info.summary and "\n" not in info.summary for info in methods)
-    assert {info.module for info in methods} == {f"pseudoseg.methods.{name}" for name in ("supervised", "cps", "fixmatch", "momentum", "mean_teacher", "rounds", "unimatch")}
+    assert {info.module for info in methods} == {f"pseudoseg.methods.{name}" for name in ("supervised", "bcp", "cps", "fixmatch", "momentum", "mean_teacher", "rounds", "unimatch")}
     assert get_method("atso").section is get_method("tso").section  # one section, one loop, two methods
     assert get_method("mean_teacher").section is MeanTeacherConfig and get_method("mean_teacher").recipe is run_mean_teacher
     assert not get_method("supervised").uses_unlabeled and get_method("tso").uses_unlabeled
@@ -41,15 +41,15 @@ def test_the_built_in_methods_are_listed_in_order_with_one_line_each() -> None:
 
 
 def test_an_unknown_method_names_those_that_exist() -> None:
-    with pytest.raises(UserError, match=r"^method.name: no method 'cutmix'; registered: supervised, cps, fixmatch, mean_teacher, momentum, atso, tso, unimatch \(pseudoseg methods lists them\)$"):
+    with pytest.raises(UserError, match=r"^method.name: no method 'cutmix'; registered: supervised, bcp, cps, fixmatch, mean_teacher, momentum, atso, tso, unimatch \(pseudoseg methods lists them\)$"):
         get_method("cutmix")
     with pytest.raises(UserError) as refused:
         config_from_dict({"data": {"train": "x"}, "method": {"name": "cutmix"}})
     assert str(refused.value) == (
         "configuration: method: Input tag 'cutmix' found using 'name' does not match any of the expected tags: "
-        "'supervised', 'cps', 'fixmatch', 'mean_teacher', 'momentum', 'atso', 'tso', 'unimatch'"
+        "'supervised', 'bcp', 'cps', 'fixmatch', 'mean_teacher', 'momentum', 'atso', 'tso', 'unimatch'"
     )
-    with pytest.raises(UserError, match=r"^configuration: method.name: required, one of supervised, cps, fixmatch, mean_teacher, momentum, atso, tso, unimatch$"):
+    with pytest.raises(UserError, match=r"^configuration: method.name: required, one of supervised, bcp, cps, fixmatch, mean_teacher, momentum, atso, tso, unimatch$"):
         config_from_dict({"data": {"train": "x"}, "method": {"beta": 0.5}})
     with pytest.raises(UserError, match=r"^configuration: method.mode: unknown key$"):  # a key of another method's section
         config_from_dict({"data": {"train": "x"}, "method": {"name": "mean_teacher", "mode": "online"}})

@@ -1,9 +1,10 @@
 """Stages shared between methods' recipes: reusing a finished supervised stage of another run,
-and the labeled-only start of the single-stage baselines (FixMatch, UniMatch, CPS)."""
+and the labeled-only start of the single-stage baselines (FixMatch, UniMatch, CPS, BCP)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -15,7 +16,7 @@ from pseudoseg.engine.trainer import StageResult, stage_result_from_done
 from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import GridRow, Rows
 from pseudoseg.methods.session import RunSession
-from pseudoseg.methods.supervised import train_labeled_stage
+from pseudoseg.methods.supervised import SupervisedStrategy, train_labeled_stage
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
@@ -79,9 +80,13 @@ class LabeledStartSection(MethodSection):
         return self
 
 
-def labeled_start(session: RunSession, method: LabeledStartSection) -> StageResult | None:
+def labeled_start(
+    session: RunSession, method: LabeledStartSection, *, strategy: type[SupervisedStrategy] = SupervisedStrategy, settings: Mapping[str, Any] | None = None
+) -> StageResult | None:
     """The labeled-only stage a :class:`LabeledStartSection` method starts from (``teacher_run``'s,
-    or trained in ``<run_dir>/teacher``), or None for a fresh start."""
+    or trained in ``<run_dir>/teacher``), or None for a fresh start. ``strategy`` and
+    ``settings``: a variant of supervised training for a stage trained here
+    (:func:`~pseudoseg.methods.supervised.train_labeled_stage`)."""
     if method.student_init == "fresh":
         return None
     if method.teacher_run is not None:
@@ -96,6 +101,8 @@ def labeled_start(session: RunSession, method: LabeledStartSection) -> StageResu
         buffers="average",
         steps=method.teacher_steps or train.steps,
         batch_size=method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size),
+        strategy=strategy,
+        settings=settings,
     )
 
 

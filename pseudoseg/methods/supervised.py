@@ -7,7 +7,8 @@ its "momentum" copy), the labeled-only baseline, and, with
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field
 from torch import nn
@@ -59,17 +60,32 @@ class SupervisedStrategy(Strategy):
 
 
 def train_labeled_stage(
-    session: RunSession, name: str, *, momentum: float, unit: str, schedule: str, buffers: str, steps: int, batch_size: int
+    session: RunSession,
+    name: str,
+    *,
+    momentum: float,
+    unit: str,
+    schedule: str,
+    buffers: str,
+    steps: int,
+    batch_size: int,
+    strategy: type[SupervisedStrategy] = SupervisedStrategy,
+    settings: Mapping[str, Any] | None = None,
 ) -> StageResult:
-    """A supervised stage on L (shared by every method that starts from a labeled-only model)."""
+    """A supervised stage on L (shared by every method that starts from a labeled-only model).
+
+    ``strategy``: a variant of supervised training on L (BCP's copy-paste pre-training),
+    built with the momentum keys and ``settings``, which also define the stage (a resume
+    with other settings is refused)."""
+    settings = dict(settings or {})
     spec = StageSpec(
         name=name,
-        strategy=SupervisedStrategy(momentum, unit=unit, schedule=schedule, buffers=buffers),
+        strategy=strategy(momentum, unit=unit, schedule=schedule, buffers=buffers, **settings),
         steps=steps,
         batch_size=batch_size,
         labeled=session.labeled,
         validation=session.validation,
-        describe={"strategy": "supervised", "momentum": momentum, "momentum_unit": unit, "schedule": schedule, "buffers": buffers},
+        describe={"strategy": "supervised", "momentum": momentum, "momentum_unit": unit, "schedule": schedule, "buffers": buffers, **settings},
     )
     return session.trainer.fit(spec)
 

@@ -165,7 +165,7 @@ def train(
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="A run directory, its model.json, or a weights file (.safetensors).")],
+    model: Annotated[Path, typer.Argument(help="A run directory, its model.json, a weights file (.safetensors), or an exported .onnx model.")],
     test: Annotated[Path, typer.Option(help="Test data: a parent of test sets (TestDataset/<name>/images) or one set; for CT a folder with imagesTs/ and labelsTs/.")],
     out: Annotated[Optional[Path], typer.Option(help="Write metrics.{json,csv,md} here.")] = None,
     network: Annotated[Optional[str], typer.Option(help="Which network of a run (default: the released one).")] = None,

@@ -117,17 +117,17 @@ def check_inputs(config: RunConfig) -> None:
         UserError: naming the key and the path.
     """
     data = config.data
-    folders = [("data.train", data.train), *(("data.unlabeled", folder) for folder in data.unlabeled)]
+    folders = [("training", "data.train", data.train), *(("unlabeled", "data.unlabeled", folder) for folder in data.unlabeled)]
     files = [("data.split", data.split), ("data.labeled_list", data.labeled_list), ("data.unlabeled_list", data.unlabeled_list)]
     files += [("data.validation_list", data.validation_list), ("model.weights", config.model.weights)]
-    for key, folder in folders:
+    for what, key, folder in folders:
         if not Path(folder).is_dir():
-            raise UserError(f"{key}: folder not found: {folder}")
+            raise UserError(f"{what} folder not found: {folder} ({key})")
     if data.test is not None and not Path(data.test).exists():
-        raise UserError(f"data.test: not found: {data.test}")
+        raise UserError(f"test data not found: {data.test} (data.test)")
     for key, file in files:
         if file is not None and not Path(file).is_file():
-            raise UserError(f"{key}: file not found: {file}")
+            raise UserError(f"file not found: {file} ({key})")
 
 
 # What a run writes before its first stage starts: a run directory holding only these

@@ -202,6 +202,7 @@ def test_onnx_export_matches_pytorch_at_any_batch_and_size(run, request, tmp_pat
         assert np.abs(got - expected).max() < 1e-4
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_torchscript_export_matches_pytorch(polyp_run, tmp_path, capsys) -> None:
     from pseudoseg.inference import Predictor
 
@@ -292,7 +293,6 @@ def test_keep_largest_components_per_class_in_2d_and_3d() -> None:
 
 @pytest.mark.parametrize("run", ["polyp_run", "ct_run"])
 def test_predict_largest_component_leaves_one_piece_per_class(run, request, tiny_polyps, ct_data, tmp_path, capsys) -> None:
-    from pseudoseg.data.classes import ClassSet  # noqa: F401  (classes come from the run)
     from pseudoseg.inference import Predictor
 
     run_dir = request.getfixturevalue(run)
@@ -313,15 +313,32 @@ def test_predict_largest_component_leaves_one_piece_per_class(run, request, tiny
     assert pieces_before > 0
 
 
-def test_evaluate_with_tta_and_largest_component_changes_the_scores_only_through_them(polyp_run, tiny_polyps, tmp_path, capsys) -> None:
+def test_evaluate_scores_what_predict_writes_with_tta_and_largest_component(ct_run, ct_data, tmp_path, capsys) -> None:
+    """Volumes: evaluate's Dice is the Dice of the label maps predict writes, with the same options."""
+    import nibabel as nib
+
+    from pseudoseg.evaluation.evaluate import read_test_label
+    from pseudoseg.evaluation.volume_metrics import VolumeMetrics
+    from pseudoseg.inference import Predictor
+
+    classes = Predictor.load(ct_run, device="cpu").preprocessing.classes
     scores = {}
     for name, options in {"plain": [], "tta": ["--tta"], "both": ["--tta", "--largest-component"]}.items():
         out = tmp_path / f"{name}.json"
-        assert run_cli("evaluate", str(polyp_run), "--test", str(tiny_polyps / "TestDataset"), "--amp", "off", "--no-pranet", *options, "--json", str(out)) in (0, None)
-        scores[name] = json.loads(out.read_text())["mean"]
+        assert run_cli("evaluate", str(ct_run), "--test", str(ct_data), "--amp", "off", *options, "--json", str(out)) in (0, None)
+        scores[name] = json.loads(out.read_text())["sets"]["test"]
+        assert run_cli("predict", str(ct_run), str(ct_data / "imagesTs"), str(tmp_path / name), "--amp", "off", *options) in (0, None)
+        metric = VolumeMetrics(classes.names)
+        for path in sorted((tmp_path / name).iterdir()):
+            values = np.asarray(nib.load(path).dataobj)
+            truth = read_test_label(ct_data / "labelsTs" / path.name, classes)
+            index = np.zeros_like(values)
+            for number, value in enumerate(classes.values, 1):
+                index[values == value[0]] = number
+            metric.update(path.name, index, truth, (1.0, 1.0, 1.0))
+        assert metric.compute()["dice"] == pytest.approx(scores[name]["dice"], abs=1e-9), name
     capsys.readouterr()
-    assert scores["plain"] != scores["tta"]
-    assert set(scores["plain"]) == set(scores["both"])
+    assert scores["plain"]["dice"] != scores["tta"]["dice"]
 
 
 # --------------------------------------------------------------------------- full disks
@@ -412,7 +429,7 @@ def test_missing_training_folder_writes_nothing_then_the_right_one_trains(tmp_pa
     config = tiny_config(tmp_path, tiny_polyps, data={"test": None})
     wrong = write_config(tmp_path / "wrong.yaml", {**config, "data": {**config["data"], "train": str(tmp_path / "TrainDatset")}})
     assert run_cli("train", "--config", str(wrong)) == 2
-    assert error_line(capsys) == f"pseudoseg: error: data.train: folder not found: {tmp_path / 'TrainDatset'}"
+    assert error_line(capsys) == f"pseudoseg: error: training folder not found: {tmp_path / 'TrainDatset'} (data.train)"
     assert not (tmp_path / "run").exists()
     assert run_cli("train", "--config", str(write_config(tmp_path / "right.yaml", config))) in (0, None)
     assert (tmp_path / "run" / "model.json").is_file()

@@ -585,8 +585,10 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], str]:
 def switch_method(raw: dict[str, Any], name: str) -> tuple[dict[str, Any], str]:
     """``raw`` with its method section replaced by method ``name``'s defaults, keeping the keys
     the new method also has; and one line saying which keys were kept and which dropped."""
-    from pseudoseg.methods.registry import get_method
+    from pseudoseg.methods.registry import DEFAULT_METHOD, get_method
 
+    if name not in method_names():
+        raise UserError(f"--method {name}: no such method; registered: {', '.join(method_names())} (pseudoseg methods lists them)")
     section = get_method(name).section
     old = raw.get("method") or {}
     if not isinstance(old, dict):
@@ -599,7 +601,7 @@ def switch_method(raw: dict[str, Any], name: str) -> tuple[dict[str, Any], str]:
             kept[key] = value
         else:
             dropped.append(key)
-    previous = old.get("name", "none")
+    previous = old.get("name") or DEFAULT_METHOD
     line = f"--method {name}: method section of {previous} replaced by {name}'s defaults"
     line += f"; kept {', '.join(kept)}" if kept else "; no key kept"
     if dropped:

@@ -7,8 +7,11 @@ the classes it segments (``predictor.preprocessing.classes``), read from the
 weights' metadata. An ensemble averages the members' probabilities (sigmoid
 for one class, softmax over the C + 1 channels for several), never logits.
 It can be loaded from a weights file (``best_*.safetensors``), from a run
-directory (its released model, named in ``<run_dir>/model.json``) or from
-such a ``model.json``.
+directory (its released model, named in ``<run_dir>/model.json``), from
+such a ``model.json``, or from a model ``pseudoseg export`` wrote
+(``<name>.onnx`` and its ``<name>.json``, run by ONNX Runtime). Test-time
+augmentation (mirrored views) and largest-component post-processing are
+options of a predictor (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -93,6 +96,10 @@ class Predictor:
         tta: bool = False,
         largest_component: bool = False,
     ) -> None:
+        self._settings(preprocessing, device, amp_dtype, name, tta, largest_component)
+        self.model = InferenceModel(networks, self.normalizer).to(device).eval()
+
+    def _settings(self, preprocessing: Preprocessing, device: torch.device, amp_dtype: torch.dtype | None, name: str, tta: bool, largest_component: bool) -> None:
         self.preprocessing = preprocessing
         self.device = device
         self.amp_dtype = amp_dtype
@@ -100,7 +107,6 @@ class Predictor:
         self.tta = tta
         self.largest_component = largest_component
         self.normalizer = InputNormalizer(preprocessing.normalize, preprocessing.in_channels, device)
-        self.model = InferenceModel(networks, self.normalizer).to(device).eval()
 
     @classmethod
     def load(cls, path: Path, *, device: str = "auto", amp: str = "auto", network: str | None = None, tta: bool = False, largest_component: bool = False) -> Predictor:
@@ -189,13 +195,7 @@ class OnnxPredictor(Predictor):
     """
 
     def __init__(self, session, preprocessing: Preprocessing, *, name: str, tta: bool, largest_component: bool) -> None:
-        self.preprocessing = preprocessing
-        self.device = torch.device("cpu")
-        self.amp_dtype = None
-        self.name = name
-        self.tta = tta
-        self.largest_component = largest_component
-        self.normalizer = InputNormalizer(preprocessing.normalize, preprocessing.in_channels, self.device)
+        self._settings(preprocessing, torch.device("cpu"), None, name, tta, largest_component)
         self.session = session
         self.input_name = session.get_inputs()[0].name
 

@@ -115,7 +115,7 @@ def test_set_method_name_with_another_methods_keys_suggests_method(cvc_like, mon
     assert run_cli("train", "--config", "polyp_momentum_cvc", "--set", "method.bta=0.3") == 2
     assert error_line(capsys).endswith("polyp_momentum_cvc.yaml: method.bta: unknown key")
     assert run_cli("grid", "--config", "polyp_momentum_cvc", "--out", "grid", "--method", "nosuch") == 2
-    assert "method.name: no method 'nosuch'; registered: " in error_line(capsys)
+    assert error_line(capsys).startswith("pseudoseg: error: --method nosuch: no such method; registered: supervised, ")
 
 
 def test_grid_takes_a_recipe_by_name_and_a_method(cvc_like, monkeypatch) -> None:

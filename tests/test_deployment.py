@@ -361,10 +361,11 @@ def _assert_nothing_half_written(run_dir: Path) -> None:
 
 def test_disk_full_while_writing_a_checkpoint_on_a_small_file_system(tmp_path, tiny_polyps) -> None:
     """A 256 kB tmpfs, mounted in a user and mount namespace of its own (needs unshare and mount)."""
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
-        pytest.skip("no user namespaces here to mount a small tmpfs in; test_disk_full_from_the_serializer covers the same path")
     small = tmp_path / "small"
     small.mkdir()
+    probe = ["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)]
+    if shutil.which("unshare") is None or subprocess.run(probe, capture_output=True).returncode != 0:
+        pytest.skip("no user namespace here to mount a small tmpfs in; test_disk_full_from_the_serializer covers the same path")
     config = _tiny_run(tmp_path, tiny_polyps, small / "run")
     script = f"mount -t tmpfs -o size=256k tmpfs {small} && cd {tmp_path} && {sys.executable} -m pseudoseg train --config {config}; echo exit=$?; ls -la {small}/run {small}/run/*/"
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}

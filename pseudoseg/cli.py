@@ -20,6 +20,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Data sets: check your own, ge
 app.add_typer(data_app, name="data")
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights as local files.")
 app.add_typer(weights_app, name="weights")
+recipes_app = typer.Typer(help="The shipped recipes (YAML configurations), usable by name: --config NAME.")
+app.add_typer(recipes_app, name="recipes")
 
 
 def _write_json_output(path: Optional[Path], payload: dict) -> None:
@@ -119,9 +121,36 @@ def data_check(
         sys.exit(2)
 
 
+@recipes_app.callback(invoke_without_command=True)
+def recipes(context: typer.Context) -> None:
+    """List the recipes, one line each: name, method, what it trains."""
+    if context.invoked_subcommand is not None:
+        return
+    from pseudoseg.recipes import list_recipes
+
+    found = list_recipes()
+    width = max(len(recipe.name) for recipe in found)
+    method_width = max(len(recipe.method) for recipe in found)
+    for recipe in found:
+        print(f"{recipe.name:<{width}}  {recipe.method:<{method_width}}  {recipe.summary}")
+
+
+@recipes_app.command("show")
+def recipes_show(name: Annotated[str, typer.Argument(help="A recipe's name, as pseudoseg recipes lists it.")]) -> None:
+    """Print a recipe's YAML (pseudoseg recipes show NAME > my.yaml writes a copy to edit)."""
+    from pseudoseg.recipes import recipe_text
+
+    sys.stdout.write(recipe_text(name))
+
+
+_CONFIG_HELP = "YAML run configuration: a file, or a recipe's name (pseudoseg recipes lists them)."
+_METHOD_HELP = "Replace the configuration's method section by this method's defaults (keys the method shares are kept)."
+
+
 @app.command()
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML run configuration (see configs/).")],
+    config: Annotated[Path, typer.Option("--config", "-c", help=_CONFIG_HELP)],
+    method: Annotated[Optional[str], typer.Option("--method", help=_METHOD_HELP)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set train.steps=500 (repeatable).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the final metrics here (schema in the README).")] = None,
 ) -> None:
@@ -129,14 +158,14 @@ def train(
     from pseudoseg.config import load_config
     from pseudoseg.runner import train as run_train
 
-    cfg = load_config(config, set_ or [])
+    cfg = load_config(config, set_ or [], method=method, report=wide_console().print)
     result = run_train(cfg, log=wide_console().print)
     _write_json_output(json_out, {"run_dir": str(result.run_dir), "released": result.released, "metrics": result.metrics})
 
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="A run directory, its model.json, or a weights file (.safetensors).")],
+    model: Annotated[Path, typer.Argument(help="A run directory, its model.json, a weights file (.safetensors), or an exported .onnx model.")],
     test: Annotated[Path, typer.Option(help="Test data: a parent of test sets (TestDataset/<name>/images) or one set; for CT a folder with imagesTs/ and labelsTs/.")],
     out: Annotated[Optional[Path], typer.Option(help="Write metrics.{json,csv,md} here.")] = None,
     network: Annotated[Optional[str], typer.Option(help="Which network of a run (default: the released one).")] = None,
@@ -144,6 +173,8 @@ def evaluate(
     pranet: Annotated[bool, typer.Option(help="Also compute the PraNet convention (pysodmetrics).")] = True,
     device: Annotated[str, typer.Option()] = "auto",
     amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off (as train.amp).")] = "auto",
+    tta: Annotated[bool, typer.Option("--tta", help=_TTA_HELP)] = False,
+    largest_component: Annotated[bool, typer.Option("--largest-component", help=_LCC_HELP)] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics here (schema in the README).")] = None,
 ) -> None:
     """Score a trained model on test sets, in both metric conventions."""
@@ -155,7 +186,7 @@ def evaluate(
 
     if not 0 < threshold < 1:
         raise UserError(f"--threshold: must be in (0, 1), got {threshold}")
-    predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network)
+    predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network, tta=tta, largest_component=largest_component)
     with task_bars("evaluating") as bars:
         results = run_evaluate({predictor.name: predictor}, test, EvalConfig(threshold=threshold, pranet_metrics=pranet), progress=bars)[predictor.name]
     classes = predictor.preprocessing.classes
@@ -166,7 +197,7 @@ def evaluate(
         from pseudoseg.engine.device import describe_machine, machine_line
 
         machine = describe_machine(predictor.device, predictor.amp_dtype)
-        extra = {"model": str(model), "network": predictor.name, "machine": machine}
+        extra = {"model": str(model), "network": predictor.name, "machine": machine, "tta": tta, "largest_component": largest_component}
         if not classes.is_binary:
             extra["classes"] = classes.to_json()
         paths = write_report(results, out, title=f"{model} ({predictor.name})", extra=extra, notes=[f"Evaluated on {machine_line(machine)}."], conventions=conventions)
@@ -174,9 +205,13 @@ def evaluate(
     _write_json_output(json_out, {"model": str(model), "network": predictor.name, "sets": results, "mean": mean_over_sets(results), "conventions": conventions})
 
 
+_TTA_HELP = "Test-time augmentation: average the probabilities of the image and its mirrored views (in-plane flips)."
+_LCC_HELP = "Keep each class's largest connected component (2-D for images, 3-D for volumes)."
+
+
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="A run directory, its model.json, or a weights file.")],
+    model: Annotated[Path, typer.Argument(help="A run directory, its model.json, a weights file, or an exported .onnx model.")],
     inputs: Annotated[Path, typer.Argument(help="An image or a folder of images (CT: a .nii/.nii.gz volume or a folder of them).")],
     out: Annotated[Path, typer.Argument(help="Output folder (must not be the input folder).")],
     probabilities: Annotated[bool, typer.Option(help="Also write probability maps (8-bit PNG; one per class and the background for several classes).")] = False,
@@ -185,22 +220,55 @@ def predict(
     network: Annotated[Optional[str], typer.Option(help="Which network of a run (default: the released one).")] = None,
     device: Annotated[str, typer.Option()] = "auto",
     amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off (as train.amp).")] = "auto",
+    tta: Annotated[bool, typer.Option("--tta", help=_TTA_HELP)] = False,
+    largest_component: Annotated[bool, typer.Option("--largest-component", help=_LCC_HELP)] = False,
 ) -> None:
-    """Write masks (one class) or label maps of the class values (several) at each input's native size; inputs are never modified."""
+    """Write masks (one class) or label maps of the class values (several) at each input's native size; inputs are never modified.
+
+    MODEL may also be an exported ONNX model (pseudoseg export), run by ONNX Runtime.
+    """
     from pseudoseg.inference import Predictor
     from pseudoseg.predict import predict_paths
 
     if not 0 < threshold < 1:
         raise UserError(f"--threshold: must be in (0, 1), got {threshold}")
-    predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network)
+    predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network, tta=tta, largest_component=largest_component)
     written = predict_paths(predictor, inputs, out, threshold=threshold, probabilities=probabilities, overlay=overlay)
     wide_console().print(f"wrote {len(written)} predictions to {out}")
 
 
 @app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="A run directory, its model.json, or a weights file.")],
+    out: Annotated[Path, typer.Argument(help="The file to write: OUT.onnx (or, with --torchscript, OUT.pt); OUT.json is written beside it.")],
+    torchscript: Annotated[bool, typer.Option("--torchscript", help="Write TorchScript (torch.jit) instead of ONNX.")] = False,
+    network: Annotated[Optional[str], typer.Option(help="Which network of a run (default: the released one).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
+) -> None:
+    """Export a trained model (normalisation included) with dynamic batch and spatial size; the preprocessing and classes go to OUT.json."""
+    from pseudoseg.export import SIDECAR_FORMAT, export_model, max_difference, sidecar_path
+    from pseudoseg.inference import Predictor
+
+    expected = ".pt" if torchscript else ".onnx"
+    if out.suffix != expected:
+        raise UserError(f"{out}: the file name must end in {expected}{' (TorchScript)' if torchscript else ' (or pass --torchscript for .pt)'}")
+    side = sidecar_path(out)
+    if side.is_file() and SIDECAR_FORMAT not in side.read_text(encoding="utf-8", errors="replace"):
+        raise UserError(f"{side}: exists and is not an export description (the sidecar of {out}); choose another name")
+    for path in (out, side):
+        if path.exists() and not overwrite:
+            raise UserError(f"{path}: exists; pass --overwrite to replace it")
+    predictor = Predictor.load(model, device="cpu", amp="off", network=network)
+    export_model(predictor, out, source=model, torchscript=torchscript)
+    difference = max_difference(predictor, out, torchscript=torchscript)
+    wide_console().print(f"wrote {out} and {side} ({predictor.name}); largest difference to PyTorch on a random batch: {difference:.2e}")
+
+
+@app.command()
 def grid(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Base YAML configuration; its method section is replaced per variant.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Base YAML configuration (a file or a recipe's name); its method section is replaced per variant.")],
     out: Annotated[Path, typer.Option(help="Grid folder: one run per variant and seed, and the tables.")],
+    method: Annotated[Optional[str], typer.Option("--method", help=_METHOD_HELP + " The default family is then this method's.")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
     family: Annotated[Optional[str], typer.Option(help="The grid family (pseudoseg methods lists them); default: the one of the base configuration's method.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key of the base configuration (repeatable).")] = None,
@@ -218,7 +286,7 @@ def grid(
     if not seed_list:
         raise UserError("--seeds: no seed given")
     rows = [name.strip() for name in variants.split(",") if name.strip()] if variants else None
-    summary = run_grid(config, out, seeds=seed_list, family=family, overrides=set_ or [], patience=patience, variants=rows, log=wide_console().print)
+    summary = run_grid(config, out, seeds=seed_list, family=family, overrides=set_ or [], method=method, patience=patience, variants=rows, log=wide_console().print)
     _write_json_output(json_out, summary)
 
 

@@ -17,7 +17,7 @@ import copy
 import functools
 import json
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -553,7 +553,9 @@ def config_from_dict(raw: dict[str, Any], *, origin: str = "configuration") -> R
     try:
         return run_config.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        errors = exc.errors()
+        # A section written for another method whose name was changed (--set method.name=X) says so first.
+        error = next((e for e in errors if e["type"] == "extra_forbidden" and _foreign_method_key(raw, e["loc"])), errors[0])
         key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-after"))
         # A discriminated union reports the chosen branch in the location
         # ("method.momentum.beta"); users write "method.beta".
@@ -564,6 +566,9 @@ def config_from_dict(raw: dict[str, Any], *, origin: str = "configuration") -> R
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
+            if _foreign_method_key(raw, error["loc"]):
+                chosen = raw["method"]["name"]
+                message = f"not a key of method {chosen} (the section was written for another method); use --method {chosen} to replace it with {chosen}'s defaults"
         elif "input" in error and not isinstance(error["input"], dict) and error["type"] != "missing" and "got " not in message:
             message += f", got {_as_read(error['input'])}"
         # A check across keys names the key it is about: "encoder_weights: ..."
@@ -578,6 +583,17 @@ def config_from_dict(raw: dict[str, Any], *, origin: str = "configuration") -> R
         raise UserError(f"{origin}: {key}: {message}") from None
 
 
+def _foreign_method_key(raw: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+    """Whether ``loc`` is a key of the method section that the chosen method lacks and another method has."""
+    method = raw.get("method")
+    if len(loc) != 3 or loc[0] != "method" or not isinstance(method, dict) or method.get("name") not in method_names():
+        return False
+    from pseudoseg.methods.registry import get_method
+
+    own = get_method(method["name"]).section
+    return any(loc[2] in section.model_fields for section in _method_sections() if section is not own)
+
+
 def _as_read(value: Any) -> str:
     """A refused value as the YAML reader produced it, with why when YAML changed a word."""
     if isinstance(value, bool):
@@ -588,25 +604,74 @@ def _as_read(value: Any) -> str:
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
-def load_config(path: str | Path | None, overrides: list[str] | Mapping[str, Any] | None = None) -> RunConfig:
-    """Read a YAML run configuration, apply overrides (``key=value`` texts or a mapping of dotted keys, see
-    :func:`apply_overrides`), validate."""
-    raw: dict[str, Any] = {}
-    origin = "configuration"
-    if path is not None:
-        path = Path(path)
-        origin = str(path)
-        if not path.is_file():
-            raise UserError(f"{path}: configuration file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"{path}: expected a mapping of keys at the top level")
-        raw = loaded
+def read_config_file(path: str | Path) -> tuple[dict[str, Any], str]:
+    """The raw mapping of a YAML configuration (a file, or a recipe's name: :func:`pseudoseg.recipes.resolve_config_path`) and
+    the name errors are reported under."""
+    from pseudoseg.recipes import resolve_config_path
+
+    path = resolve_config_path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: expected a mapping of keys at the top level")
+    return loaded, str(path)
+
+
+def switch_method(raw: dict[str, Any], name: str) -> tuple[dict[str, Any], str]:
+    """``raw`` with its method section replaced by method ``name``'s defaults, keeping the keys
+    the new method also has; and one line saying which keys were kept and which dropped."""
+    from pseudoseg.methods.registry import DEFAULT_METHOD, get_method
+
+    if name not in method_names():
+        raise UserError(f"--method {name}: no such method; registered: {', '.join(method_names())} (pseudoseg methods lists them)")
+    section = get_method(name).section
+    old = raw.get("method") or {}
+    if not isinstance(old, dict):
+        raise UserError(f"--method {name}: the configuration's method is not a section")
+    kept, dropped = {}, []
+    for key, value in old.items():
+        if key == "name":
+            continue
+        if key in section.model_fields and _valid_in(section, name, key, value):
+            kept[key] = value
+        else:
+            dropped.append(key)
+    previous = old.get("name") or DEFAULT_METHOD
+    line = f"--method {name}: method section of {previous} replaced by {name}'s defaults"
+    line += f"; kept {', '.join(kept)}" if kept else "; no key kept"
+    if dropped:
+        line += f"; dropped {', '.join(dropped)}"
+    return {**raw, "method": {"name": name, **kept}}, line
+
+
+def _valid_in(section: type[MethodSection], name: str, key: str, value: Any) -> bool:
+    """Whether ``key: value`` is a valid setting of method ``name`` (shared keys may take other values)."""
+    try:
+        section.model_validate({"name": name, key: value})
+    except ValidationError:
+        return False
+    return True
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: list[str] | Mapping[str, Any] | None = None,
+    *,
+    method: str | None = None,
+    report: Callable[[str], None] | None = None,
+) -> RunConfig:
+    """Read a YAML run configuration (a file, or a recipe's name), switch its method (``method``:
+    :func:`switch_method`, its line given to ``report``), apply overrides (``key=value`` texts or a
+    mapping of dotted keys, see :func:`apply_overrides`), validate."""
+    raw, origin = read_config_file(path) if path is not None else ({}, "configuration")
+    if method is not None:
+        raw, line = switch_method(raw, method)
+        if report is not None:
+            report(line)
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, origin=origin)
 

@@ -65,10 +65,17 @@ _DISK_ERRORS = {
 }
 
 
+_OS_ERROR_NUMBER = re.compile(r"\(os error (\d+)\)")
+
+
 @contextlib.contextmanager
 def disk_errors(path: str | os.PathLike) -> Iterator[None]:
     """Turn a full disk, a quota or a missing permission while writing ``path``
-    into a one-line :class:`~pseudoseg.errors.UserError` naming it."""
+    into a one-line :class:`~pseudoseg.errors.UserError` naming it: an ``OSError``
+    from any writer (JSON, PNG, NIfTI, ONNX) or the ``SafetensorError`` safetensors
+    raises instead."""
+    from safetensors import SafetensorError
+
     from pseudoseg.errors import UserError
 
     try:
@@ -77,6 +84,14 @@ def disk_errors(path: str | os.PathLike) -> Iterator[None]:
         if exc.errno not in _DISK_ERRORS:
             raise
         raise UserError(f"{path}: cannot write ({_DISK_ERRORS[exc.errno]})") from None
+    except SafetensorError as exc:
+        # safetensors reports the operating system's error inside its own exception:
+        # "Error while serializing: I/O error: No space left on device (os error 28)"
+        found = _OS_ERROR_NUMBER.search(str(exc))
+        number = int(found.group(1)) if found else None
+        if number not in _DISK_ERRORS:
+            raise
+        raise UserError(f"{path}: cannot write ({_DISK_ERRORS[number]})") from None
 
 
 @contextlib.contextmanager

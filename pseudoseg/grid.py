@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pseudoseg.config import apply_overrides, config_from_dict, load_config
+from pseudoseg.config import apply_overrides, config_from_dict, read_config_file, switch_method
 from pseudoseg.errors import UserError
 from pseudoseg.fileio import write_json
 from pseudoseg.methods.registry import GridFamily, GridRow, grid_family
@@ -119,6 +119,7 @@ def run_grid(
     seeds: list[int],
     family: str | None,
     overrides: list[str],
+    method: str | None = None,
     patience: int = 5,
     variants: list[str] | None = None,
     log: Callable[[Any], None] = console_print,
@@ -127,17 +128,20 @@ def run_grid(
     ``variants``, for each seed and write the tables.
 
     The seed's ``supervised`` run is trained first whenever a semi-supervised
-    variant is run, since they start from it."""
-    import yaml
-
+    variant is run, since they start from it. ``method``: the base configuration's
+    method section is first replaced by that method's (:func:`~pseudoseg.config.switch_method`)."""
     from pseudoseg.evaluation.metrics import conventions_for, headline_columns
     from pseudoseg.evaluation.report import summarize_runs, write_grid_report
     from pseudoseg.runner import train
 
-    base = load_config(config_path, overrides)
+    raw_file, origin = read_config_file(config_path)
+    if method is not None:
+        raw_file, line = switch_method(raw_file, method)
+        log(line)
+    raw_base = apply_overrides(raw_file, overrides)
+    base = config_from_dict(raw_base, origin=origin)
     if base.data.test is None:
-        raise UserError(f"{config_path}: data.test is required for a grid (the table is on the test sets)")
-    raw_base = apply_overrides(yaml.safe_load(Path(config_path).read_text()) or {}, overrides)
+        raise UserError(f"{origin}: data.test is required for a grid (the table is on the test sets)")
     chosen: GridFamily = grid_family(family, base)
     family = chosen.name
     every = grid_variants(base, family, patience=patience)
@@ -161,7 +165,7 @@ def run_grid(
         for name, make in variants:
             run_dir = out / f"seed{seed}" / name
             raw = make(_with(raw_base, seed=seed, run_dir=str(run_dir), data__cache_dir=cache_dir), supervised_dir)
-            config = config_from_dict(raw, origin=f"{config_path} [{name}]")
+            config = config_from_dict(raw, origin=f"{origin} [{name}]")
             log(f"[grid] seed {seed}: {name}")
             result = train(config, log=log)
             per_variant[name].append({k: v for k, v in result.metrics["sets"].items()})

@@ -7,8 +7,11 @@ the classes it segments (``predictor.preprocessing.classes``), read from the
 weights' metadata. An ensemble averages the members' probabilities (sigmoid
 for one class, softmax over the C + 1 channels for several), never logits.
 It can be loaded from a weights file (``best_*.safetensors``), from a run
-directory (its released model, named in ``<run_dir>/model.json``) or from
-such a ``model.json``.
+directory (its released model, named in ``<run_dir>/model.json``), from
+such a ``model.json``, or from a model ``pseudoseg export`` wrote
+(``<name>.onnx`` and its ``<name>.json``, run by ONNX Runtime). Test-time
+augmentation (mirrored views) and largest-component post-processing are
+options of a predictor (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -41,19 +44,79 @@ def write_model_manifest(run_dir: Path, released: str, networks: dict[str, Path]
     return path
 
 
+class InferenceModel(nn.Module):
+    """What a trained model computes from images scaled to [0, 1]: the input normalisation, the
+    network (or the mean of an ensemble's members' probabilities) and the activation (sigmoid for
+    one class, softmax over the C + 1 channels for several). ``pseudoseg export`` writes this module."""
+
+    def __init__(self, networks: list[nn.Module], normalizer: InputNormalizer) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(networks)
+        self.register_buffer("mean", normalizer.mean.clone())
+        self.register_buffer("std", normalizer.std.clone())
+
+    def forward(self, unit: torch.Tensor) -> torch.Tensor:
+        inputs = (unit - self.mean) / self.std
+        probs = [labels.probabilities(network(inputs)) for network in self.members]
+        return torch.stack(probs).mean(0) if len(probs) > 1 else probs[0]
+
+
+def flip_views(spatial_dims: int) -> list[tuple[int, ...]]:
+    """The axes of every mirrored view of test-time augmentation: none, each in-plane axis, both."""
+    axes = [2 + axis for axis in range(spatial_dims)]
+    return [tuple(axis for bit, axis in enumerate(axes) if view >> bit & 1) for view in range(2 ** len(axes))]
+
+
+def keep_largest_components(index: torch.Tensor, classes: int) -> torch.Tensor:
+    """Class indices ``[*spatial]`` (an image or a volume) keeping, for each class on its own,
+    only its largest connected component (full connectivity); the rest becomes background."""
+    from monai.transforms import KeepLargestConnectedComponent
+
+    transform = KeepLargestConnectedComponent(applied_labels=list(range(1, classes + 1)), independent=True)
+    return torch.as_tensor(transform(index[None]))[0]
+
+
 class Predictor:
-    def __init__(self, networks: list[nn.Module], preprocessing: Preprocessing, *, device: torch.device, amp_dtype: torch.dtype | None, name: str = "model") -> None:
-        self.networks = [network.to(device).eval() for network in networks]
+    """Probabilities and label maps of a trained model.
+
+    ``tta``: average the probabilities of the image and its mirrored views (every
+    combination of the in-plane flips; a volume's slices are flipped in-plane) after
+    flipping them back. ``largest_component``: keep each class's largest connected
+    component in the label maps (:meth:`labels`), in 2-D for images and in 3-D for volumes.
+    """
+
+    def __init__(
+        self,
+        networks: list[nn.Module],
+        preprocessing: Preprocessing,
+        *,
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+        name: str = "model",
+        tta: bool = False,
+        largest_component: bool = False,
+    ) -> None:
+        self._settings(preprocessing, device, amp_dtype, name, tta, largest_component)
+        self.model = InferenceModel(networks, self.normalizer).to(device).eval()
+
+    def _settings(self, preprocessing: Preprocessing, device: torch.device, amp_dtype: torch.dtype | None, name: str, tta: bool, largest_component: bool) -> None:
         self.preprocessing = preprocessing
         self.device = device
         self.amp_dtype = amp_dtype
         self.name = name
+        self.tta = tta
+        self.largest_component = largest_component
         self.normalizer = InputNormalizer(preprocessing.normalize, preprocessing.in_channels, device)
 
     @classmethod
-    def load(cls, path: Path, *, device: str = "auto", amp: str = "auto", network: str | None = None) -> Predictor:
-        """From a weights file, a ``model.json`` or a run directory (``network``: which of its networks)."""
+    def load(cls, path: Path, *, device: str = "auto", amp: str = "auto", network: str | None = None, tta: bool = False, largest_component: bool = False) -> Predictor:
+        """From a weights file, a ``model.json``, a run directory (``network``: which of its networks)
+        or an exported ONNX model (``<name>.onnx`` with its ``<name>.json``)."""
         path = Path(path)
+        if path.suffix == ".onnx":
+            if network is not None:
+                raise UserError(f"{path}: an exported model holds one network; --network does not apply")
+            return OnnxPredictor.open(path, device=device, tta=tta, largest_component=largest_component)
         torch_device = resolve_device(device)
         amp_dtype = resolve_amp(amp, torch_device)
         if path.is_dir():
@@ -82,7 +145,7 @@ class Predictor:
         if len(preprocessings) != 1 or "null" in preprocessings:
             raise UserError(f"{path}: weights without (or with differing) preprocessing metadata")
         preprocessing = Preprocessing.from_json(loaded[0][1]["preprocessing"])
-        return cls([net for net, _ in loaded], preprocessing, device=torch_device, amp_dtype=amp_dtype, name=chosen)
+        return cls([net for net, _ in loaded], preprocessing, device=torch_device, amp_dtype=amp_dtype, name=chosen, tta=tta, largest_component=largest_component)
 
     @torch.no_grad()
     def probabilities(self, records: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -92,7 +155,59 @@ class Predictor:
         for one class, C + 1 (background first) for several.
         """
         unit = self.normalizer.to_unit(records) if isinstance(records, np.ndarray) else records.to(self.device).float().div(255.0)
-        inputs = self.normalizer(unit)
+        if not self.tta:
+            return self.forward(unit)
+        views = flip_views(unit.dim() - 2)
+        total = self.forward(unit)
+        for axes in views[1:]:
+            total += self.forward(unit.flip(axes)).flip(axes)
+        return total / len(views)
+
+    @torch.no_grad()
+    def forward(self, unit: torch.Tensor) -> torch.Tensor:
+        """Probabilities (float32) of images in [0, 1] on the device."""
         with autocast(self.device, self.amp_dtype):
-            probs = [labels.probabilities(network(inputs)) for network in self.networks]
-        return torch.stack(probs).mean(0) if len(probs) > 1 else probs[0]
+            return self.model(unit).float()
+
+    def labels(self, prob: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Class indices ``long [B, *spatial]`` of probabilities ``[B, K, *spatial]`` (2-D or 3-D):
+        ``>= threshold`` for one class, the argmax for several; with ``largest_component``, each
+        class's largest connected component only."""
+        index = labels.decide(prob, threshold)
+        if not self.largest_component:
+            return index
+        classes = len(self.preprocessing.classes.names)
+        return torch.stack([keep_largest_components(single, classes) for single in index])
+
+    def kept_probabilities(self, prob: torch.Tensor, threshold: float) -> torch.Tensor:
+        """One class: ``prob`` set to 0 outside the label map :meth:`labels` keeps (unchanged
+        without ``largest_component``), for metrics computed from probabilities."""
+        if not self.largest_component:
+            return prob
+        return prob * (self.labels(prob, threshold) == 1)[:, None]
+
+
+class OnnxPredictor(Predictor):
+    """A model exported by ``pseudoseg export``, run by ONNX Runtime.
+
+    The ONNX graph is :class:`InferenceModel` (images in [0, 1] -> probabilities); the JSON
+    beside it (:func:`pseudoseg.export.read_sidecar`) holds the preprocessing and the classes.
+    """
+
+    def __init__(self, session, preprocessing: Preprocessing, *, name: str, tta: bool, largest_component: bool) -> None:
+        self._settings(preprocessing, torch.device("cpu"), None, name, tta, largest_component)
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    @classmethod
+    def open(cls, path: Path, *, device: str, tta: bool, largest_component: bool) -> OnnxPredictor:
+        from pseudoseg.export import open_onnx_session, read_sidecar
+
+        if device not in ("auto", "cpu"):
+            raise UserError(f"--device {device}: an exported ONNX model runs on the CPU here (ONNX Runtime's CPU provider)")
+        sidecar = read_sidecar(path)
+        return cls(open_onnx_session(path), Preprocessing.from_json(sidecar["preprocessing"]), name=path.stem, tta=tta, largest_component=largest_component)
+
+    def forward(self, unit: torch.Tensor) -> torch.Tensor:
+        (prob,) = self.session.run(None, {self.input_name: unit.cpu().numpy().astype(np.float32)})
+        return torch.from_numpy(prob)

@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from pseudoseg.data.classes import ClassSet
-from pseudoseg.engine.labels import decide
 from pseudoseg.errors import UserError
 from pseudoseg.evaluation.metrics import resize_bilinear
 from pseudoseg.fileio import atomic_path
@@ -156,7 +156,7 @@ def _predict_images(predictor: Predictor, inputs: Path, out: Path, threshold: fl
         prob = predictor.probabilities(np.stack([resize_image(image, size) for image in images])).float().cpu()
         for image, small, target in zip(images, prob, targets[start : start + _BATCH]):
             native = resize_bilinear(small, image.shape[:2]).clamp_(0, 1)
-            index = decide(native[None], threshold)[0].numpy()
+            index = predictor.labels(native[None], threshold)[0].numpy()
             _save_png(target, values[index])
             if probabilities:
                 for folder, channel in zip(channel_dirs, native.numpy()):
@@ -169,7 +169,7 @@ def _predict_images(predictor: Predictor, inputs: Path, out: Path, threshold: fl
 
 def _predict_volumes(predictor: Predictor, inputs: Path, out: Path, threshold: float) -> list[Path]:
     from pseudoseg.data.volumes import NIFTI_SUFFIXES, VolumeCase, load_volume, write_label_volume
-    from pseudoseg.evaluation.evaluate import decide_volume, predict_slices, restore_volume
+    from pseudoseg.evaluation.evaluate import predict_slices, restore_volume
 
     def is_nifti(path: Path) -> bool:
         return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES) and not path.name.startswith(".")
@@ -206,5 +206,5 @@ def _predict_volumes(predictor: Predictor, inputs: Path, out: Path, threshold: f
         slices, _ = pre.volume_slices(case, with_labels=False)
         reference = load_volume(path, read_data=False)
         prob = restore_volume(predict_slices(predictor, slices, _BATCH), reference)
-        write_label_volume(target, values[decide_volume(prob, threshold)], reference)
+        write_label_volume(target, values[predictor.labels(torch.from_numpy(prob)[None], threshold)[0].numpy()], reference)
     return targets

@@ -110,19 +110,53 @@ def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
     return None if old == new else prefix.rstrip(".")
 
 
-def prepare_run_dir(config: RunConfig, dist: DistInfo) -> Path:
-    """Create the run directory, or check that an existing one holds this same run."""
+def check_inputs(config: RunConfig) -> None:
+    """Every file and folder the configuration reads exists, and a 2-D test set holds no image of the
+    training pool; checked before the run directory is written.
+
+    Raises:
+        UserError: naming the key and the path.
+    """
+    data = config.data
+    folders = [("training", "data.train", data.train), *(("unlabeled", "data.unlabeled", folder) for folder in data.unlabeled)]
+    files = [("data.split", data.split), ("data.labeled_list", data.labeled_list), ("data.unlabeled_list", data.unlabeled_list)]
+    files += [("data.validation_list", data.validation_list), ("model.weights", config.model.weights)]
+    for what, key, folder in folders:
+        if not Path(folder).is_dir():
+            raise UserError(f"{what} folder not found: {folder} ({key})")
+    if data.test is not None and not Path(data.test).exists():
+        raise UserError(f"test data not found: {data.test} (data.test)")
+    for key, file in files:
+        if file is not None and not Path(file).is_file():
+            raise UserError(f"file not found: {file} ({key})")
+    check_test_apart(data)  # a 2-D test image also in the training pool would inflate every score
+
+
+# What a run writes before its first stage starts: a run directory holding only these
+# never trained anything, and a corrected configuration may take it over.
+_BEFORE_FIRST_STAGE = frozenset({"config.yaml", "split.json", "cache"})
+
+
+def prepare_run_dir(config: RunConfig, dist: DistInfo, log: Callable[[Any], None] = console_print) -> Path:
+    """Create the run directory, or check that an existing one holds this same run (or only
+    the configuration of a run that never started a stage: it is taken over)."""
     run_dir = Path(config.run_dir)
     if dist.is_main:  # one process checks and writes; the others wait for it
         with disk_errors(run_dir):
-            _claim_run_dir(config, run_dir)
+            replaced = _claim_run_dir(config, run_dir)
+        if replaced is not None:
+            log(f"{run_dir}: held only the configuration of a run that never started a stage ({replaced} differed); replaced by this one")
     barrier(dist)
     return run_dir
 
 
-def _claim_run_dir(config: RunConfig, run_dir: Path) -> None:
-    """Check that ``run_dir`` is new or holds this same run; write its config.yaml."""
+def _claim_run_dir(config: RunConfig, run_dir: Path) -> str | None:
+    """Check that ``run_dir`` is new or holds this same run; write its config.yaml.
+
+    Returns the first differing key when a run that never started a stage was replaced.
+    """
     config_file = run_dir / "config.yaml"
+    replaced = None
     if config_file.is_file():
         previous = yaml.safe_load(config_file.read_text())
         try:  # keys added to pseudoseg since that run compare as their defaults
@@ -131,7 +165,11 @@ def _claim_run_dir(config: RunConfig, run_dir: Path) -> None:
             pass
         key = _first_difference(previous, config.model_dump(mode="json"))
         if key is not None:
-            raise UserError(f"{run_dir}: holds a run with another configuration ({key} differs); choose a new run_dir")
+            if any(path.name not in _BEFORE_FIRST_STAGE and not is_temporary_name(path.name) for path in run_dir.iterdir()):
+                raise UserError(f"{run_dir}: holds a run with another configuration ({key} differs); choose a new run_dir")
+            # no stage started: nothing to protect; its split may be of other data or settings
+            (run_dir / "split.json").unlink(missing_ok=True)
+            replaced = key
     elif run_dir.exists() and any(not is_temporary_name(path.name) for path in run_dir.iterdir()):
         raise UserError(f"{run_dir}: exists and is not a pseudoseg run directory; choose a new run_dir")
     # what a killed run was writing when it stopped (config.yaml included):
@@ -140,6 +178,7 @@ def _claim_run_dir(config: RunConfig, run_dir: Path) -> None:
         remove_temporary_files(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(config_file, dump_config(config))
+    return replaced
 
 
 def choose_split(config: RunConfig, pool: SamplePool, run_dir: Path) -> Split:
@@ -233,8 +272,8 @@ def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any],
         torch.set_num_threads(config.train.num_threads)
     device = resolve_device(config.device)
     dist = init_distributed(device)
-    check_test_apart(config.data)  # before anything is written
-    run_dir = prepare_run_dir(config, dist)
+    check_inputs(config)  # before anything is written
+    run_dir = prepare_run_dir(config, dist, log)
     cache_dir = config.data.cache_dir or run_dir / "cache"
     if dist.is_main:
         with task_bars("decoding the training pool") as bars:

@@ -49,6 +49,8 @@ class CheckReport:
     """Masks (label volumes) holding at least one pixel of each class."""
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    unreadable_masks: int = 0
+    """Masks (label volumes) that exist but could not be read as training would (each a problem)."""
 
     def use_classes(self, classes: ClassSet, source: str) -> None:
         """Read the masks with ``classes`` (before any is counted)."""
@@ -133,11 +135,33 @@ class CheckReport:
         ]
         out += [f"  note: {note}" for note in self.notes]
         if self.problems:
-            out.append(f"{len(self.problems)} problem{'s' if len(self.problems) > 1 else ''}: it would not train")
-            out += [f"  - {problem}" for problem in self.problems]
+            grouped = group_problems(self.problems)
+            out.append(f"{len(grouped)} problem{'s' if len(grouped) > 1 else ''}: it would not train")
+            out += [f"  - {problem}" for problem in grouped]
         else:
             out.append("no problems: it would train")
         return out
+
+
+_FILES_SHOWN = 3
+
+
+def group_problems(problems: list[str]) -> list[str]:
+    """The problems with those that differ only by their file (``<file>: <sentence>``) said once,
+    with their count and the first files: ``48 files: <sentence> (a.png, b.png, c.png, ...)``."""
+    groups: dict[str, list[str]] = {}
+    for problem in problems:
+        where, sep, sentence = problem.partition(": ")
+        named_file = sep and " " not in where and Path(where).suffix
+        groups.setdefault(sentence if named_file else problem, []).append(where if named_file else "")
+    out = []
+    for sentence, files in groups.items():
+        if len(files) == 1:
+            out.append(f"{files[0]}: {sentence}" if files[0] else sentence)
+        else:
+            shown = ", ".join(files[:_FILES_SHOWN]) + (", ..." if len(files) > _FILES_SHOWN else "")
+            out.append(f"{len(files)} files: {sentence} ({shown})")
+    return out
 
 
 def detect_kind(path: Path) -> str:
@@ -196,7 +220,8 @@ def check_dataset(
         _check_folders(report, dataset, images_dir, masks_dir, unlabeled, test)
     else:
         _check_volumes(report, dataset, unlabeled, test)
-    if report.labeled == 0 and not any("nothing is labeled" in p for p in report.problems):
+    # masks that exist but cannot be read are problems of their own, not "nothing is labeled"
+    if report.labeled == 0 and report.unreadable_masks == 0 and not any("nothing is labeled" in p for p in report.problems):
         report.problems.append(f"{path}: nothing is labeled (no {'image has a mask' if kind == 'folders' else 'case has a label'}); pseudoseg needs some")
     return report
 
@@ -290,6 +315,7 @@ def _check_pair(report: CheckReport, pair) -> None:
         check_pair_shapes(pair, image, mask)
     except UserError as exc:
         report.problems.append(str(exc))
+        report.unreadable_masks += 1
         return
     report.add_mask(mask)
 
@@ -356,6 +382,7 @@ def _check_case(report: CheckReport, case, label_values: set[int]) -> None:
         mask = label_indices(data, case.label_path, classes=report.classes)
     except UserError as exc:
         report.problems.append(str(exc))
+        report.unreadable_masks += 1
         return
     values = np.unique(data).tolist()
     report.mask_values.update(values[: 4 * _VALUES_SHOWN])

@@ -31,7 +31,6 @@ import torch
 from pseudoseg.config import EvalConfig
 from pseudoseg.data.classes import ClassSet
 from pseudoseg.data.preprocessing import Preprocessing
-from pseudoseg.engine.labels import decide
 from pseudoseg.errors import UserError
 from pseudoseg.evaluation.metrics import ClassMetrics, PaperMetrics, PraNetMetrics, resize_bilinear
 from pseudoseg.inference import Predictor
@@ -90,8 +89,9 @@ def _evaluate_folders(predictors, test_root: Path, pre: Preprocessing, config: E
                 prob = predictor.probabilities(records).float().cpu()
                 if not classes.is_binary:
                     for single, mask in zip(prob, masks):
-                        per_class[name].update(decide(resize_bilinear(single, mask.shape)[None]), torch.from_numpy(mask).long()[None])
+                        per_class[name].update(predictor.labels(resize_bilinear(single, mask.shape)[None], config.threshold), torch.from_numpy(mask).long()[None])
                     continue
+                prob = predictor.kept_probabilities(prob, config.threshold)  # --largest-component
                 paper[name].update(prob, small_masks)
                 if pranet:
                     for single, mask in zip(prob, masks):
@@ -130,7 +130,8 @@ def _evaluate_volumes(predictors, test_root: Path, pre: Preprocessing, config: E
         reference = load_volume(case.image_path)
         target = read_test_label(case.label_path, classes)
         for name, predictor in predictors.items():
-            volume = decide_volume(restore_volume(predict_slices(predictor, slices, config.batch_size), reference), config.threshold)
+            prob = restore_volume(predict_slices(predictor, slices, config.batch_size), reference)
+            volume = predictor.labels(torch.from_numpy(prob)[None], config.threshold)[0].numpy().astype(np.uint8)
             metrics[name].update(case.case_id, volume, target.reshape(volume.shape), voxel_spacing(reference))
         if progress is not None:
             progress(test_root.name, done, len(cases))
@@ -155,7 +156,3 @@ def restore_volume(prob_slices: np.ndarray, reference: nib.Nifti1Image) -> np.nd
 
     return np.stack([slices_to_volume(prob_slices[:, k], reference) for k in range(prob_slices.shape[1])])
 
-
-def decide_volume(prob: np.ndarray, threshold: float) -> np.ndarray:
-    """Class indices (``uint8``) of restored probabilities ``[K, *shape]``: ``>= threshold`` for one channel, argmax otherwise."""
-    return decide(torch.from_numpy(prob)[None], threshold)[0].numpy().astype(np.uint8)

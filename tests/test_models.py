@@ -234,8 +234,8 @@ def test_offline_imagenet_request_names_the_local_file_alternative(monkeypatch: 
 @pytest.mark.parametrize(
     ("encoder", "in_channels", "message"),
     [
-        ("resnet18", 3, "model.encoder_weights: MONAI has no ImageNet weights for resnet18; use one of efficientnet-b0,"),
-        ("efficientnet-b8", 3, "model.encoder_weights: MONAI has no ImageNet weights for efficientnet-b8"),
+        ("resnet18", 3, "model.encoder_weights: no ImageNet weights for resnet18; use one of efficientnet-b0,"),
+        ("efficientnet-b8", 3, "model.encoder_weights: no ImageNet weights for efficientnet-b8"),
         ("efficientnet-b0", 1, "model.encoder_weights: ImageNet weights take 3-channel images, the data has 1"),
     ],
 )

@@ -294,7 +294,7 @@ def test_a_released_copy_that_would_keep_its_start_is_warned_about(tmp_path: Pat
     assert not any("keeps" in line and "starting weights" in line for line in lines)
 
 
-@pytest.mark.parametrize("recipe", ["polyp_momentum_synthetic.yaml", "polyp_momentum_cvc.yaml", "polyp_momentum_pranet.yaml"])
+@pytest.mark.parametrize("recipe", ["polyp_momentum_synthetic.yaml", "polyp_momentum_cvc.yaml", "polyp_momentum_pranet.yaml", "polyp_momentum_lite.yaml"])
 def test_no_shipped_polyp_recipe_is_mean_teacher_under_another_name(recipe: str) -> None:
     method = load_config(REPO / "configs" / recipe).method
     assert method.mode == "online" and not networks_coincide(method)

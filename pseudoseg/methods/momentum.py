@@ -301,7 +301,7 @@ rows of other methods (Mean Teacher, FixMatch, UniMatch, CPS), and supervised on
     section=MomentumConfig,
     summary="Online pseudo labeling with momentum networks (Pham Van et al., 2022): the teacher follows the student as its momentum copy.",
     families=(MOMENTUM_GRID,),
-    recipes=("polyp_momentum_synthetic.yaml", "polyp_momentum_cvc.yaml", "polyp_momentum_pranet.yaml"),
+    recipes=("polyp_momentum_synthetic.yaml", "polyp_momentum_cvc.yaml", "polyp_momentum_pranet.yaml", "polyp_momentum_lite.yaml"),
 )
 def run_momentum(session: RunSession) -> RecipeOutcome:
     method: MomentumConfig = session.config.method

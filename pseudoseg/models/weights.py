@@ -65,12 +65,20 @@ def load_weights(model: nn.Module, path: Path, *, scope: str = "full") -> None:
                 if own & set(stripped):
                     state = stripped
                     break
+    load_state_checked(target, state, path, f"{scope} network")
+
+
+def load_state_checked(target: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    """Load ``state`` (read from ``path``) into ``target`` if it fits exactly: the same keys, the same shapes.
+
+    Otherwise a :class:`UserError` names the file and ``what`` it did not fit, and nothing is loaded.
+    """
     expected = target.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise UserError(f"{path}: weights do not fit this {scope} network ({len(missing)} missing, {len(unexpected)} unexpected keys; {detail})")
+        raise UserError(f"{path}: weights do not fit this {what} ({len(missing)} missing, {len(unexpected)} unexpected keys; {detail})")
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
             raise UserError(f"{path}: weights do not fit this network: {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}")

@@ -280,7 +280,7 @@ class Trainer:
         # checkpoint, everything: the stage runs again from its start): they are logged again
         log.truncate_after(step if last_file.is_file() else -1)
         if spec.start is not None and not last_file.is_file():
-            self._keep_start_as_best(spec, student, {"raw": student, **extras}, best, log, stage_dir)
+            self._keep_start_as_best(spec, student, {"raw": student, **extras}, best, log)
 
         def forward(images: torch.Tensor, network: str | None = None) -> torch.Tensor:
             if cfg.train.channels_last:
@@ -330,7 +330,7 @@ class Trainer:
                     running, window_steps, window_start, window_images = {}, 0, time.perf_counter(), 0
                 if step % cfg.train.val_every == 0 or step == spec.steps:
                     validation_start = time.perf_counter()
-                    record = self._validate(spec, {"raw": student, **extras}, strategy, best, step, epoch_stream.epoch, stage_dir)
+                    record = self._validate(spec, {"raw": student, **extras}, strategy, best, step, epoch_stream.epoch)
                     record.update(strategy.after_validation(record))
                     log.write(record)
                     bar.note(_validation_line(record))
@@ -361,7 +361,7 @@ class Trainer:
         self._record(result, origin)
         return result
 
-    def _keep_start_as_best(self, spec: StageSpec, student: nn.Module, networks: dict[str, nn.Module], best: dict, log: MetricsLog, stage_dir: Path) -> None:
+    def _keep_start_as_best(self, spec: StageSpec, student: nn.Module, networks: dict[str, nn.Module], best: dict, log: MetricsLog) -> None:
         """Validate the stage's start (step 0) and make it every network's best so far.
 
         A later checkpoint of a network replaces it only by scoring higher on V, so the
@@ -374,29 +374,10 @@ class Trainer:
                 start = self.build_network()
             tensors, _ = load_weights_file(spec.start, expect=self.architecture)
             start.load_state_dict(tensors)
-        was_training = start.training
-        start.eval()
-        scores = self.score(spec.validation, lambda x: probabilities(start(x)))
-        start.train(was_training)
-        metric = self.config.train.selection_metric
-        convention = "per case (3-D)" if self.config.data.kind == "volumes" else "per image"
-        record: dict[str, Any] = {"kind": "val", "step": 0, "epoch": 0, "start/dice": scores["dice"], "start/iou": scores["iou"]}
-        if not self.classes.is_binary:
-            record.update({f"start/dice/{cls}": value for cls, value in zip(self.classes.names, scores["class_dice"])})
+        scores = self._score_network(spec, start)
         for name in networks:
-            path = stage_dir / f"best_{name}.safetensors"
-            best[name] = {
-                "score": scores[metric],
-                "metric": f"val {metric}@{self.config.eval.threshold} {convention}",
-                "step": 0,
-                "file": path.name,
-                "collapse": scores["collapse"],
-                "start": True,
-            }
-            if self.dist.is_main:
-                meta = {"architecture": self.architecture, "preprocessing": self.preprocessing, "stage": spec.name, "network": name, "step": 0, "validation": scores, "seed": self.config.seed, "start": str(spec.start)}
-                save_weights(path, start, meta)
-        log.write(record)
+            self._save_best(best, name, start, scores, 0, spec, start=True)
+        log.write({"kind": "val", "step": 0, "epoch": 0, **self._score_fields("start", scores)})
 
     def _wrap(self, network: nn.Module) -> nn.Module:
         """``network`` as the training loop runs it: synchronised batch norm on CUDA and
@@ -440,40 +421,50 @@ class Trainer:
             return keys, torch.zeros(0, device=self.device)
         return keys, all_reduce_sum(torch.stack([running[key] for key in keys]), self.dist) / self.dist.world
 
-    def _validate(self, spec: StageSpec, networks: dict[str, nn.Module], strategy: Strategy, best: dict, step: int, epoch: int, stage_dir: Path) -> dict[str, Any]:
+    def _validate(self, spec: StageSpec, networks: dict[str, nn.Module], strategy: Strategy, best: dict, step: int, epoch: int) -> dict[str, Any]:
         record: dict[str, Any] = {"kind": "val", "step": step, "epoch": epoch}
-        metric = self.config.train.selection_metric
-        convention = "per case (3-D)" if self.config.data.kind == "volumes" else "per image"
         for name, network in networks.items():
-            was_training = network.training
-            network.eval()
-            scores = self.score(spec.validation, lambda x, net=network: probabilities(net(x)))
-            network.train(was_training)
-            record[f"{name}/dice"], record[f"{name}/iou"] = scores["dice"], scores["iou"]
-            if not self.classes.is_binary:
-                record.update({f"{name}/dice/{cls}": value for cls, value in zip(self.classes.names, scores["class_dice"])})
+            scores = self._score_network(spec, network)
+            record.update(self._score_fields(name, scores))
             if scores["collapse"] is not None:
                 record[f"{name}/collapse"] = scores["collapse"]
                 if self.dist.is_main:
                     what = "background" if scores["collapse"] == "empty" else "foreground"
                     console_warn(f"warning: {spec.name} step {step}: network {name!r} predicts {what} on every validation pixel (collapsed)")
-            if prefer(scores, best.get(name), metric):
-                path = stage_dir / f"best_{name}.safetensors"
-                best[name] = {
-                    "score": scores[metric],
-                    "metric": f"val {metric}@{self.config.eval.threshold} {convention}",
-                    "step": step,
-                    "file": path.name,
-                    "collapse": scores["collapse"],
-                }
-                if self.dist.is_main:
-                    meta = {"architecture": self.architecture, "preprocessing": self.preprocessing, "stage": spec.name, "network": name, "step": step, "validation": scores, "seed": self.config.seed}
-                    save_weights(path, network, meta)
+            if prefer(scores, best.get(name), self.config.train.selection_metric):
+                self._save_best(best, name, network, scores, step, spec)
         if strategy.renders_pseudo_labels:
             pseudo_dice = self._pseudo_label_dice(spec, strategy)
             if pseudo_dice is not None:  # absent, not zero, where U has no true masks
                 record["pseudo/dice"] = pseudo_dice
         return record
+
+    def _score_network(self, spec: StageSpec, network: nn.Module) -> dict[str, Any]:
+        """``network``'s scores on V, in eval mode (its mode is restored)."""
+        was_training = network.training
+        network.eval()
+        scores = self.score(spec.validation, lambda x: probabilities(network(x)))
+        network.train(was_training)
+        return scores
+
+    def _score_fields(self, name: str, scores: dict[str, Any]) -> dict[str, float]:
+        """A validation record's fields for one network: ``<name>/dice``, ``<name>/iou`` (and per class)."""
+        fields = {f"{name}/dice": scores["dice"], f"{name}/iou": scores["iou"]}
+        if not self.classes.is_binary:
+            fields.update({f"{name}/dice/{cls}": value for cls, value in zip(self.classes.names, scores["class_dice"])})
+        return fields
+
+    def _save_best(self, best: dict, name: str, network: nn.Module, scores: dict[str, Any], step: int, spec: StageSpec, *, start: bool = False) -> None:
+        """Record ``network``'s weights as network ``name``'s best so far (``start``: the stage's start, at step 0)."""
+        metric = self.config.train.selection_metric
+        convention = "per case (3-D)" if self.config.data.kind == "volumes" else "per image"
+        path = self.run_dir / spec.name / f"best_{name}.safetensors"
+        best[name] = {"score": scores[metric], "metric": f"val {metric}@{self.config.eval.threshold} {convention}", "step": step, "file": path.name, "collapse": scores["collapse"]}
+        if start:
+            best[name]["start"] = True
+        if self.dist.is_main:
+            meta = {"architecture": self.architecture, "preprocessing": self.preprocessing, "stage": spec.name, "network": name, "step": step, "validation": scores, "seed": self.config.seed}
+            save_weights(path, network, {**meta, "start": True} if start else meta)  # which file it was: done.json's describe
 
     @torch.no_grad()
     def _pseudo_label_dice(self, spec: StageSpec, strategy: Strategy) -> float | None:

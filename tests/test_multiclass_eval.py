@@ -173,7 +173,7 @@ def test_volume_metrics_per_class_hand_computed() -> None:
 def test_one_class_volume_metrics_keep_the_binary_rules() -> None:
     empty = np.zeros((4, 4, 4), dtype=np.uint8)
     for metrics in (VolumeMetrics(), VolumeMetrics(("organ",))):
-        assert metrics.update("empty", empty, empty, (1.0, 1.0, 1.0)) == {"dice": 1.0, "hd95_mm": 0.0}
+        assert metrics.update("empty", empty, empty, (1.0, 1.0, 1.0)) == {"dice": 1.0, "hd95_mm": 0.0, "hd95_penalised_mm": 0.0}
 
 
 # --------------------------------------------------------------------------- evaluation end to end
@@ -232,6 +232,7 @@ def test_evaluate_volumes_per_class_in_mm(tmp_path: Path) -> None:
     scores = evaluate({"m": predictor}, root, EvalConfig())["m"]["test"]
     assert list(scores) == [
         "dice", "dice/anterior", "dice/posterior", "hd95_mm", "hd95_mm/anterior", "hd95_mm/posterior",
+        "hd95_penalised_mm", "hd95_penalised_mm/anterior", "hd95_penalised_mm/posterior",
         "hd95_undefined", "hd95_undefined/anterior", "hd95_undefined/posterior", "n",
     ]  # fmt: skip
     assert scores["dice/anterior"] == pytest.approx(5 / 6) and scores["dice/posterior"] == 0.0
@@ -275,7 +276,7 @@ BINARY_FOLDER_SCORES = {
     "alpha": {"dice@0.5": 0.9654707511266073, "iou@0.5": 0.9334006706873575, "n": 3, "meanDice": 0.6946310357423372, "meanIoU": 0.5931191444749087, "wFmeasure": 0.6286160710333607, "Smeasure": 0.8127195835601614, "meanEmeasure": 0.7269896559811557, "maxEmeasure": 0.9885572624405089, "MAE": 0.16323832583930295},
     "beta": {"dice@0.5": 0.9728840986887614, "iou@0.5": 0.947590192159017, "n": 3, "meanDice": 0.6885024095312566, "meanIoU": 0.5885105768132075, "wFmeasure": 0.6195279509304252, "Smeasure": 0.8166000535284189, "meanEmeasure": 0.7186370012518501, "maxEmeasure": 0.9953664744652522, "MAE": 0.1655053210998821},
 }  # fmt: skip
-BINARY_VOLUME_SCORES = {"test": {"dice": 0.9209069231701896, "hd95_mm": 1.0625, "hd95_undefined": 0, "n": 2}}
+BINARY_VOLUME_SCORES = {"test": {"dice": 0.9209069231701896, "hd95_mm": 1.0625, "hd95_penalised_mm": 1.0625, "hd95_undefined": 0, "n": 2}}
 
 
 def test_binary_reports_are_unchanged(tmp_path: Path) -> None:
@@ -320,13 +321,16 @@ def test_reports_name_the_classes(tmp_path: Path) -> None:
     assert f"- `dice/anterior` — {conventions['dice/anterior']}." in md
     # the grid's tables: the mean over classes and each class
     columns = headline_columns(TWO_CLASSES, "volumes")
-    assert columns == ("dice", "dice/anterior", "dice/posterior", "hd95_mm", "hd95_mm/anterior", "hd95_mm/posterior", "hd95_undefined")
+    assert columns == (
+        "dice", "dice/anterior", "dice/posterior", "hd95_mm", "hd95_mm/anterior", "hd95_mm/posterior",
+        "hd95_penalised_mm", "hd95_penalised_mm/anterior", "hd95_penalised_mm/posterior", "hd95_undefined",
+    )
     grid = write_grid_report(summarize_runs({"atso": [per_set, per_set]}), tmp_path / "grid", metric_columns=columns, conventions=conventions)
     text = grid["md"].read_text()
     assert "## `dice/posterior`" in text and conventions["hd95_mm/anterior"] in text
     assert headline_columns(TWO_CLASSES, "folders") == ("dice", "dice/anterior", "dice/posterior", "iou")
     assert headline_columns(ClassSet.binary(), "folders") == ("dice@0.5", "meanDice")
-    assert headline_columns(ClassSet.binary(), "volumes") == ("dice", "hd95_mm", "hd95_undefined")
+    assert headline_columns(ClassSet.binary(), "volumes") == ("dice", "hd95_mm", "hd95_penalised_mm", "hd95_undefined")
 
 
 # --------------------------------------------------------------------------- prediction

@@ -179,15 +179,21 @@ def test_a_collapse_is_logged_once_per_validation_and_flagged_in_the_report(coll
 def test_an_undefined_hd95_is_excluded_counted_and_null(collapsed_run: tuple[Path, str]) -> None:
     run, _ = collapsed_run
     report = _no_nan((run / "report" / "metrics.json").read_text())
-    # an empty prediction against each test case's organ: Dice 0, HD95 undefined in both cases
-    assert report["sets"]["test"] == {"dice": 0.0, "hd95_mm": None, "hd95_undefined": 2, "n": 2}
+    # an empty prediction against each test case's organ: Dice 0, HD95 undefined in both cases,
+    # and penalised as each case's diagonal in mm
+    from pseudoseg.data.volumes import load_volume, voxel_spacing
+    from pseudoseg.evaluation.volume_metrics import volume_diagonal_mm
+
+    tests = [load_volume(path) for path in sorted((run.parent / "data" / "imagesTs").iterdir())]
+    diagonal = sum(volume_diagonal_mm(image.shape, voxel_spacing(image)) for image in tests) / len(tests)
+    assert report["sets"]["test"] == {"dice": 0.0, "hd95_mm": None, "hd95_penalised_mm": pytest.approx(diagonal), "hd95_undefined": 2, "n": 2}
     networks = _no_nan((run / "report" / "networks.json").read_text())
     assert networks["networks"]["ema"]["test"]["hd95_mm"] is None
     md = (run / "report" / "metrics.md").read_text()
-    assert "| test | 0.000 | – | 2 | 2 |" in md
+    assert f"| test | 0.000 | – | {diagonal:.3f} | 2 | 2 |" in md
     assert "`hd95_undefined` — volume convention: number of cases whose HD95 is undefined" in md
     csv_rows = (run / "report" / "metrics.csv").read_text().splitlines()
-    assert csv_rows[0] == "set,dice,hd95_mm,hd95_undefined,n" and csv_rows[1] == "test,0.0,,2,2"
+    assert csv_rows[0] == "set,dice,hd95_mm,hd95_penalised_mm,hd95_undefined,n" and csv_rows[1].startswith("test,0.0,,") and csv_rows[1].endswith(",2,2")
 
 
 def test_a_grid_summary_with_an_undefined_hd95_writes_its_table(collapsed_run: tuple[Path, str], tmp_path: Path) -> None:

@@ -393,7 +393,7 @@ def test_volume_metrics_averages_over_cases() -> None:
     target[4:12, 4:12, 2:8] = True
     shifted = np.roll(target, 2, axis=2)  # Dice 2*4/12 = 2/3, HD95 2 voxels * 2 mm
     metrics = VolumeMetrics()
-    assert metrics.update("b", shifted, target, spacing) == pytest.approx({"dice": 2 / 3, "hd95_mm": 4.0})
+    assert metrics.update("b", shifted, target, spacing) == pytest.approx({"dice": 2 / 3, "hd95_mm": 4.0, "hd95_penalised_mm": 4.0})
     metrics.update("a", target, target, spacing)
     metrics.update("c", np.zeros_like(target), target, spacing)
     summary = metrics.compute()
@@ -401,6 +401,8 @@ def test_volume_metrics_averages_over_cases() -> None:
     assert summary["dice"] == pytest.approx((1 + 2 / 3 + 0) / 3)
     assert summary["hd95_mm"] == pytest.approx(2.0)  # mean of 0 and 4; case c has no distance
     assert summary["hd95_undefined"] == 1
+    # penalised: case c's miss counts as the volume's diagonal, sqrt(20^2 + 20^2 + 24^2) mm
+    assert summary["hd95_penalised_mm"] == pytest.approx((0 + 4 + math.sqrt(20**2 + 20**2 + 24**2)) / 3)
     assert list(summary["cases"]) == ["a", "b", "c"]
     assert math.isnan(summary["cases"]["c"]["hd95_mm"]) and summary["cases"]["c"]["dice"] == 0.0
     with pytest.raises(ValueError, match="already"):

@@ -62,12 +62,12 @@ from torch import nn
 
 from pseudoseg.engine.ema import ModelEMA
 from pseudoseg.engine.labels import decide, harden, one_hot, probabilities
-from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy
 from pseudoseg.engine.trainer import stage_seed
 from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, labeled_start
+from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, fit_one_stage, labeled_start
 from pseudoseg.methods.supervised import SupervisedStrategy
 
 if TYPE_CHECKING:
@@ -366,19 +366,7 @@ def run_bcp(session: RunSession) -> RecipeOutcome:
         pretraining = {"strategy": CopyPasteStrategy, "settings": {"patch_fraction": method.patch_fraction, "loss": method.loss}}
     start = labeled_start(session, method, **pretraining)
     init = start.weights(method.start_network) if start is not None else None
-    spec = StageSpec(
-        name="student",
-        strategy=BCPStrategy(method),
-        steps=method.steps or train.steps,
-        batch_size=train.batch_size,
-        unlabeled_batch_size=train.unlabeled_batch_size,
-        labeled=session.labeled,
-        unlabeled=session.unlabeled,
-        validation=session.validation,
-        init_weights=init,
-        describe={"strategy": "bcp", **method.model_dump(mode="json"), "init_weights": str(init)},
-    )
-    result = session.trainer.fit(spec)
+    result = fit_one_stage(session, method, BCPStrategy(method), init)
     return RecipeOutcome("raw", {"raw": result.weights("raw"), "ema": result.weights("ema")})
 
 

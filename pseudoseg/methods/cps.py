@@ -35,10 +35,10 @@ from torch import nn
 from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.labels import harden, probabilities
 from pseudoseg.engine.losses import sigmoid_rampup
-from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy
 from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, labeled_start
+from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, fit_one_stage, labeled_start
 
 
 class CPSConfig(LabeledStartSection):
@@ -108,23 +108,10 @@ class CPSStrategy(Strategy):
 )
 def run_cps(session: RunSession) -> RecipeOutcome:
     method: CPSConfig = session.config.method
-    train = session.config.train
     session.require_unlabeled()
     start = labeled_start(session, method)
     init, peer = (start.weights("ema"), start.weights("raw")) if start is not None else (None, None)
-    spec = StageSpec(
-        name="student",
-        strategy=CPSStrategy(method, peer),
-        steps=method.steps or train.steps,
-        batch_size=train.batch_size,
-        unlabeled_batch_size=train.unlabeled_batch_size,
-        labeled=session.labeled,
-        unlabeled=session.unlabeled,
-        validation=session.validation,
-        init_weights=init,
-        describe={"strategy": "cps", **method.model_dump(mode="json"), "init_weights": str(init), "peer_weights": str(peer)},
-    )
-    result = session.trainer.fit(spec)
+    result = fit_one_stage(session, method, CPSStrategy(method, peer), init, peer_weights=str(peer))
     return RecipeOutcome("raw", {"raw": result.weights("raw"), "peer": result.weights("peer")})
 
 

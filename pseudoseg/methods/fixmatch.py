@@ -40,11 +40,11 @@ from pydantic import Field
 
 from pseudoseg.data.augment import CutMix
 from pseudoseg.engine.labels import probabilities
-from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy, Views
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy, Views
 from pseudoseg.methods.momentum import pseudo_targets
 from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, labeled_start
+from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, fit_one_stage, labeled_start
 
 
 class FixMatchConfig(LabeledStartSection):
@@ -119,23 +119,10 @@ class FixMatchStrategy(Strategy):
 )
 def run_fixmatch(session: RunSession) -> RecipeOutcome:
     method: FixMatchConfig = session.config.method
-    train = session.config.train
     session.require_unlabeled()
     start = labeled_start(session, method)
     init = start.weights("ema") if start is not None else None
-    spec = StageSpec(
-        name="student",
-        strategy=FixMatchStrategy(method),
-        steps=method.steps or train.steps,
-        batch_size=train.batch_size,
-        unlabeled_batch_size=train.unlabeled_batch_size,
-        labeled=session.labeled,
-        unlabeled=session.unlabeled,
-        validation=session.validation,
-        init_weights=init,
-        describe={"strategy": "fixmatch", **method.model_dump(mode="json"), "init_weights": str(init)},
-    )
-    student = session.trainer.fit(spec)
+    student = fit_one_stage(session, method, FixMatchStrategy(method), init)
     return RecipeOutcome("raw", {"raw": student.weights("raw")})
 
 

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from pseudoseg.config import MethodSection
 from pseudoseg.engine.checkpoint import load_weights_file
+from pseudoseg.engine.strategy import StageSpec, Strategy
 from pseudoseg.engine.trainer import StageResult, stage_result_from_done
 from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import GridRow, Rows
@@ -106,6 +107,26 @@ def labeled_start(
     )
 
 
+def fit_one_stage(session: RunSession, method: MethodSection, strategy: Strategy, init: Path | None, **describe: Any) -> StageResult:
+    """The one semi-supervised stage of a baseline (``student``): ``strategy`` on L and U for
+    ``method.steps`` steps (default ``train.steps``), the student started from ``init``
+    (None: fresh); ``describe`` adds settings that define the stage beyond the method section."""
+    train = session.config.train
+    spec = StageSpec(
+        name="student",
+        strategy=strategy,
+        steps=method.steps or train.steps,
+        batch_size=train.batch_size,
+        unlabeled_batch_size=train.unlabeled_batch_size,
+        labeled=session.labeled,
+        unlabeled=session.unlabeled,
+        validation=session.validation,
+        init_weights=init,
+        describe={"strategy": method.name, **method.model_dump(mode="json"), "init_weights": str(init), **describe},
+    )
+    return session.trainer.fit(spec)
+
+
 def baseline_rows(row: str, section: dict[str, Any]) -> dict[str, Rows]:
     """The grid rows of a one-stage baseline (a :class:`LabeledStartSection` method), by family.
 
@@ -126,4 +147,4 @@ def baseline_rows(row: str, section: dict[str, Any]) -> dict[str, Rows]:
     return {"momentum": momentum, "rounds": rounds}
 
 
-__all__ = ["SUPERVISED_STAGE_NAMES", "LabeledStartSection", "baseline_rows", "finished_stage", "labeled_start"]
+__all__ = ["SUPERVISED_STAGE_NAMES", "LabeledStartSection", "baseline_rows", "finished_stage", "fit_one_stage", "labeled_start"]

@@ -40,12 +40,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy, Views
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy, Views
 from pseudoseg.engine.trainer import stage_seed
 from pseudoseg.methods.fixmatch import student_predictions, weak_to_strong_targets
 from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, labeled_start
+from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, fit_one_stage, labeled_start
 from pseudoseg.models.features import FeatureDropout, perturbed_encoder_features
 
 
@@ -120,23 +120,10 @@ class UniMatchStrategy(Strategy):
 )
 def run_unimatch(session: RunSession) -> RecipeOutcome:
     method: UniMatchConfig = session.config.method
-    train = session.config.train
     session.require_unlabeled()
     start = labeled_start(session, method)
     init = start.weights("ema") if start is not None else None
-    spec = StageSpec(
-        name="student",
-        strategy=UniMatchStrategy(method),
-        steps=method.steps or train.steps,
-        batch_size=train.batch_size,
-        unlabeled_batch_size=train.unlabeled_batch_size,
-        labeled=session.labeled,
-        unlabeled=session.unlabeled,
-        validation=session.validation,
-        init_weights=init,
-        describe={"strategy": "unimatch", **method.model_dump(mode="json"), "init_weights": str(init)},
-    )
-    student = session.trainer.fit(spec)
+    student = fit_one_stage(session, method, UniMatchStrategy(method), init)
     return RecipeOutcome("raw", {"raw": student.weights("raw")})
 
 

@@ -37,10 +37,10 @@ from torch import nn
 from pseudoseg.engine.ema import ModelEMA, update_momentum
 from pseudoseg.engine.labels import probabilities
 from pseudoseg.engine.losses import probability_mse, sigmoid_rampup
-from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy, Views
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy, Views
 from pseudoseg.methods.registry import GridRow, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, finished_stage
+from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, finished_stage, fit_one_stage
 from pseudoseg.methods.supervised import train_labeled_stage
 
 if TYPE_CHECKING:
@@ -175,21 +175,8 @@ def run_mean_teacher(session: RunSession) -> RecipeOutcome:
                 batch_size=method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size),
             )
         start = labeled_stage.weights("ema")
-    steps = method.steps or train.steps
-    rampup = method.rampup(steps)
-    spec = StageSpec(
-        name="student",
-        strategy=MeanTeacherStrategy(method, rampup),
-        steps=steps,
-        batch_size=train.batch_size,
-        unlabeled_batch_size=train.unlabeled_batch_size,
-        labeled=session.labeled,
-        unlabeled=session.unlabeled,
-        validation=session.validation,
-        init_weights=start,
-        describe={"strategy": "mean_teacher", **method.model_dump(mode="json"), "rampup": rampup, "init_weights": str(start)},
-    )
-    student = session.trainer.fit(spec)
+    rampup = method.rampup(method.steps or train.steps)
+    student = fit_one_stage(session, method, MeanTeacherStrategy(method, rampup), start, rampup=rampup)
     return RecipeOutcome("ema", {"ema": student.weights("ema"), "raw": student.weights("raw")})
 
 

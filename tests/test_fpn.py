@@ -172,5 +172,5 @@ def test_momentum_end_to_end_at_64_px(tmp_path: Path, tiny_polyps: Path) -> None
         assert scores["n"] == 4 and 0.0 <= scores["dice@0.5"] <= 1.0
     predictor = Predictor.load(run, device="cpu", amp="off")
     with torch.no_grad():
-        probabilities = torch.sigmoid(predictor.networks[0](torch.randn(1, 3, 64, 64)))
+        probabilities = torch.sigmoid(predictor.model.members[0](torch.randn(1, 3, 64, 64)))
     assert probabilities.shape == (1, 1, 64, 64)

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from pseudoseg.config import apply_overrides, config_from_dict, read_config_file, switch_method
 from pseudoseg.errors import UserError
-from pseudoseg.fileio import write_json
+from pseudoseg.data.splits import load_split
+from pseudoseg.fileio import write_json, write_text
 from pseudoseg.methods.registry import GridFamily, GridRow, grid_family
 from pseudoseg.progress import console_print
 
@@ -51,6 +52,17 @@ def _with(raw: dict[str, Any], **sections: Any) -> dict[str, Any]:
     return out
 
 
+def _all_masks_list(supervised_dir: Path, run_dir: Path) -> tuple[Path, float]:
+    """The upper bound of a split read from lists: a labeled list of every training unit with a
+    mask (the seed's labeled and unlabeled units; validation stays as listed), written beside
+    ``run_dir``, and how many times the labeled set it is."""
+    split = load_split(supervised_dir / "split.json")
+    everything = sorted((set(split.labeled) | set(split.unlabeled)) - set(split.without_mask))
+    listed = run_dir.parent / f"{run_dir.name}.labeled.txt"
+    write_text(listed, "".join(f"{unit}\n" for unit in everything))
+    return listed, len(everything) / len(split.labeled)
+
+
 def grid_variants(base: RunConfig, family: str | None, *, patience: int = 5) -> list[Variant]:
     """(name, function(raw base config, supervised run dir) -> raw config) for each variant of
     ``family`` (None: the family of the base configuration's method).
@@ -64,11 +76,17 @@ def grid_variants(base: RunConfig, family: str | None, *, patience: int = 5) -> 
     stage = chosen.labeled_stage(base)
 
     def supervised(fraction: float | None) -> Callable[[dict, Path], dict]:
-        steps = stage.steps if fraction is None else round(stage.steps / base.data.labeled_fraction)
-
-        def make(raw: dict, _: Path) -> dict:
-            out = _with(raw, method=stage.method, train__steps=steps, train__batch_size=stage.batch_size, train__patience=patience)
-            return _with(out, data__labeled_fraction=fraction) if fraction is not None else out
+        def make(raw: dict, supervised_dir: Path) -> dict:
+            steps = stage.steps
+            out = raw
+            if fraction is not None and base.data.labeled_list is not None:
+                listed, ratio = _all_masks_list(supervised_dir, Path(raw["run_dir"]))
+                steps = round(stage.steps * ratio)
+                out = _with(raw, data__labeled_list=str(listed), data__unlabeled_list=None)
+            elif fraction is not None:
+                steps = round(stage.steps / base.data.labeled_fraction)
+                out = _with(raw, data__labeled_fraction=fraction)
+            return _with(out, method=stage.method, train__steps=steps, train__batch_size=stage.batch_size, train__patience=patience)
 
         return make
 

@@ -283,6 +283,14 @@ def _momentum_rows(base: RunConfig) -> list[GridRow]:
     ]
 
 
+def _rounds_row(base: RunConfig) -> list[GridRow]:
+    """Online pseudo labeling in the rounds grid, as the paper runs it: a fresh student for the
+    labeled stage's steps (``train.steps``), taught by the seed's labeled-only model, whose
+    momentum copy follows the student."""
+    section = {"name": "momentum", "mode": "online", "teacher": "momentum", "student_init": "fresh"}
+    return [GridRow("online-momentum", lambda raw, _: dict(section))]
+
+
 MOMENTUM_GRID = GridFamily(
     name="momentum",
     summary="Method A's grid: offline and online pseudo labeling with either teacher, and the rows other methods add (Mean Teacher, FixMatch, UniMatch, CPS)",
@@ -301,6 +309,7 @@ rows of other methods (Mean Teacher, FixMatch, UniMatch, CPS), and supervised on
     section=MomentumConfig,
     summary="Online pseudo labeling with momentum networks (Pham Van et al., 2022): the teacher follows the student as its momentum copy.",
     families=(MOMENTUM_GRID,),
+    rows={"rounds": _rounds_row},
     recipes=("polyp_momentum_synthetic.yaml", "polyp_momentum_cvc.yaml", "polyp_momentum_pranet.yaml", "polyp_momentum_lite.yaml"),
 )
 def run_momentum(session: RunSession) -> RecipeOutcome:

@@ -341,7 +341,7 @@ Every table shows both budgets and the per-seed differences from TSO."""
     section=RoundsConfig,
     summary="ATSO (Huo et al., 2021): disjoint subsets of U, each relabelled by a model that did not train on it.",
     families=(ROUNDS_GRID,),
-    recipes=("ct_atso_synthetic.yaml", "ct_atso_full_synthetic.yaml", "ct_atso_pancreas.yaml", "mri_atso_hippocampus.yaml"),
+    recipes=("ct_atso_synthetic.yaml", "ct_atso_full_synthetic.yaml", "ct_atso_pancreas.yaml", "mri_atso_hippocampus.yaml", "acdc_cpu.yaml", "acdc_gpu.yaml"),
 )
 def run_atso(session: RunSession) -> RecipeOutcome:
     """ATSO: K disjoint subsets of U, each relabelled by a model that did not train on it."""

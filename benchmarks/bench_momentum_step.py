@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pseudoseg.config import RunConfig, config_from_dict
+from pseudoseg.run_config import RunConfig, config_from_dict
 from pseudoseg.engine.checkpoint import save_weights
 from pseudoseg.engine.distributed import DistInfo
 from pseudoseg.engine.ema import ModelEMA
@@ -51,7 +51,7 @@ from pseudoseg.engine.strategy import Batch, Strategy
 from pseudoseg.engine.trainer import StageContext, StageSpec, Trainer
 from pseudoseg.fileio import write_json
 from pseudoseg.methods.momentum import MomentumStudentStrategy
-from pseudoseg.methods.supervised import SupervisedStrategy
+from pseudoseg.methods.stages import SupervisedStrategy
 from pseudoseg.models import build_model, describe_architecture
 
 

@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
-    from pseudoseg.config import load_config
+    from pseudoseg.run_config import load_config
     from pseudoseg.progress import wide_console
     from pseudoseg.quickstart import compare_with_supervised, recipe_path
     from pseudoseg.runner import train

@@ -67,7 +67,8 @@ def train(
         >>> result.released
         'ema'
     """
-    from pseudoseg.config import apply_overrides, config_from_dict, load_config, run_config_class
+    from pseudoseg.config import apply_overrides
+    from pseudoseg.run_config import config_from_dict, load_config, run_config_class
     from pseudoseg.errors import UserError
     from pseudoseg.progress import console_print
     from pseudoseg.runner import train as run

@@ -77,7 +77,7 @@ def weights_export(
 ) -> None:
     """Download an encoder's ImageNet weights (needs internet, once) and save them for model.weights with weights_scope: encoder."""
     from pseudoseg.config import ModelConfig
-    from pseudoseg.models.weights import export_encoder_weights
+    from pseudoseg.models.factory import export_encoder_weights
 
     if model not in ("fpn", "flexible_unet"):
         raise UserError(f"--model: expected fpn or flexible_unet, got {model!r}")
@@ -155,7 +155,7 @@ def train(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the final metrics here (schema in the README).")] = None,
 ) -> None:
     """Train the configured method; evaluate the released model on data.test."""
-    from pseudoseg.config import load_config
+    from pseudoseg.run_config import load_config
     from pseudoseg.runner import train as run_train
 
     cfg = load_config(config, set_ or [], method=method, report=wide_console().print)

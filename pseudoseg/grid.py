@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pseudoseg.config import apply_overrides, config_from_dict, read_config_file, switch_method
+from pseudoseg.config import apply_overrides
+from pseudoseg.run_config import config_from_dict, read_config_file, switch_method
 from pseudoseg.errors import UserError
 from pseudoseg.data.splits import load_split
 from pseudoseg.fileio import write_json, write_text

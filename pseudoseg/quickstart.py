@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.table import Table
 
-from pseudoseg.config import RunConfig, load_config
+from pseudoseg.run_config import RunConfig, load_config
 from pseudoseg.evaluation.report import mean_over_sets
 from pseudoseg.fileio import write_json, write_text
 from pseudoseg.progress import console_print, task_bars

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import yaml
 
-from pseudoseg.config import dump_config, run_config_class
+from pseudoseg.config import dump_config
+from pseudoseg.run_config import run_config_class
 from pseudoseg.data.pool import SamplePool, check_test_apart, load_pool
 from pseudoseg.data.splits import Split, load_split, make_split, save_split, split_from_lists
 from pseudoseg.engine.distributed import DistInfo, barrier, init_distributed

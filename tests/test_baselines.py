@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from pseudoseg.config import ModelConfig, config_from_dict
+from pseudoseg.config import ModelConfig
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.data.augment import BatchAugmenter
 from pseudoseg.data.preprocessing import InputNormalizer
 from pseudoseg.engine.batches import BatchAssembler
@@ -28,7 +29,8 @@ from pseudoseg.engine.losses import SegmentationLoss
 from pseudoseg.engine.strategy import Batch, Views
 from pseudoseg.methods import get_method, grid_families
 from pseudoseg.methods.cps import CPSConfig, CPSStrategy
-from pseudoseg.methods.fixmatch import FixMatchConfig, FixMatchStrategy, weak_to_strong_targets
+from pseudoseg.engine.labels import weak_to_strong_targets
+from pseudoseg.methods.fixmatch import FixMatchConfig, FixMatchStrategy
 from pseudoseg.models.factory import build_model
 from pseudoseg.models.features import FeatureDropout, perturbed_encoder_features
 from pseudoseg.engine.trainer import weights_digest

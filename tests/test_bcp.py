@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from pseudoseg.config import ModelConfig, config_from_dict
+from pseudoseg.config import ModelConfig
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.engine.checkpoint import load_tensors, load_weights_file
 from pseudoseg.engine.losses import SegmentationLoss
 from pseudoseg.engine.trainer import weights_digest

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pseudoseg.config import config_from_dict
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.runner import train
 
 PIN = json.loads((Path(__file__).parent / "binary_pin.json").read_text())

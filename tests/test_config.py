@@ -9,7 +9,8 @@ import pytest
 import torch
 from pydantic import BaseModel
 
-from pseudoseg.config import RunConfig, dump_config, literal_words, load_config
+from pseudoseg.config import dump_config, literal_words
+from pseudoseg.run_config import RunConfig, load_config
 from pseudoseg.engine.distributed import DistInfo
 from pseudoseg.engine.trainer import Trainer
 from pseudoseg.errors import UserError

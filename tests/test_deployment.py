@@ -55,7 +55,7 @@ def test_recipes_show_writes_the_recipe(tmp_path, monkeypatch, capsys) -> None:
 
 
 def test_config_file_wins_over_a_recipe_of_the_same_name(tmp_path, monkeypatch) -> None:
-    from pseudoseg.config import load_config
+    from pseudoseg.run_config import load_config
 
     monkeypatch.chdir(tmp_path)
     assert load_config("polyp_momentum_cvc").run_dir == Path("runs/polyp-momentum-cvc")
@@ -135,7 +135,7 @@ def test_grid_takes_a_recipe_by_name_and_a_method(cvc_like, monkeypatch) -> None
 
 @pytest.fixture(scope="module")
 def polyp_run(tmp_path_factory, tiny_polyps) -> Path:
-    from pseudoseg.config import config_from_dict
+    from pseudoseg.run_config import config_from_dict
     from pseudoseg.runner import train
 
     tmp = tmp_path_factory.mktemp("polyp-run")
@@ -156,7 +156,7 @@ def ct_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ct_run(tmp_path_factory, ct_data) -> Path:
     """Two classes (organ, lesion), 2.5-D slices with one neighbour on each side."""
-    from pseudoseg.config import config_from_dict
+    from pseudoseg.run_config import config_from_dict
     from pseudoseg.runner import train
 
     tmp = tmp_path_factory.mktemp("ct-run")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from pseudoseg.config import config_from_dict
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.engine.checkpoint import load_tensors
 from pseudoseg.runner import train
 from tests.conftest import tiny_config, write_config

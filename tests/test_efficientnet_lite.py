@@ -13,7 +13,8 @@ import torch
 from matplotlib import cbook
 from torch.nn import functional as F
 
-from pseudoseg.config import ModelConfig, config_from_dict, load_config
+from pseudoseg.config import ModelConfig
+from pseudoseg.run_config import config_from_dict, load_config
 from pseudoseg.data.folders import read_image
 from pseudoseg.data.pool import resize_image
 from pseudoseg.data.preprocessing import InputNormalizer

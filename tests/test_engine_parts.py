@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pseudoseg.config import AugmentConfig, apply_overrides, config_from_dict, load_config
+from pseudoseg.config import AugmentConfig, apply_overrides
+from pseudoseg.run_config import config_from_dict, load_config
 from pseudoseg.data.augment import BatchAugmenter, apply_geometry
 from pseudoseg.data.store import ArrayStore
 from pseudoseg.engine.streams import IndexStream

@@ -28,7 +28,8 @@ except Exception as exc:  # ImportError, or torchvision failing to load its comp
 
 from safetensors.torch import save_file
 
-from pseudoseg.config import ModelConfig, config_from_dict, load_config
+from pseudoseg.config import ModelConfig
+from pseudoseg.run_config import config_from_dict, load_config
 from pseudoseg.engine.checkpoint import load_network, save_weights
 from pseudoseg.errors import UserError
 from pseudoseg.inference import Predictor

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pseudoseg.config import config_from_dict
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.errors import UserError
 from pseudoseg.grid import grid_variants
 from pseudoseg.methods.momentum import networks_coincide

@@ -10,7 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pseudoseg.config import DataConfig, config_from_dict
+from pseudoseg.config import DataConfig
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.data.pool import load_pool
 from pseudoseg.data.preprocessing import Preprocessing
 from pseudoseg.data.volumes import VolumeCase, case_slices, percentile_bounds, percentile_to_uint8, window_to_uint8

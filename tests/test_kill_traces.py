@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pseudoseg.config import config_from_dict
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.engine.trainer import MetricsLog, read_metrics
 from pseudoseg.errors import UserError
 from pseudoseg.fileio import atomic_path, is_temporary_name, remove_temporary_files
@@ -40,7 +40,7 @@ def die():
 
 if "step" in moment:
     from pseudoseg.methods.rounds import RoundStrategy
-    from pseudoseg.methods.supervised import SupervisedStrategy
+    from pseudoseg.methods.stages import SupervisedStrategy
 
     def patch(cls):
         real = cls.after_step

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pseudoseg.config import config_from_dict
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.data.check import check_dataset
 from pseudoseg.data.classes import ClassSet, class_set_from_mapping, classes_from_dataset_json
 from pseudoseg.data.folders import read_mask

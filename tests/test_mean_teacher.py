@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from pseudoseg.config import config_from_dict
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.engine.checkpoint import load_tensors
 from pseudoseg.errors import UserError
 from pseudoseg.methods.mean_teacher import MeanTeacherConfig

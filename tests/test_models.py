@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pseudoseg.config import ModelConfig, config_from_dict
+from pseudoseg.config import ModelConfig
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.errors import UserError
 from pseudoseg.models import build_model, describe_architecture, load_weights
 from tests.conftest import run_cli

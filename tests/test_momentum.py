@@ -26,7 +26,7 @@ import torch
 import yaml
 from torch import nn
 
-from pseudoseg.config import config_from_dict, load_config
+from pseudoseg.run_config import config_from_dict, load_config
 from pseudoseg.engine.checkpoint import load_tensors, save_weights, unprefixed
 from pseudoseg.engine.distributed import DistInfo
 from pseudoseg.engine.ema import ModelEMA
@@ -34,7 +34,9 @@ from pseudoseg.engine.losses import SegmentationLoss
 from pseudoseg.engine.strategy import Batch
 from pseudoseg.engine.trainer import StageContext, StageSpec, read_metrics
 from pseudoseg.errors import UserError
-from pseudoseg.methods.momentum import MomentumConfig, MomentumStudentStrategy, pseudo_targets, sigmoid_rampup
+from pseudoseg.engine.labels import pseudo_targets
+from pseudoseg.engine.losses import sigmoid_rampup
+from pseudoseg.methods.momentum import MomentumConfig, MomentumStudentStrategy
 from pseudoseg.runner import train
 
 REPO = Path(__file__).resolve().parents[1]

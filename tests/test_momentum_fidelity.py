@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from pseudoseg.config import config_from_dict, load_config
+from pseudoseg.run_config import config_from_dict, load_config
 from pseudoseg.engine.checkpoint import load_tensors
 from pseudoseg.engine.ema import retained_share, update_momentum
 from pseudoseg.engine.losses import SegmentationLoss, masked_mean_per_image

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pseudoseg.config import config_from_dict
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.engine.checkpoint import load_weights_file
-from pseudoseg.engine.labels import class_overlap_counts, confidence, decide, harden, one_hot, probabilities
+from pseudoseg.engine.labels import class_overlap_counts, decide, harden, one_hot, pixel_confidence, probabilities
 from pseudoseg.engine.losses import SegmentationLoss
 from pseudoseg.engine.validation import ValidationTally
 from pseudoseg.engine.distributed import DistInfo
-from pseudoseg.methods.momentum import pseudo_targets
+from pseudoseg.engine.labels import pseudo_targets
 from pseudoseg.runner import train
 
 NAMES = ("organ", "lesion")
@@ -30,7 +30,7 @@ def test_probabilities_decisions_and_targets() -> None:
     prob = probabilities(logits)
     torch.testing.assert_close(prob.sum(1), torch.ones(2, 1, 1))
     assert decide(prob).flatten().tolist() == [0, 1]
-    torch.testing.assert_close(confidence(prob).flatten(), prob.amax(1).flatten())
+    torch.testing.assert_close(pixel_confidence(prob).flatten(), prob.amax(1).flatten())
     assert harden(prob).flatten(1).tolist() == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
     index = torch.tensor([[[0, 1], [2, 1]]])
     assert one_hot(index, 3)[0, :, 1, 0].tolist() == [0.0, 0.0, 1.0]

@@ -11,11 +11,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from pseudoseg.cli import main
-from pseudoseg.config import config_from_dict
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.data.pool import load_pool
 from pseudoseg.data.splits import make_split
 from pseudoseg.runner import train

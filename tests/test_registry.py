@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 import pseudoseg
-from pseudoseg.config import MethodSection, config_from_dict, config_reference, run_config_class
+from pseudoseg.config import MethodSection
+from pseudoseg.run_config import config_from_dict, config_reference, run_config_class
 from pseudoseg.errors import UserError
 from pseudoseg.methods import get_method, grid_families, list_methods, register
 from pseudoseg.methods.mean_teacher import MeanTeacherConfig, run_mean_teacher

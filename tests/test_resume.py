@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from pseudoseg.config import config_from_dict
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.engine.checkpoint import load_tensors
 from pseudoseg.runner import train
 from tests.conftest import tiny_config, write_config
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # any kind) at a chosen step, deterministically, whatever the machine's load.
 KILL_AT_STEP = """
 import os, signal, sys
-from pseudoseg.methods.supervised import SupervisedStrategy
+from pseudoseg.methods.stages import SupervisedStrategy
 
 real_after_step = SupervisedStrategy.after_step
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pseudoseg.config import config_from_dict
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.errors import UserError
 from pseudoseg.methods.rounds import RoundPlan, atso_schedule, read_rounds, split_subsets, tso_schedule
 from pseudoseg.runner import train

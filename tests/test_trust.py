@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from pseudoseg.config import config_from_dict
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.data.splits import Split, make_split
 from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.trainer import read_metrics, weights_digest

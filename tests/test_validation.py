@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pseudoseg.config import config_from_dict
+from pseudoseg.run_config import config_from_dict
 from pseudoseg.engine.device import describe_machine, machine_line
 from pseudoseg.engine.distributed import DistInfo
 from pseudoseg.evaluation.report import summarize_runs, write_grid_report

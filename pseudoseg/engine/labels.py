@@ -12,8 +12,13 @@ soft, binary and multi-class targets alike.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from pseudoseg.data.augment import CutMix
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -50,7 +55,7 @@ def harden(target: torch.Tensor, *, strict: bool = False) -> torch.Tensor:
     return one_hot(target.argmax(dim=1), target.shape[1])
 
 
-def confidence(prob: torch.Tensor) -> torch.Tensor:
+def pixel_confidence(prob: torch.Tensor) -> torch.Tensor:
     """``[B, 1, H, W]``: the probability of the decided class, ``max(p, 1 - p)`` for one channel."""
     if prob.shape[1] == 1:
         return torch.maximum(prob, 1.0 - prob)
@@ -113,4 +118,35 @@ def dice_iou_from_counts(inter: torch.Tensor, pred: torch.Tensor, gt: torch.Tens
     return dice, iou
 
 
-__all__ = ["class_overlap_counts", "confidence", "decide", "dice_iou_defined", "dice_iou_from_counts", "harden", "one_hot", "overlap_counts", "probabilities"]
+def pseudo_targets(prob: torch.Tensor, kind: str, confidence: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Targets from teacher probabilities (``[B, K, H, W]``), and the mask of pixels that count.
+
+    ``soft``: the probabilities themselves (class probability maps with several
+    classes). ``hard``: thresholded at 0.5 (one class) or the argmax, one-hot;
+    with ``confidence > 0``, pixels whose decided class has a probability below
+    it (``max(p, 1 - p)`` for one class) are ignored.
+    """
+    if kind == "soft":
+        return prob, None
+    target = harden(prob, strict=True)
+    if confidence <= 0:
+        return target, None
+    return target, (pixel_confidence(prob) >= confidence).float()
+
+
+def weak_to_strong_targets(weak_logits: torch.Tensor, threshold: float, mix: CutMix | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard targets of the weak view's prediction and the mask of its confident pixels
+    (``[u, K, H, W]``, ``[u, 1, H, W]``), CutMix-mixed like the strong view they supervise.
+
+    Not differentiated; the probabilities are taken in float32 (:func:`probabilities`).
+    """
+    prob = probabilities(weak_logits.detach())
+    target, valid = pseudo_targets(prob, "hard", threshold)
+    if valid is None:  # threshold 0: every pixel counts
+        valid = torch.ones_like(prob[:, :1])
+    if mix is not None:
+        target, valid = mix.apply(target), mix.apply(valid)
+    return target, valid
+
+
+__all__ = ["class_overlap_counts", "decide", "dice_iou_defined", "dice_iou_from_counts", "harden", "one_hot", "overlap_counts", "pixel_confidence", "probabilities", "pseudo_targets", "weak_to_strong_targets"]

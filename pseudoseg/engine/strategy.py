@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pseudoseg.engine.labels import probabilities
+
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
     from pseudoseg.data.augment import CutMix
@@ -203,4 +205,17 @@ class StageContext:
     stage_dir: Path
 
 
-__all__ = ["Batch", "Forward", "StageContext", "StageSpec", "Strategy", "Views"]
+def student_predictions(context: StageContext, images: torch.Tensor) -> torch.Tensor:
+    """The student's probabilities on ``images`` in eval mode (the diagnostics' pseudo labels), its mode restored."""
+    student = context.student
+    was_training = student.training
+    student.eval()
+    if context.config.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        prob = probabilities(student(images))
+    student.train(was_training)
+    return prob
+
+
+__all__ = ["Batch", "Forward", "StageContext", "StageSpec", "Strategy", "Views", "student_predictions"]

@@ -68,7 +68,7 @@ from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, fit_one_stage, labeled_start
-from pseudoseg.methods.supervised import SupervisedStrategy
+from pseudoseg.methods.stages import SupervisedStrategy
 
 if TYPE_CHECKING:
     from pseudoseg.engine.losses import SegmentationLoss

@@ -38,10 +38,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from pseudoseg.data.augment import CutMix
-from pseudoseg.engine.labels import probabilities
-from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy, Views
-from pseudoseg.methods.momentum import pseudo_targets
+from pseudoseg.engine.labels import weak_to_strong_targets
+from pseudoseg.engine.strategy import Batch, Forward, Strategy, Views, student_predictions
 from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, fit_one_stage, labeled_start
@@ -57,34 +55,6 @@ class FixMatchConfig(LabeledStartSection):
     """Weight of the loss on the strong view (the paper's lambda_u)."""
     cutmix: bool = True
     """CutMix the strong view (``train.augment.cutmix``); off: the strong augmentation alone."""
-
-
-def weak_to_strong_targets(weak_logits: torch.Tensor, threshold: float, mix: CutMix | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard targets of the weak view's prediction and the mask of its confident pixels
-    (``[u, K, H, W]``, ``[u, 1, H, W]``), CutMix-mixed like the strong view they supervise.
-
-    Not differentiated; the probabilities are taken in float32 (:func:`probabilities`).
-    """
-    prob = probabilities(weak_logits.detach())
-    target, valid = pseudo_targets(prob, "hard", threshold)
-    if valid is None:  # threshold 0: every pixel counts
-        valid = torch.ones_like(prob[:, :1])
-    if mix is not None:
-        target, valid = mix.apply(target), mix.apply(valid)
-    return target, valid
-
-
-def student_predictions(context: StageContext, images: torch.Tensor) -> torch.Tensor:
-    """The student's probabilities on ``images`` in eval mode (the diagnostics' pseudo labels), its mode restored."""
-    student = context.student
-    was_training = student.training
-    student.eval()
-    if context.config.train.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        prob = probabilities(student(images))
-    student.train(was_training)
-    return prob
 
 
 class FixMatchStrategy(Strategy):

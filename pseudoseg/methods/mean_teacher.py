@@ -41,7 +41,7 @@ from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy, Vi
 from pseudoseg.methods.registry import GridRow, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, finished_stage, fit_one_stage
-from pseudoseg.methods.supervised import train_labeled_stage
+from pseudoseg.methods.stages import train_labeled_stage
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig

@@ -36,8 +36,7 @@ from torch import nn
 from pseudoseg.config import MethodSection, TrainConfig
 from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.ema import ModelEMA, retained_share, update_momentum
-from pseudoseg.engine.labels import confidence as pixel_confidence
-from pseudoseg.engine.labels import harden, probabilities
+from pseudoseg.engine.labels import probabilities, pseudo_targets
 from pseudoseg.engine.losses import probability_mse, sigmoid_rampup
 from pseudoseg.engine.streams import batches_per_epoch
 from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy, Views
@@ -46,7 +45,7 @@ from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import finished_stage
-from pseudoseg.methods.supervised import SupervisedConfig, train_labeled_stage
+from pseudoseg.methods.stages import SupervisedConfig, train_labeled_stage
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
@@ -120,22 +119,6 @@ class MomentumConfig(MethodSection):
         if self.confidence > 0 and self.labels != "hard":
             raise ValueError("confidence applies to hard labels only: set labels: hard")
         return self
-
-
-def pseudo_targets(prob: torch.Tensor, kind: str, confidence: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Targets from teacher probabilities (``[B, K, H, W]``), and the mask of pixels that count.
-
-    ``soft``: the probabilities themselves (class probability maps with several
-    classes). ``hard``: thresholded at 0.5 (one class) or the argmax, one-hot;
-    with ``confidence > 0``, pixels whose decided class has a probability below
-    it (``max(p, 1 - p)`` for one class) are ignored.
-    """
-    if kind == "soft":
-        return prob, None
-    target = harden(prob, strict=True)
-    if confidence <= 0:
-        return target, None
-    return target, (pixel_confidence(prob) >= confidence).float()
 
 
 def networks_coincide(method: MomentumConfig) -> bool:

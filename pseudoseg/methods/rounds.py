@@ -99,7 +99,7 @@ from pseudoseg.methods.label_store import PseudoLabelStore, label_agreement, ren
 from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import finished_stage
-from pseudoseg.methods.supervised import SupervisedConfig, train_labeled_stage
+from pseudoseg.methods.stages import SupervisedConfig, train_labeled_stage
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig

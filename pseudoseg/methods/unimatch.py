@@ -40,9 +40,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy, Views
+from pseudoseg.engine.labels import weak_to_strong_targets
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy, Views, student_predictions
 from pseudoseg.engine.trainer import stage_seed
-from pseudoseg.methods.fixmatch import student_predictions, weak_to_strong_targets
 from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, fit_one_stage, labeled_start

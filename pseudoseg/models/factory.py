@@ -19,12 +19,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from types import MappingProxyType
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from pseudoseg.config import ModelConfig
 from pseudoseg.errors import UserError
+from pseudoseg.models.weights import encoder_of, load_weights
 
 
 def _norm(config: ModelConfig) -> Any:
@@ -169,7 +171,30 @@ def build_model(config: ModelConfig, in_channels: int, out_channels: int = 1) ->
     """The network named by ``config.name``, with pretrained or local weights if asked for."""
     model = _BUILDERS[config.name](config, in_channels, out_channels)
     if config.weights is not None:
-        from pseudoseg.models.weights import load_weights
-
         load_weights(model, config.weights, scope=config.weights_scope)
     return model
+
+
+def export_encoder_weights(config: ModelConfig, out: Path, *, overwrite: bool = False) -> int:
+    """Save the back-end's ImageNet weights of ``config``'s encoder as a local file.
+
+    The file holds the encoder's state dict alone (safetensors, written
+    atomically), as ``model.weights`` with ``weights_scope: encoder`` expects
+    it, so machines without a network can start from the same weights.
+    Returns the number of tensors written.
+    """
+    from safetensors.torch import save_file
+
+    from pseudoseg.fileio import atomic_path
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: the weights are written as safetensors; name the file *.safetensors")
+    if out.exists() and not overwrite:
+        raise UserError(f"--out {out}: exists; pass --overwrite to replace it")
+    model = build_model(config.model_copy(update={"encoder_weights": "imagenet", "weights": None}), in_channels=3)
+    state = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in encoder_of(model, out).state_dict().items()}
+    source = {"model": config.name, "encoder": config.encoder, "weights": "imagenet", "scope": "encoder"}
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata=source)
+    return len(state)

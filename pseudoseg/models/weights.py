@@ -2,8 +2,8 @@
 
 Weights are read from safetensors files or from PyTorch files with
 ``torch.load(weights_only=True)``, which cannot execute code. Networks are never
-pickled whole. :func:`export_encoder_weights` writes such a file from a
-back-end's published ImageNet weights.
+pickled whole. :func:`pseudoseg.models.factory.export_encoder_weights` writes
+such a file from a back-end's published ImageNet weights.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pseudoseg.config import ModelConfig
 from pseudoseg.errors import UserError
 
 # Prefixes under which encoders live in the supported networks (MONAI
@@ -57,7 +56,7 @@ def load_weights(model: nn.Module, path: Path, *, scope: str = "full") -> None:
     if scope == "full":
         target: nn.Module = model
     else:
-        target = _encoder_of(model, path)
+        target = encoder_of(model, path)
         own = set(target.state_dict())
         if not own & set(state):
             for prefix in _ENCODER_PREFIXES:
@@ -85,34 +84,8 @@ def load_state_checked(target: nn.Module, state: dict[str, torch.Tensor], path: 
     target.load_state_dict(state)
 
 
-def _encoder_of(model: nn.Module, path: Path) -> nn.Module:
+def encoder_of(model: nn.Module, path: Path) -> nn.Module:
     for name in ("encoder", "backbone"):
         if isinstance(getattr(model, name, None), nn.Module):
             return getattr(model, name)
     raise UserError(f"{path}: model.weights_scope: encoder, but {type(model).__name__} has no separate encoder")
-
-
-def export_encoder_weights(config: ModelConfig, out: Path, *, overwrite: bool = False) -> int:
-    """Save the back-end's ImageNet weights of ``config``'s encoder as a local file.
-
-    The file holds the encoder's state dict alone (safetensors, written
-    atomically), as ``model.weights`` with ``weights_scope: encoder`` expects
-    it, so machines without a network can start from the same weights.
-    Returns the number of tensors written.
-    """
-    from safetensors.torch import save_file
-
-    from pseudoseg.fileio import atomic_path
-    from pseudoseg.models.factory import build_model
-
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise UserError(f"--out {out}: the weights are written as safetensors; name the file *.safetensors")
-    if out.exists() and not overwrite:
-        raise UserError(f"--out {out}: exists; pass --overwrite to replace it")
-    model = build_model(config.model_copy(update={"encoder_weights": "imagenet", "weights": None}), in_channels=3)
-    state = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in _encoder_of(model, out).state_dict().items()}
-    source = {"model": config.name, "encoder": config.encoder, "weights": "imagenet", "scope": "encoder"}
-    with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata=source)
-    return len(state)

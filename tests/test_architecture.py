@@ -1,0 +1,108 @@
+"""The layers point one way: no import cycle among pseudoseg's modules (module-level,
+function-level and type-checking imports alike), no method module imports another, and the
+engine imports nothing from the methods."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pseudoseg"
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    return modules
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package's modules ``name`` imports anywhere in its file (the most specific module each import names)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        else:
+            continue
+        found.update(target for target in targets if target in modules and target != name)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (its modules in order, the first repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                return path[path.index(target) :] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        path.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)):
+            return found
+    return None
+
+
+def _method_modules() -> set[str]:
+    """Modules under methods/ that register a method (the rest is the methods' shared infrastructure)."""
+
+    def registers(path: Path) -> bool:
+        functions = [node for node in ast.parse(path.read_text(encoding="utf-8")).body if isinstance(node, ast.FunctionDef)]
+        calls = [decorator.func for function in functions for decorator in function.decorator_list if isinstance(decorator, ast.Call)]
+        return any(isinstance(call, ast.Name) and call.id == "register" for call in calls)
+
+    return {name for name, path in _modules().items() if name.startswith("pseudoseg.methods.") and registers(path)}
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_import_cycle() -> None:
+    graph = _graph()
+    assert len(graph) > 40 and graph["pseudoseg.run_config"] >= {"pseudoseg.config", "pseudoseg.methods.registry"}
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_config_declares_sections_only() -> None:
+    graph = _graph()
+    assert not {target for target in graph["pseudoseg.config"] if target.startswith(("pseudoseg.methods", "pseudoseg.recipes", "pseudoseg.engine"))}
+
+
+@pytest.mark.parametrize("module", sorted(_method_modules()))
+def test_a_method_imports_no_other_method(module: str) -> None:
+    others = _method_modules() - {module}
+    assert not _graph()[module] & others
+
+
+def test_the_engine_imports_nothing_from_the_methods() -> None:
+    graph = _graph()
+    assert len(_method_modules()) >= 8
+    reached = {f"{source} -> {target}" for source, targets in graph.items() if source.startswith("pseudoseg.engine") for target in targets if target.startswith("pseudoseg.methods")}
+    assert not reached

@@ -30,7 +30,7 @@ from pseudoseg.config import (
     literal_words,
 )
 from pseudoseg.errors import UserError
-from pseudoseg.methods.registry import BUILT_IN, DEFAULT_METHOD, get_method, list_methods, method_sections
+from pseudoseg.methods.registry import DEFAULT_METHOD, get_method, method_sections
 from pseudoseg.recipes import resolve_config_path
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def _foreign_method_key(raw: dict[str, Any], loc: tuple[Any, ...]) -> bool:
     if len(loc) != 3 or loc[0] != "method" or not isinstance(method, dict) or method.get("name") not in method_names():
         return False
     own = get_method(method["name"]).section
-    return any(loc[2] in section.model_fields for section in _method_sections() if section is not own)
+    return any(loc[2] in section.model_fields for section in method_sections() if section is not own)
 
 
 def _as_read(value: Any) -> str:
@@ -192,18 +192,14 @@ def _type_name(annotation: Any) -> str:
 
 def method_names() -> tuple[str, ...]:
     """The ``method.name`` of every registered method, in the registry's order."""
-    return tuple(literal for section in _method_sections() for literal in literal_words(section.model_fields["name"].annotation))
-
-
-def _method_sections(*, built_in_only: bool = False) -> tuple[type[MethodSection], ...]:
-    return tuple(dict.fromkeys(info.section for info in list_methods() if info.source == BUILT_IN or not built_in_only))
+    return tuple(literal for section in method_sections() for literal in literal_words(section.model_fields["name"].annotation))
 
 
 def config_reference(*, built_in_only: bool = False) -> str:
     """The Markdown reference of every configuration key: the run's sections, then the section of
     every registered method (with ``built_in_only``, of the methods shipped with pseudoseg: the
     README's, which does not depend on the plug-ins installed where it is generated)."""
-    methods = [(f"method.  (name: {' / '.join(literal_words(section.model_fields['name'].annotation))})", section, None) for section in _method_sections(built_in_only=built_in_only)]
+    methods = [(f"method.  (name: {' / '.join(literal_words(section.model_fields['name'].annotation))})", section, None) for section in method_sections(built_in_only=built_in_only)]
 
 
     def nested(prefix: str, model: type[BaseModel]) -> list[tuple[str, type[BaseModel], None]]:

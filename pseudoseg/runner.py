@@ -268,9 +268,18 @@ def _indices(pool: SamplePool, units: tuple[str, ...]) -> np.ndarray:
 
 
 def train(config: RunConfig, *, show_progress: bool = True, log: Callable[[Any], None] = console_print) -> RunResult:
-    """Train the configured method, evaluate the released model, write the report."""
+    """Train the configured method, evaluate the released model, write the report. ``train.num_threads``
+    holds for the run only: the process's thread count is restored afterwards."""
+    threads = torch.get_num_threads()
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
+    try:
+        return _train(config, show_progress=show_progress, log=log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: RunConfig, *, show_progress: bool, log: Callable[[Any], None]) -> RunResult:
     device = resolve_device(config.device)
     dist = init_distributed(device)
     check_inputs(config)  # before anything is written

@@ -89,7 +89,7 @@ def test_gpu_recipe_is_the_published_protocol() -> None:
 
 def test_gpu_recipe_trains_50_steps_on_the_split_lists(acdc_like: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "acdc-gpu"
-    overrides = [*_paths(acdc_like, run_dir), "train.steps=50", "train.val_every=25", "train.num_threads=2", "eval.batch_size=8"]
+    overrides = [*_paths(acdc_like, run_dir), "train.steps=50", "train.val_every=25", "train.num_threads=1", "eval.batch_size=8"]
     argv = ["train", "--config", str(find_recipe("acdc_gpu")), "--method", "supervised", "--json", str(tmp_path / "metrics.json")]
     assert run_cli(*argv, *(item for value in overrides for item in ("--set", value))) == 0
 
@@ -112,7 +112,7 @@ def test_gpu_recipe_trains_50_steps_on_the_split_lists(acdc_like: Path, tmp_path
 def test_upper_bound_of_a_listed_split_labels_every_training_mask(acdc_like: Path, tmp_path: Path) -> None:
     out = tmp_path / "grid"
     overrides = [*_paths(acdc_like, out / "unused"), "data.image_size=32", "model.channels=[4,8,16]", "train.steps=4", "train.val_every=2"]
-    overrides += ["train.batch_size=2", "train.unlabeled_batch_size=2", "train.amp=off", "train.num_threads=2", "eval.batch_size=8"]
+    overrides += ["train.batch_size=2", "train.unlabeled_batch_size=2", "train.amp=off", "train.num_threads=1", "eval.batch_size=8"]
     argv = ["grid", "--config", str(find_recipe("acdc_cpu")), "--family", "rounds", "--seeds", "0", "--out", str(out), "--variants", "supervised-100%"]
     assert run_cli(*argv, *(item for value in overrides for item in ("--set", value))) == 0
 

@@ -107,6 +107,7 @@ def test_rounds_grid_holds_each_budget_against_tso(tmp_path: Path) -> None:
         "cps",
         "fixmatch",
         "mean-teacher",
+        "online-momentum",
         "unimatch",
         "supervised-100%",
     ]
@@ -133,6 +134,10 @@ def test_rounds_grid_holds_each_budget_against_tso(tmp_path: Path) -> None:
     assert settings("atso-initial-full") == ("atso", "initial", 2, "last", 4, 350 + 600)
     # the baselines after the shared M0 spend TSO's R x round_steps
     assert [variants[name].method.steps for name in ("bcp", "cps", "fixmatch", "mean-teacher", "unimatch")] == [600, 600, 600, 600, 600]
+    # online pseudo labeling as its paper: a fresh student taught by M0's momentum copy, which follows it
+    momentum = variants["online-momentum"]
+    assert (momentum.method.name, momentum.method.mode, momentum.method.teacher, momentum.method.student_init) == ("momentum", "online", "momentum", "fresh")
+    assert momentum.train.steps == base.train.steps
     for name in variants:
         if not name.startswith("supervised"):
             assert variants[name].method.teacher_run == teacher_run

@@ -210,7 +210,7 @@ def test_a_plugin_method_is_listed_and_trained_from_the_command_line(plugin: Pat
     assert refused.returncode == 2 and refused.stderr.strip() == f"pseudoseg: error: {tmp_path / 'bad.yaml'}: method.weigth: unknown key"
     # and its section is in the configuration reference of that installation
     reference = subprocess.run(
-        [sys.executable, "-m", "pseudoseg.config"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": f"{plugin}{os.pathsep}{REPO}"}, timeout=600
+        [sys.executable, "-m", "pseudoseg.run_config"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": f"{plugin}{os.pathsep}{REPO}"}, timeout=600
     )
     assert "| `method.weight` | float | `0.1` | *name: entropy_min*. Weight of the entropy term. |" in reference.stdout
 

@@ -317,7 +317,7 @@ def test_resume_after_kill_matches_uninterrupted(atso_volumes: tuple[Path, dict]
     reference, raw = atso_volumes
     run = tmp_path / "run"
     config = write_config(tmp_path / "run.yaml", {**raw, "run_dir": str(run)})
-    script = "import sys; from pseudoseg.config import load_config; from pseudoseg.runner import train; train(load_config(sys.argv[1]), show_progress=False)"
+    script = "import sys; from pseudoseg.run_config import load_config; from pseudoseg.runner import train; train(load_config(sys.argv[1]), show_progress=False)"
     process = subprocess.Popen([sys.executable, "-c", script, str(config)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 120
     while not (run / "round_1" / "done.json").is_file():

@@ -157,17 +157,6 @@ def classes_from_dataset_json(root: Path) -> ClassSet | None:
     return class_set_from_mapping(mapping, f"{path}: labels")
 
 
-def resolve_classes(configured: Mapping[str, Any] | None, train_root: Path | None) -> ClassSet:
-    """The run's classes: ``data.classes``, else the training data's ``dataset.json``, else binary."""
-    if configured:
-        return class_set_from_mapping(configured, "data.classes")
-    if train_root is not None:
-        found = classes_from_dataset_json(Path(train_root))
-        if found is not None:
-            return found
-    return ClassSet.binary()
-
-
 def resize_class_indices(index: np.ndarray, resize: Callable[[np.ndarray], np.ndarray], full: float) -> np.ndarray:
     """Resize a map of class indices by resizing each class's indicator and taking the argmax.
 
@@ -198,4 +187,4 @@ def resize_class_indices(index: np.ndarray, resize: Callable[[np.ndarray], np.nd
     return best
 
 
-__all__ = ["BINARY_NAME", "ClassSet", "class_set_from_mapping", "classes_from_dataset_json", "resize_class_indices", "resolve_classes"]
+__all__ = ["BINARY_NAME", "ClassSet", "class_set_from_mapping", "classes_from_dataset_json", "resize_class_indices"]

@@ -65,7 +65,7 @@ class ArrayStore:
     def __del__(self) -> None:
         self.close()
 
-    def __getstate__(self) -> dict:  # picklable for data-loader workers: reopen by path
+    def __getstate__(self) -> dict:  # picklable (e.g. for another process): reopen by path
         return {"path": self.path}
 
     def __setstate__(self, state: dict) -> None:

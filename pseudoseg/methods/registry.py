@@ -315,9 +315,10 @@ def get_method(name: str) -> MethodInfo:
     return methods[name]
 
 
-def method_sections() -> tuple[type[MethodSection], ...]:
-    """The configuration sections of the registered methods, each once, in the methods' order."""
-    return tuple(dict.fromkeys(info.section for info in list_methods()))
+def method_sections(*, built_in_only: bool = False) -> tuple[type[MethodSection], ...]:
+    """The configuration sections of the registered methods, each once, in the methods' order
+    (``built_in_only``: of the methods shipped with pseudoseg)."""
+    return tuple(dict.fromkeys(info.section for info in list_methods() if info.source == BUILT_IN or not built_in_only))
 
 
 def grid_families() -> Mapping[str, GridFamily]:

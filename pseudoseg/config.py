@@ -45,8 +45,8 @@ def literal_words(annotation: Any) -> tuple[str, ...]:
 
 
 class _Section(BaseModel):
-    # Attribute docstrings become field descriptions: the README's configuration
-    # reference is generated from them (python -m pseudoseg.config).
+    # Attribute docstrings become field descriptions: the configuration reference in
+    # docs/configuration.md is generated from them (python -m pseudoseg.config).
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     @model_validator(mode="before")
@@ -454,7 +454,7 @@ class MethodSection(_Section):
 
     A subclass declares ``name: Literal["<method>"] = "<method>"`` (the
     discriminator that picks the section) and its keys, each with an attribute
-    docstring: the README's configuration reference is generated from them.
+    docstring: the configuration reference (docs/configuration.md) is generated from them.
     Sections live with their method (``pseudoseg/methods/<method>.py``) and are
     registered with it (:func:`pseudoseg.methods.register`).
     """
@@ -718,7 +718,8 @@ def _method_sections(*, built_in_only: bool = False) -> tuple[type[MethodSection
 def config_reference(*, built_in_only: bool = False) -> str:
     """The Markdown reference of every configuration key: the run's sections, then the section of
     every registered method (with ``built_in_only``, of the methods shipped with pseudoseg: the
-    README's, which does not depend on the plug-ins installed where it is generated)."""
+    one in docs/configuration.md, which does not depend on the plug-ins installed where it is
+    generated)."""
     methods = [(f"method.  (name: {' / '.join(literal_words(section.model_fields['name'].annotation))})", section, None) for section in _method_sections(built_in_only=built_in_only)]
 
 
@@ -763,21 +764,28 @@ def json_default(value: Any) -> str:
     return str(value)
 
 
-def update_readme(path: Path) -> None:
-    """Rewrite the reference between the README's config-reference markers."""
+REFERENCE_MARKERS = ("<!-- config-reference:start -->", "<!-- config-reference:end -->")
+
+
+def update_reference(path: Path) -> None:
+    """Rewrite the reference between the config-reference markers of a Markdown file
+    (``docs/configuration.md``); a file without both markers is an error, left unchanged."""
     import re
 
-    start, end = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+    start, end = REFERENCE_MARKERS
     text = path.read_text(encoding="utf-8")
+    pattern = re.escape(start) + ".*?" + re.escape(end)
+    if not re.search(pattern, text, flags=re.S):
+        raise SystemExit(f"{path}: no {start} ... {end} markers; the configuration reference lives in docs/configuration.md")
     block = f"{start}\n{config_reference(built_in_only=True)}\n{end}"
-    path.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S), encoding="utf-8")
+    path.write_text(re.sub(pattern, lambda _: block, text, count=1, flags=re.S), encoding="utf-8")
 
 
 if __name__ == "__main__":
     import sys
 
-    # python -m pseudoseg.config [README.md]: print the reference, or update it in the README
+    # python -m pseudoseg.config [docs/configuration.md]: print the reference, or update it in that file
     if len(sys.argv) > 1:
-        update_readme(Path(sys.argv[1]))
+        update_reference(Path(sys.argv[1]))
     else:
         print(config_reference())

@@ -11,8 +11,8 @@ seeds; ``rounds/<key>``: the mean over a rounds run's rounds of that key of its
 of the released model and of the whole run, the masks the run used (labeled +
 validation) and in how many seeds it released its stage's start, and, with
 ``--reference``, the per-seed differences of the first column from that row
-(paired by seed; rows of other seeds are not paired). Example, the README's
-two-class hippocampus table::
+(paired by seed; rows of other seeds are not paired). Example, the two-class
+hippocampus table of docs/results.md (earlier protocol)::
 
     python benchmarks/grid_table.py runs/mc-hippo10:supervised="supervised 10 %" \\
         runs/mc-hippo20:supervised="supervised 20 %" runs/mc-hippo10:tso runs/mc-hippo10:atso \\

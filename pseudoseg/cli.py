@@ -152,7 +152,7 @@ def train(
     config: Annotated[Path, typer.Option("--config", "-c", help=_CONFIG_HELP)],
     method: Annotated[Optional[str], typer.Option("--method", help=_METHOD_HELP)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set train.steps=500 (repeatable).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the final metrics here (schema in the README).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the final metrics here (schema in docs/cli.md).")] = None,
 ) -> None:
     """Train the configured method; evaluate the released model on data.test."""
     from pseudoseg.run_config import load_config
@@ -175,7 +175,7 @@ def evaluate(
     amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off (as train.amp).")] = "auto",
     tta: Annotated[bool, typer.Option("--tta", help=_TTA_HELP)] = False,
     largest_component: Annotated[bool, typer.Option("--largest-component", help=_LCC_HELP)] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics here (schema in the README).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics here (schema in docs/cli.md).")] = None,
 ) -> None:
     """Score a trained model on test sets, in both metric conventions."""
     from pseudoseg.config import EvalConfig
@@ -343,7 +343,7 @@ def methods(
 @app.command()
 def quickstart(
     out: Annotated[Path, typer.Option(help="Folder for the synthetic data and the run.")] = Path("pseudoseg-quickstart"),
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the final metrics here (schema in the README).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the final metrics here (schema in docs/cli.md).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Student-stage steps (default: the demo recipe's).")] = None,
 ) -> None:
     """Generate the synthetic polyp data, train online momentum pseudo labeling on 20 % labels, evaluate."""

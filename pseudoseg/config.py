@@ -44,8 +44,8 @@ def literal_words(annotation: Any) -> tuple[str, ...]:
 
 
 class _Section(BaseModel):
-    # Attribute docstrings become field descriptions: the README's configuration
-    # reference is generated from them (python -m pseudoseg.run_config).
+    # Attribute docstrings become field descriptions: the configuration reference in
+    # docs/configuration.md is generated from them (python -m pseudoseg.run_config).
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     @model_validator(mode="before")
@@ -453,7 +453,7 @@ class MethodSection(_Section):
 
     A subclass declares ``name: Literal["<method>"] = "<method>"`` (the
     discriminator that picks the section) and its keys, each with an attribute
-    docstring: the README's configuration reference is generated from them.
+    docstring: the configuration reference (docs/configuration.md) is generated from them.
     Sections live with their method (``pseudoseg/methods/<method>.py``) and are
     registered with it (:func:`pseudoseg.methods.register`).
     """

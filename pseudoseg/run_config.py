@@ -198,7 +198,8 @@ def method_names() -> tuple[str, ...]:
 def config_reference(*, built_in_only: bool = False) -> str:
     """The Markdown reference of every configuration key: the run's sections, then the section of
     every registered method (with ``built_in_only``, of the methods shipped with pseudoseg: the
-    README's, which does not depend on the plug-ins installed where it is generated)."""
+    one in docs/configuration.md, which does not depend on the plug-ins installed where it is
+    generated)."""
     methods = [(f"method.  (name: {' / '.join(literal_words(section.model_fields['name'].annotation))})", section, None) for section in method_sections(built_in_only=built_in_only)]
 
 
@@ -243,21 +244,28 @@ def json_default(value: Any) -> str:
     return str(value)
 
 
-def update_readme(path: Path) -> None:
-    """Rewrite the reference between the README's config-reference markers."""
+REFERENCE_MARKERS = ("<!-- config-reference:start -->", "<!-- config-reference:end -->")
+
+
+def update_reference(path: Path) -> None:
+    """Rewrite the reference between the config-reference markers of a Markdown file
+    (``docs/configuration.md``); a file without both markers is an error, left unchanged."""
     import re
 
-    start, end = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+    start, end = REFERENCE_MARKERS
     text = path.read_text(encoding="utf-8")
+    pattern = re.escape(start) + ".*?" + re.escape(end)
+    if not re.search(pattern, text, flags=re.S):
+        raise SystemExit(f"{path}: no {start} ... {end} markers; the configuration reference lives in docs/configuration.md")
     block = f"{start}\n{config_reference(built_in_only=True)}\n{end}"
-    path.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S), encoding="utf-8")
+    path.write_text(re.sub(pattern, lambda _: block, text, count=1, flags=re.S), encoding="utf-8")
 
 
 if __name__ == "__main__":
     import sys
 
-    # python -m pseudoseg.run_config [README.md]: print the reference, or update it in the README
+    # python -m pseudoseg.run_config [docs/configuration.md]: print the reference, or update it in that page
     if len(sys.argv) > 1:
-        update_readme(Path(sys.argv[1]))
+        update_reference(Path(sys.argv[1]))
     else:
         print(config_reference())

@@ -62,7 +62,7 @@ def test_the_configuration_is_the_union_of_the_registered_sections() -> None:
     assert get_args(annotation) == method_sections() == tuple(dict.fromkeys(info.section for info in list_methods()))
     assert config_from_dict({"data": {"train": "x"}}).method.name == "supervised"
     reference = config_reference()
-    for section in method_sections():  # the README's reference lists every method's keys
+    for section in method_sections():  # docs/configuration.md's reference lists every method's keys
         names = " / ".join(get_args(section.model_fields["name"].annotation))
         assert f"*name: {names}*" in reference
     assert "| `method.rampup_steps` |" in reference

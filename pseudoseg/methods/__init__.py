@@ -4,7 +4,7 @@ A method states only what differs from supervised training: a configuration
 section, a :class:`~pseudoseg.engine.strategy.Strategy` for its stages in the
 one training loop, and a recipe that arranges the stages, registered with
 :func:`register`. Methods of other distributions register through the
-``pseudoseg.methods`` entry-point group. See the README, "Adding a method".
+``pseudoseg.methods`` entry-point group. See docs/adding_a_method.md.
 
 Importing this package is cheap: the registry imports the method modules
 when it is first asked (:func:`list_methods`, :func:`get_method`).

@@ -109,7 +109,7 @@ class MomentumConfig(MethodSection):
     (``model.weights`` / ``model.encoder_weights`` if set, else the run's seeded
     initialisation): the paper's fresh student, which shares its ImageNet start with the
     teacher. ``teacher``: from the teacher's trained weights (measured better without
-    pretrained weights, see the README; with ``mode: online`` and equal teacher and
+    pretrained weights, see docs/methods.md; with ``mode: online`` and equal teacher and
     student momenta the online teacher and the student's copy are then one network: Mean
     Teacher). ``random``: an unrelated initialisation (an ablation: averaged into a
     trained teacher, it destroys it)."""

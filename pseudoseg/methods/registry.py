@@ -11,7 +11,7 @@ its recipe; the recipe is registered with the :func:`register` decorator::
 
 Everything else derives from the registry: the configuration's ``method``
 section (a union of the registered sections, chosen by ``name``), the
-README's configuration reference, the experiment grids (families and rows a
+configuration reference in docs/configuration.md, the experiment grids (families and rows a
 method contributes), ``pseudoseg methods`` and the runner.
 
 The registry is built once, the first time it is asked (:func:`list_methods`,

@@ -34,19 +34,16 @@ from pseudoseg.data.pool import SamplePool
 from pseudoseg.data.preprocessing import InputNormalizer, Preprocessing
 from pseudoseg.engine.batches import BatchAssembler
 from pseudoseg.engine.checkpoint import (
-    flatten_optimizer,
     load_tensors,
     load_weights_file,
-    prefixed,
     save_tensors,
     save_weights,
-    unflatten_optimizer,
-    unprefixed,
 )
 from pseudoseg.engine.device import autocast, describe_machine, resolve_amp, resolve_device
 from pseudoseg.engine.distributed import DistInfo, all_reduce_sum
 from pseudoseg.engine.labels import probabilities
 from pseudoseg.engine.losses import SegmentationLoss
+from pseudoseg.engine.stage_state import StageState
 from pseudoseg.engine.streams import IndexStream
 from pseudoseg.errors import UserError
 from pseudoseg.engine.validation import ValidationTally, case_positions, prefer
@@ -120,6 +117,42 @@ def weights_digest(network: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+@dataclass
+class _StageRun:
+    """One stage while its loop runs: the checkpointed :class:`StageState` and what the loop
+    rebuilds on every start (wrapped networks, the log, the speed window)."""
+
+    spec: StageSpec
+    describe: dict[str, Any]
+    state: StageState
+    trainable: dict[str, nn.Module]
+    """The networks the optimiser steps: the student (``raw``) and the strategy's trained others."""
+    parameters: list[nn.Parameter]
+    models: dict[str, nn.Module]
+    """``trainable`` as the loop runs them (wrapped for several processes)."""
+    epoch_stream: IndexStream
+    """The stream whose passes count as epochs (the unlabeled one when the strategy uses U)."""
+    init_digest: str
+    channels_last: bool
+    log: MetricsLog | None = None
+    lr: float = 0.0
+    window_start: float = 0.0
+    window_images: int = 0
+
+    @property
+    def images_per_step(self) -> int:
+        return self.spec.batch_size + (self.spec.unlabeled_batch_size if self.state.strategy.uses_unlabeled else 0)
+
+    def last_file(self, run_dir: Path) -> Path:
+        return run_dir / self.spec.name / "last.safetensors"
+
+    def forward(self, images: torch.Tensor, network: str | None = None) -> torch.Tensor:
+        """The loop's forward pass (:class:`~pseudoseg.engine.strategy.Forward`)."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.models["raw" if network is None else network](images)
 
 
 class Trainer:
@@ -209,22 +242,45 @@ class Trainer:
 
     # ------------------------------------------------------------------- stage
     def fit(self, spec: StageSpec) -> StageResult:
-        stage_dir = self.run_dir / spec.name
-        done_file = stage_dir / "done.json"
+        """Train the stage ``spec`` (or reuse it, finished with the same settings) and record it in the run's budget."""
+        origin = self.stage_holding(spec.init_weights)
+        describe = self._describe(spec)
+        result = self._finished_stage(self.run_dir / spec.name, describe)
+        if result is None:
+            self._check_stage(spec)
+            run = self._open_stage(spec, describe)
+            with progress_bar(f"{spec.name}", total=spec.steps, completed=run.state.step, enabled=self.show_progress) as bar:
+                while run.state.step < spec.steps and not self._patience_ran_out(run.state.best, run.state.step):
+                    self._train_step(run)
+                    if run.state.step % self.config.train.log_every == 0 or run.state.step == spec.steps:
+                        self._log_window(run, bar)
+                    if run.state.step % self.config.train.val_every == 0 or run.state.step == spec.steps:
+                        self._validate_and_save(run, bar)
+            result = self._close_stage(run)
+        self._record(result, origin)
+        return result
+
+    def _describe(self, spec: StageSpec) -> dict[str, Any]:
+        """What defines the stage: a finished or unfinished stage with another description is refused."""
         describe = {"steps": spec.steps, "batch_size": spec.batch_size, "unlabeled_batch_size": spec.unlabeled_batch_size, **spec.describe}
         if spec.fine_tunes:
             describe["finetune"] = self.config.train.finetune.model_dump(mode="json")
         if spec.start is not None:  # relative to the run directory when inside it, so a run can move
             start = Path(spec.start).resolve()
             describe["start"] = str(start.relative_to(self.run_dir.resolve()) if start.is_relative_to(self.run_dir.resolve()) else start)
-        origin = self.stage_holding(spec.init_weights)
-        if done_file.is_file():
-            done = json.loads(done_file.read_text())
-            if done.get("describe") == json.loads(json.dumps(describe, default=str)):
-                result = stage_result_from_done(stage_dir, done)
-                self._record(result, origin)
-                return result
+        return describe
+
+    def _finished_stage(self, stage_dir: Path, describe: dict[str, Any]) -> StageResult | None:
+        """The stage as its ``done.json`` holds it, if it finished with the same settings."""
+        done_file = stage_dir / "done.json"
+        if not done_file.is_file():
+            return None
+        done = json.loads(done_file.read_text())
+        if done.get("describe") != json.loads(json.dumps(describe, default=str)):
             raise UserError(f"{stage_dir}: holds a finished stage with other settings; use a new run_dir")
+        return stage_result_from_done(stage_dir, done)
+
+    def _check_stage(self, spec: StageSpec) -> None:
         for size, name in ((spec.batch_size, "batch_size"), (spec.unlabeled_batch_size, "unlabeled_batch_size")):
             if size and size % self.dist.world:
                 raise UserError(f"train.{name}: {size} is not divisible by the {self.dist.world} processes")
@@ -235,7 +291,11 @@ class Trainer:
         flags = self.pool.mask_flags()
         if not (flags[spec.labeled].all() and flags[spec.validation].all()):
             raise ValueError(f"stage {spec.name}: a labeled or validation sample has no mask")  # a bug, never the user's input
-        cfg = self.config
+
+    def _open_stage(self, spec: StageSpec, describe: dict[str, Any]) -> _StageRun:
+        """The stage ready for its first (or, resumed, next) step: seeded networks, the strategy set
+        up, the optimiser, the data streams; restored from ``last.safetensors`` if a run stopped."""
+        cfg, stage_dir = self.config, self.run_dir / spec.name
         seed = stage_seed(cfg.seed, spec.name)
         torch.manual_seed(network_seed(cfg.seed) if spec.init_seed is None else spec.init_seed)
         student = self.build_network()
@@ -248,13 +308,14 @@ class Trainer:
         labeled_stream = IndexStream(spec.labeled, spec.batch_size, seed * 7 + 1)
         unlabeled_stream = IndexStream(spec.unlabeled, spec.unlabeled_batch_size, seed * 7 + 2) if strategy.uses_unlabeled else None
         epoch_stream = unlabeled_stream or labeled_stream
+        criterion = SegmentationLoss(cfg.train.loss, smooth=cfg.train.dice_smooth, channels=self.channels)
         context = StageContext(
             config=cfg,
             spec=spec,
             device=self.device,
             dist=self.dist,
             student=student,
-            criterion=SegmentationLoss(cfg.train.loss, smooth=cfg.train.dice_smooth, channels=self.channels),
+            criterion=criterion,
             build_network=self.build_network,
             steps_per_epoch=epoch_stream.batches_per_epoch,
             stage_dir=stage_dir,
@@ -262,103 +323,107 @@ class Trainer:
         strategy.setup(context)
         # the student and the strategy's other trainable networks: one optimiser, each wrapped alike
         trainable = {"raw": student, **strategy.trainable()}
-        extras = _extra_networks(strategy)
-        models = {name: self._wrap(network) for name, network in trainable.items()}
         parameters = [parameter for network in trainable.values() for parameter in network.parameters()]
-        optimizer = self._optimizer(iter(parameters))
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        augmenter = BatchAugmenter(cfg.train.augment, seed * 7 + 3)
-        log = MetricsLog(stage_dir / "metrics.jsonl", enabled=self.dist.is_main, tensorboard=cfg.train.tensorboard)
-        # the running sums of the log window, and how many steps they hold
-        step, best, running, window_steps = 0, {}, {}, 0
-        last_file = stage_dir / "last.safetensors"
-        if last_file.is_file():
-            step, best, running, window_steps = self._resume(last_file, describe, student, extras, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream)
+        state = StageState(
+            student=student,
+            extras=_extra_networks(strategy),
+            strategy=strategy,
+            optimizer=self._optimizer(iter(parameters)),
+            scaler=torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16),
+            augmenter=BatchAugmenter(cfg.train.augment, seed * 7 + 3),
+            labeled_stream=labeled_stream,
+            unlabeled_stream=unlabeled_stream,
+        )
+        models = {name: self._wrap(network) for name, network in trainable.items()}
+        run = _StageRun(spec, describe, state, trainable, parameters, models, epoch_stream, init_digest, cfg.train.channels_last)
+        run.log = MetricsLog(stage_dir / "metrics.jsonl", enabled=self.dist.is_main, tensorboard=cfg.train.tensorboard)
+        resumed = run.last_file(self.run_dir).is_file()
+        if resumed:
+            tensors, meta = load_tensors(run.last_file(self.run_dir))
+            if meta.get("describe") != json.loads(json.dumps(describe, default=str)):
+                raise UserError(f"{run.last_file(self.run_dir)}: an unfinished stage with other settings is in the way; use a new run_dir")
+            state.load_state_dict(tensors, meta, self.device)
         elif self.dist.is_main:
             stage_dir.mkdir(parents=True, exist_ok=True)
         # a killed run logged steps its checkpoint does not hold (or, with no
         # checkpoint, everything: the stage runs again from its start): they are logged again
-        log.truncate_after(step if last_file.is_file() else -1)
-        if spec.start is not None and not last_file.is_file():
-            self._keep_start_as_best(spec, student, {"raw": student, **extras}, best, log)
+        run.log.truncate_after(state.step if resumed else -1)
+        if spec.start is not None and not resumed:
+            self._keep_start_as_best(spec, student, state.networks, state.best, run.log)
+        run.window_start = time.perf_counter()
+        return run
 
-        def forward(images: torch.Tensor, network: str | None = None) -> torch.Tensor:
-            if cfg.train.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            return models["raw" if network is None else network](images)
+    def _train_step(self, run: _StageRun) -> None:
+        """One optimiser step of the strategy's loss on the next labeled (and unlabeled) batch."""
+        state, spec, train = run.state, run.spec, self.config.train
+        for network in run.trainable.values():
+            network.train()
+        run.lr = self._lr_at(state.step, spec.steps, fine_tunes=spec.fine_tunes)
+        for group in state.optimizer.param_groups:
+            group["lr"] = run.lr
+        labeled_indices, epoch_ended = state.labeled_stream.next()
+        images, masks = self.batches.labeled(labeled_indices, state.augmenter)
+        views: dict[str, Any] = {}
+        if state.unlabeled_stream is not None:
+            unlabeled_indices, epoch_ended = state.unlabeled_stream.next()
+            views = self.batches.unlabeled(unlabeled_indices, state.augmenter, state.strategy.views)
+        with self.autocast():
+            loss, logs = state.strategy.loss(Batch(images=images, masks=masks, **views), run.forward, state.step)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        if train.optim.grad_clip is not None:
+            state.scaler.unscale_(state.optimizer)
+            torch.nn.utils.clip_grad_norm_(run.parameters, train.optim.grad_clip, foreach=True)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.step += 1
+        state.strategy.after_step(state.step, epoch_ended)
+        for key, value in {"loss": loss.detach(), **logs}.items():
+            state.running[key] = state.running.get(key, 0.0) + value.float()
+        state.window_steps += 1
+        run.window_images += run.images_per_step
 
-        window_start, window_images = time.perf_counter(), 0
-        images_per_step = spec.batch_size + (spec.unlabeled_batch_size if strategy.uses_unlabeled else 0)
-        with progress_bar(f"{spec.name}", total=spec.steps, completed=step, enabled=self.show_progress) as bar:
-            while step < spec.steps and not self._patience_ran_out(best, step):
-                for network in trainable.values():
-                    network.train()
-                lr = self._lr_at(step, spec.steps, fine_tunes=spec.fine_tunes)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                labeled_indices, labeled_epoch_ended = labeled_stream.next()
-                images, masks = self.batches.labeled(labeled_indices, augmenter)
-                batch = Batch(images=images, masks=masks)
-                epoch_ended = labeled_epoch_ended
-                if unlabeled_stream is not None:
-                    unlabeled_indices, epoch_ended = unlabeled_stream.next()
-                    views = self.batches.unlabeled(unlabeled_indices, augmenter, strategy.views)
-                    for key, value in views.items():
-                        setattr(batch, key, value)
-                with self.autocast():
-                    loss, logs = strategy.loss(batch, forward, step)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.train.optim.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(parameters, cfg.train.optim.grad_clip, foreach=True)
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                strategy.after_step(step, epoch_ended)
-                for key, value in {"loss": loss.detach(), **logs}.items():
-                    running[key] = running.get(key, 0.0) + value.float()
-                window_steps += 1
-                window_images += images_per_step
-                if step % cfg.train.log_every == 0 or step == spec.steps:
-                    elapsed = time.perf_counter() - window_start
-                    keys, totals = self._window_totals(running)
-                    values = {key: total / window_steps for key, total in zip(keys, totals.tolist())}  # one sync per log interval
-                    speed = window_images / max(elapsed, 1e-9)
-                    log.write({"kind": "train", "step": step, "epoch": epoch_stream.epoch, "lr": lr, "images_per_s": speed, **values})
-                    bar.update(step, loss=values["loss"], speed=speed)
-                    running, window_steps, window_start, window_images = {}, 0, time.perf_counter(), 0
-                if step % cfg.train.val_every == 0 or step == spec.steps:
-                    validation_start = time.perf_counter()
-                    record = self._validate(spec, {"raw": student, **extras}, strategy, best, step, epoch_stream.epoch)
-                    record.update(strategy.after_validation(record))
-                    log.write(record)
-                    bar.note(_validation_line(record))
-                    keys, totals = self._window_totals(running)
-                    window = (dict(zip(keys, totals.unbind())), window_steps)
-                    self._save_last(last_file, describe, step, best, window, student, extras, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream)
-                    # the training speed counts training time only
-                    window_start += time.perf_counter() - validation_start
-        budget = {
-            "steps": step,
-            "max_steps": spec.steps,
-            "images": step * images_per_step,
-            "stopped_early": step < spec.steps,
-        }
-        result = StageResult(stage_dir, best, budget, init_digest, Path(spec.start) if spec.start is not None else None)
+    def _log_window(self, run: _StageRun, bar: Any) -> None:
+        """The log window's means (the loop's one host sync per log interval) and the training speed."""
+        state = run.state
+        elapsed = time.perf_counter() - run.window_start
+        keys, totals = self._window_totals(state.running)
+        values = {key: total / state.window_steps for key, total in zip(keys, totals.tolist())}
+        speed = run.window_images / max(elapsed, 1e-9)
+        run.log.write({"kind": "train", "step": state.step, "epoch": run.epoch_stream.epoch, "lr": run.lr, "images_per_s": speed, **values})
+        bar.update(state.step, loss=values["loss"], speed=speed)
+        state.running, state.window_steps, run.window_start, run.window_images = {}, 0, time.perf_counter(), 0
+
+    def _validate_and_save(self, run: _StageRun, bar: Any) -> None:
+        """Validate every network (keeping each one's best) and checkpoint the loop's state."""
+        state = run.state
+        validation_start = time.perf_counter()
+        record = self._validate(run.spec, state.networks, state.strategy, state.best, state.step, run.epoch_stream.epoch)
+        record.update(state.strategy.after_validation(record))
+        run.log.write(record)
+        bar.note(_validation_line(record))
+        keys, totals = self._window_totals(state.running)  # a mean over processes: every process takes part
+        if self.dist.is_main:
+            tensors, meta = state.state_dict(dict(zip(keys, totals.unbind())), cuda=self.device.type == "cuda")
+            save_tensors(run.last_file(self.run_dir), tensors, {"describe": run.describe, **meta})
+        run.window_start += time.perf_counter() - validation_start  # the training speed counts training time only
+
+    def _close_stage(self, run: _StageRun) -> StageResult:
+        """The stage's result, written to ``done.json``; one line when it kept its start."""
+        spec, state = run.spec, run.state
+        stage_dir = self.run_dir / spec.name
+        budget = {"steps": state.step, "max_steps": spec.steps, "images": state.step * run.images_per_step, "stopped_early": state.step < spec.steps}
+        result = StageResult(stage_dir, state.best, budget, run.init_digest, Path(spec.start) if spec.start is not None else None)
         if self.dist.is_main:
             machine = describe_machine(self.device, self.amp_dtype)
-            write_json(
-                done_file,
-                {"describe": json.loads(json.dumps(describe, default=str)), "best": best, **budget, "init_digest": init_digest, "machine": machine},
-            )
+            describe = json.loads(json.dumps(run.describe, default=str))
+            write_json(stage_dir / "done.json", {"describe": describe, "best": state.best, **budget, "init_digest": run.init_digest, "machine": machine})
             if result.kept_start:
-                score = best[result.kept_start[0]]["score"]
+                score = state.best[result.kept_start[0]]["score"]
                 console_print(
                     f"{spec.name}: no checkpoint of {', '.join(result.kept_start)} beat the stage's start on validation "
-                    f"({cfg.train.selection_metric} {score:.4f} at step 0); the start is kept as {'their' if len(result.kept_start) > 1 else 'its'} best"
+                    f"({self.config.train.selection_metric} {score:.4f} at step 0); the start is kept as {'their' if len(result.kept_start) > 1 else 'its'} best"
                 )
-        self._record(result, origin)
         return result
 
     def _keep_start_as_best(self, spec: StageSpec, student: nn.Module, networks: dict[str, nn.Module], best: dict, log: MetricsLog) -> None:
@@ -476,59 +541,6 @@ class Trainer:
         """
         scored = self.pool.with_true_masks(spec.unlabeled)
         return self.score(scored, strategy.pseudo_labels)["dice"] if len(scored) else None
-
-    # ------------------------------------------------------------ checkpoints
-    def _save_last(self, path, describe, step, best, window, student, extras, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> None:
-        if not self.dist.is_main:
-            return
-        optim_tensors, optim_meta = flatten_optimizer(optimizer.state_dict())
-        tensors = {
-            **prefixed("student", student.state_dict()),
-            **prefixed("optim", optim_tensors),
-            **prefixed("strategy", strategy.state_tensors()),
-            **{f"network.{name}.{key}": value for name, net in extras.items() for key, value in net.state_dict().items()},
-            **prefixed("augment", augmenter.state_dict()),
-            # the log window so far: the first record after a resume covers the
-            # same steps, with the same mean, as in a run that never stopped
-            **prefixed("log_window", window[0]),
-            "rng.torch": torch.get_rng_state(),
-        }
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        meta = {
-            "describe": describe,
-            "step": step,
-            "best": best,
-            "log_window_steps": window[1],
-            "optimizer": optim_meta,
-            "scaler": {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in scaler.state_dict().items()},
-            "labeled_stream": labeled_stream.state_dict(),
-            "unlabeled_stream": unlabeled_stream.state_dict() if unlabeled_stream is not None else None,
-        }
-        save_tensors(path, tensors, meta)
-
-    def _resume(self, path, describe, student, extras, strategy, optimizer, scaler, augmenter, labeled_stream, unlabeled_stream) -> tuple[int, dict, dict[str, torch.Tensor], int]:
-        tensors, meta = load_tensors(path)
-        if meta.get("describe") != json.loads(json.dumps(describe, default=str)):
-            raise UserError(f"{path}: an unfinished stage with other settings is in the way; use a new run_dir")
-        student.load_state_dict(unprefixed("student", tensors))
-        for name, network in extras.items():
-            network.load_state_dict(unprefixed(f"network.{name}", tensors))
-        strategy.load_state_tensors(unprefixed("strategy", tensors))
-        optimizer.load_state_dict(unflatten_optimizer(unprefixed("optim", tensors), meta["optimizer"]))
-        if meta["scaler"]:
-            scaler.load_state_dict(meta["scaler"])
-        augmenter.load_state_dict(unprefixed("augment", tensors))
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
-        labeled_stream.load_state_dict(meta["labeled_stream"])
-        if unlabeled_stream is not None:
-            unlabeled_stream.load_state_dict(meta["unlabeled_stream"])
-        # Every process restarts its window from the saved mean over processes:
-        # the mean over processes at the next log then adds it once.
-        window = {key: value.to(self.device) for key, value in unprefixed("log_window", tensors).items()}
-        return int(meta["step"]), meta["best"], window, int(meta.get("log_window_steps", 0))
 
 
 def _extra_networks(strategy: Strategy) -> dict[str, nn.Module]:

@@ -148,69 +148,78 @@ def run_grid(
 
     The seed's ``supervised`` run is trained first whenever a semi-supervised
     variant is run, since they start from it. ``method``: the base configuration's
-    method section is first replaced by that method's (:func:`~pseudoseg.config.switch_method`)."""
-    from pseudoseg.evaluation.metrics import conventions_for, headline_columns
-    from pseudoseg.evaluation.report import summarize_runs, write_grid_report
+    method section is first replaced by that method's (:func:`~pseudoseg.run_config.switch_method`)."""
     from pseudoseg.runner import train
 
-    raw_file, origin = read_config_file(config_path)
-    if method is not None:
-        raw_file, line = switch_method(raw_file, method)
-        log(line)
-    raw_base = apply_overrides(raw_file, overrides)
+    raw_base, origin = _base_config(config_path, method, overrides, log)
     base = config_from_dict(raw_base, origin=origin)
     if base.data.test is None:
         raise UserError(f"{origin}: data.test is required for a grid (the table is on the test sets)")
     chosen: GridFamily = grid_family(family, base)
-    family = chosen.name
-    every = grid_variants(base, family, patience=patience)
-    if variants:
-        unknown = [name for name in variants if name not in dict(every)]
-        if unknown:
-            raise UserError(f"--variants: unknown {', '.join(unknown)}; the {family} grid has {', '.join(name for name, _ in every)}")
-        wanted = {SUPERVISED_ROW, *variants}  # every semi-supervised row starts from the seed's supervised run
-        variants_run = [(name, make) for name, make in every if name in wanted]
-    else:
-        variants_run = every
-    variants = variants_run
+    chosen_variants = _chosen_variants(grid_variants(base, chosen.name, patience=patience), variants, chosen.name)
     out = Path(out)
     cache_dir = str(base.data.cache_dir or out / "cache")
-    per_variant: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
-    budgets: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
+    results: dict[str, list[Any]] = {name: [] for name, _ in chosen_variants}
     runs: dict[str, dict[str, str]] = {}
-    reports: dict[str, list[dict[str, Any]]] = {}
     for seed in seeds:
         supervised_dir = out / f"seed{seed}" / SUPERVISED_ROW
-        for name, make in variants:
+        for name, make in chosen_variants:
             run_dir = out / f"seed{seed}" / name
             raw = make(_with(raw_base, seed=seed, run_dir=str(run_dir), data__cache_dir=cache_dir), supervised_dir)
-            config = config_from_dict(raw, origin=f"{origin} [{name}]")
             log(f"[grid] seed {seed}: {name}")
-            result = train(config, log=log)
-            per_variant[name].append({k: v for k, v in result.metrics["sets"].items()})
-            budgets[name].append({key: result.budget[key] for key in ("released_steps", "steps", "images", "masks_used", "kept_start") if key in result.budget})
-            reports.setdefault(name, []).append(result.metrics)
+            results[name].append(train(config_from_dict(raw, origin=f"{origin} [{name}]"), log=log))
             runs.setdefault(name, {})[str(seed)] = str(run_dir)
+    summary = _write_tables(out, base, chosen, seeds, results, runs)
+    log(f"[grid] wrote {out / 'grid.md'}")
+    return {"family": chosen.name, "seeds": seeds, "summary": summary, "runs": runs}
+
+
+def _base_config(config_path: Path, method: str | None, overrides: list[str], log: Callable[[Any], None]) -> tuple[dict[str, Any], str]:
+    """The grid's base configuration (raw, before each row's changes) and the name errors are reported under."""
+    raw_file, origin = read_config_file(config_path)
+    if method is not None:
+        raw_file, line = switch_method(raw_file, method)
+        log(line)
+    return apply_overrides(raw_file, overrides), origin
+
+
+def _chosen_variants(every: list[Variant], names: list[str] | None, family: str) -> list[Variant]:
+    """The rows ``names`` asks for (all when None), with the seed's supervised row every other row starts from."""
+    if not names:
+        return every
+    unknown = [name for name in names if name not in dict(every)]
+    if unknown:
+        raise UserError(f"--variants: unknown {', '.join(unknown)}; the {family} grid has {', '.join(name for name, _ in every)}")
+    wanted = {SUPERVISED_ROW, *names}
+    return [(name, make) for name, make in every if name in wanted]
+
+
+def _write_tables(out: Path, base: RunConfig, chosen: GridFamily, seeds: list[int], results: dict[str, list[Any]], runs: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """``grid.md`` / ``.csv`` / ``.json``, ``runs.json`` and the plots, from every row's run results."""
+    from pseudoseg.evaluation.metrics import conventions_for, headline_columns
+    from pseudoseg.evaluation.plots import plot_grid_curves
+    from pseudoseg.evaluation.report import summarize_runs, write_grid_report
+
+    per_variant = {name: [dict(result.metrics["sets"]) for result in done] for name, done in results.items()}
+    budget_keys = ("released_steps", "steps", "images", "masks_used", "kept_start")
+    budgets = {name: [{key: result.budget[key] for key in budget_keys if key in result.budget} for result in done] for name, done in results.items()}
+    reports = {name: [result.metrics for result in done] for name, done in results.items()}
     summary = summarize_runs(per_variant)
-    columns = headline_columns(base.data.class_set, base.data.kind)  # several classes: the mean and each class
     machines = {name: {seed: _machine(metrics) for seed, metrics in zip(seeds, per_seed)} for name, per_seed in reports.items()}
     write_grid_report(
         summary,
         out,
         stem="grid",
-        metric_columns=columns,
-        title=f"{family} grid over seeds {seeds}",
+        metric_columns=headline_columns(base.data.class_set, base.data.kind),  # several classes: the mean and each class
+        title=f"{chosen.name} grid over seeds {seeds}",
         conventions=conventions_for(base.data.class_set, base.data.kind),
         notes=_grid_notes(machines, reports, seeds),
         extra={"machines": machines},
         budgets=budgets,
         paired=(chosen.reference, seeds, per_variant) if chosen.reference in per_variant else None,
     )
-    write_json(out / "runs.json", {"family": family, "seeds": seeds, "runs": runs})
-    from pseudoseg.evaluation.plots import plot_grid_curves
-
+    write_json(out / "runs.json", {"family": chosen.name, "seeds": seeds, "runs": runs})
     plot_grid_curves(out, runs)
     if chosen.plots is not None:
         chosen.plots(out, runs)
-    log(f"[grid] wrote {out / 'grid.md'}")
-    return {"family": family, "seeds": seeds, "summary": summary, "runs": runs}
+    return summary

@@ -305,3 +305,12 @@ def test_a_released_copy_that_would_keep_its_start_is_warned_about(tmp_path: Pat
 def test_no_shipped_polyp_recipe_is_mean_teacher_under_another_name(recipe: str) -> None:
     method = load_config(REPO / "configs" / recipe).method
     assert method.mode == "online" and not networks_coincide(method)
+
+
+def test_the_pranet_recipe_runs_the_authors_teacher_schedule() -> None:
+    """The paper's setting (an ImageNet encoder under a fresh student): the online teacher follows
+    the student from the first epoch, not once the student has caught up."""
+    method = load_config("polyp_momentum_pranet").method
+    assert (method.mode, method.student_init, method.teacher_follows) == ("online", "fresh", "from_start")
+    assert not teacher_waits_for_student(method)
+    assert teacher_waits_for_student(method.model_copy(update={"teacher_follows": "auto"}))

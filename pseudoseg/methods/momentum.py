@@ -268,8 +268,9 @@ def _momentum_rows(base: RunConfig) -> list[GridRow]:
 
 def _rounds_row(base: RunConfig) -> list[GridRow]:
     """Online pseudo labeling in the rounds grid, as the paper runs it: a fresh student for the
-    labeled stage's steps (``train.steps``), taught by the seed's labeled-only model, whose
-    momentum copy follows the student."""
+    labeled stage's steps (``train.steps``), taught by the seed's labeled-only model's momentum
+    copy, which follows the student (``teacher_follows: auto``: once the student's copy has
+    caught up, since without a pretrained start a fresh student is a random network)."""
     section = {"name": "momentum", "mode": "online", "teacher": "momentum", "student_init": "fresh"}
     return [GridRow("online-momentum", lambda raw, _: dict(section))]
 

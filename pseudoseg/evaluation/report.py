@@ -22,6 +22,7 @@ import csv
 import io
 import math
 import statistics
+from dataclasses import dataclass
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -491,85 +492,108 @@ def write_grid_report(
         raise ValueError("no configurations to report")
     if not metric_columns:
         raise ValueError("metric_columns is empty")
-    out_dir = Path(out_dir)
     set_names = _ordered_union(entry["sets"] for entry in summary.values())
     legend = _conventions(metric_columns, conventions)
-
+    columns = _BudgetColumns.of(budgets)
     csv_rows: list[list[Any]] = []
     lines = [f"# {title}", ""] if title else []
-    released = bool(budgets) and all("released_steps" in b for runs in budgets.values() for b in runs)
-    masks = bool(budgets) and any("masks_used" in b for runs in budgets.values() for b in runs)
-    budget_header = (["Released steps"] if released else []) + (["Steps", "Images seen"] if budgets else []) + (["Masks (L+V)", "Kept start"] if masks else [])
     lines += [*notes, ""] if notes else []
     for column in metric_columns:
-        header = ["Configuration", "Seeds", *set_names, "Mean", *budget_header]
         md_rows = []
         for config, entry in summary.items():
             cells = [_cell(entry["sets"].get(name, {}).get(column), decimals) for name in set_names]
-            spent = [_budget_cell([b[key] for b in budgets.get(config, [])]) for key in ("released_steps", "steps", "images") if key != "released_steps" or released] if budgets else []
-            if masks:
-                spent += [_masks_cell(budgets.get(config, [])), _kept_start_cell(budgets.get(config, []))]
-            md_rows.append([config, str(entry["n_seeds"]), *cells, _cell(entry["mean"].get(column), decimals), *spent])
-            for name in [*set_names, "Mean"]:
-                stats = entry["mean"].get(column) if name == "Mean" else entry["sets"].get(name, {}).get(column)
-                if stats is not None:
-                    csv_rows.append([config, column, name, stats["mean"], stats["std"], stats.get("defined_seeds") or entry["n_seeds"]])
-        ddofs = sorted({int(entry.get("ddof", 1)) for entry in summary.values()})
-        std_kind = "sample standard deviation" if ddofs == [1] else f"standard deviation (ddof {ddofs})"
-        lines += [
-            f"## `{column}`",
-            "",
-            f"`{column}` — {legend[column]}.",
-            "",
-            f"Cells: mean ± {std_kind} over seeds (number of seeds per configuration in the *Seeds* column; "
-            "*(k seeds)*: defined in k seeds only, the mean is over those). "
-            "*Mean* is the unweighted mean over test sets, computed per seed and then summarised over seeds."
-            + (
-                " *Steps* and *Images seen*: optimiser steps and training images (labeled and unlabeled) of every "
-                "stage the row's model depends on, the shared labeled-only stage included (a range where seeds differ)."
-                if budgets
-                else ""
-            )
-            + (
-                " *Released steps*: the steps the released weights themselves received, in the stages they were "
-                "trained or fine-tuned in (a model restarted from the labeled-only model has M0's and its own; "
-                "one restarted from the initial weights, its own)."
-                if released
-                else ""
-            )
-            + (
-                " *Masks (L+V)*: the masks the row's run used, labeled + validation. *Kept start*: in how many seeds "
-                "the released model is its stage's start (the labeled-only model, or the model a round started from), "
-                "kept because no checkpoint trained from it scored higher on validation."
-                if masks
-                else ""
-            ),
-            "",
-            *_md_table(header, md_rows),
-            "",
-        ]
+            md_rows.append([config, str(entry["n_seeds"]), *cells, _cell(entry["mean"].get(column), decimals), *columns.cells(config)])
+            csv_rows += _csv_stats(config, entry, column, set_names)
+        header = ["Configuration", "Seeds", *set_names, "Mean", *columns.header]
+        lines += [f"## `{column}`", "", f"`{column}` — {legend[column]}.", "", _cells_legend(summary, columns), "", *_md_table(header, md_rows), ""]
         if paired is not None:
             reference, seeds, runs = paired
             lines += _paired_lines(paired_differences(runs, reference, column), reference, column, seeds, decimals)
-
     payload = {
         "title": title,
         "metric_columns": list(metric_columns),
         "conventions": legend,
         "configs": {config: dict(entry) for config, entry in summary.items()},
         **({"budgets": {config: list(runs) for config, runs in budgets.items()}} if budgets else {}),
-        **(
-            {"paired": {"reference": paired[0], "seeds": list(paired[1]), **{c: paired_differences(paired[2], paired[0], c) for c in metric_columns}}}
-            if paired is not None
-            else {}
-        ),
+        **({"paired": {"reference": paired[0], "seeds": list(paired[1]), **{c: paired_differences(paired[2], paired[0], c) for c in metric_columns}}} if paired is not None else {}),
         **(extra or {}),
     }
     return _write_files(
-        out_dir,
+        Path(out_dir),
         {
             f"{stem}.json": ("json", finite_or_none(payload)),
             f"{stem}.csv": ("text", _csv_text(["config", "metric", "set", "mean", "std", "n_seeds"], csv_rows)),
             f"{stem}.md": ("text", "\n".join(lines)),
         },
     )
+
+
+@dataclass(frozen=True)
+class _BudgetColumns:
+    """The budget columns of a grid table: what each row's runs spent and used."""
+
+    budgets: Mapping[str, Sequence[Mapping[str, Any]]]
+    released: bool
+    """Every run knows the steps its released weights received."""
+    masks: bool
+    """Some run knows the masks it used (and whether it kept its start)."""
+
+    @classmethod
+    def of(cls, budgets: Mapping[str, Sequence[Mapping[str, Any]]] | None) -> _BudgetColumns:
+        budgets = budgets or {}
+        released = bool(budgets) and all("released_steps" in b for runs in budgets.values() for b in runs)
+        masks = bool(budgets) and any("masks_used" in b for runs in budgets.values() for b in runs)
+        return cls(budgets, released, masks)
+
+    @property
+    def header(self) -> list[str]:
+        spent = (["Released steps"] if self.released else []) + (["Steps", "Images seen"] if self.budgets else [])
+        return spent + (["Masks (L+V)", "Kept start"] if self.masks else [])
+
+    def cells(self, config: str) -> list[str]:
+        if not self.budgets:
+            return []
+        runs = self.budgets.get(config, [])
+        keys = ("released_steps", "steps", "images") if self.released else ("steps", "images")
+        spent = [_budget_cell([b[key] for b in runs]) for key in keys]
+        return spent + ([_masks_cell(runs), _kept_start_cell(runs)] if self.masks else [])
+
+
+def _csv_stats(config: str, entry: Mapping[str, Any], column: str, set_names: Sequence[str]) -> list[list[Any]]:
+    """The long-format CSV rows of one configuration and metric: each test set, then ``Mean``."""
+    rows = []
+    for name in [*set_names, "Mean"]:
+        stats = entry["mean"].get(column) if name == "Mean" else entry["sets"].get(name, {}).get(column)
+        if stats is not None:
+            rows.append([config, column, name, stats["mean"], stats["std"], stats.get("defined_seeds") or entry["n_seeds"]])
+    return rows
+
+
+def _cells_legend(summary: Mapping[str, Mapping[str, Any]], columns: _BudgetColumns) -> str:
+    """What a grid table's cells and budget columns mean."""
+    ddofs = sorted({int(entry.get("ddof", 1)) for entry in summary.values()})
+    std_kind = "sample standard deviation" if ddofs == [1] else f"standard deviation (ddof {ddofs})"
+    text = (
+        f"Cells: mean ± {std_kind} over seeds (number of seeds per configuration in the *Seeds* column; "
+        "*(k seeds)*: defined in k seeds only, the mean is over those). "
+        "*Mean* is the unweighted mean over test sets, computed per seed and then summarised over seeds."
+    )
+    if columns.budgets:
+        text += (
+            " *Steps* and *Images seen*: optimiser steps and training images (labeled and unlabeled) of every "
+            "stage the row's model depends on, the shared labeled-only stage included (a range where seeds differ)."
+        )
+    if columns.released:
+        text += (
+            " *Released steps*: the steps the released weights themselves received, in the stages they were "
+            "trained or fine-tuned in (a model restarted from the labeled-only model has M0's and its own; "
+            "one restarted from the initial weights, its own)."
+        )
+    if columns.masks:
+        text += (
+            " *Masks (L+V)*: the masks the row's run used, labeled + validation. *Kept start*: in how many seeds "
+            "the released model is its stage's start (the labeled-only model, or the model a round started from), "
+            "kept because no checkpoint trained from it scored higher on validation."
+        )
+    return text
+

@@ -41,7 +41,7 @@ from pseudoseg.errors import UserError
 from pseudoseg.progress import console_print, task_bars
 from pseudoseg.fileio import disk_errors, is_temporary_name, remove_temporary_files, write_json, write_text
 from pseudoseg.methods.registry import get_method
-from pseudoseg.methods.session import RunSession
+from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.models import build_model, describe_architecture
 
 if TYPE_CHECKING:
@@ -284,60 +284,22 @@ def _train(config: RunConfig, *, show_progress: bool, log: Callable[[Any], None]
     dist = init_distributed(device)
     check_inputs(config)  # before anything is written
     run_dir = prepare_run_dir(config, dist, log)
-    cache_dir = config.data.cache_dir or run_dir / "cache"
-    if dist.is_main:
-        with task_bars("decoding the training pool") as bars:
-            pool = load_pool(config.data, cache_dir, progress=bars if show_progress else None)
-    barrier(dist)
-    if not dist.is_main:
-        pool = load_pool(config.data, cache_dir)
+    pool = _decoded_pool(config, run_dir, dist, show_progress)
     split = choose_split(config, pool, run_dir)
     if dist.is_main and not (run_dir / "split.json").is_file():
         save_split(split, run_dir / "split.json")
     if not dist.is_main:  # one copy of every line, whatever the number of processes
         log = _silent
     log(split_line(config, split, pool, _indices(pool, split.unlabeled), run_dir))
-    in_channels = config.data.in_channels
-    out_channels = config.data.class_set.channels
+    in_channels, out_channels = config.data.in_channels, config.data.class_set.channels
     architecture = describe_architecture(config.model, in_channels, out_channels)
     trainer = Trainer(
-        config,
-        pool,
-        run_dir,
-        dist=dist,
-        architecture=architecture,
-        build_network=lambda: build_model(config.model, in_channels, out_channels),
-        show_progress=show_progress,
+        config, pool, run_dir, dist=dist, architecture=architecture, build_network=lambda: build_model(config.model, in_channels, out_channels), show_progress=show_progress
     )
-    session = RunSession(
-        config=config,
-        run_dir=run_dir,
-        pool=pool,
-        split=split,
-        trainer=trainer,
-        labeled=_indices(pool, split.labeled),
-        unlabeled=_indices(pool, split.unlabeled),
-        validation=_indices(pool, split.validation),
-        log=log,
-    )
+    indices = {part: _indices(pool, getattr(split, part)) for part in ("labeled", "unlabeled", "validation")}
+    session = RunSession(config=config, run_dir=run_dir, pool=pool, split=split, trainer=trainer, log=log, **indices)
     outcome = get_method(config.method.name).recipe(session)
-    from pseudoseg.inference import write_model_manifest
-
-    released = outcome.ensemble or [outcome.networks[outcome.released]]
-    holding = [trainer.stage_holding(path) for path in released]
-    budget = run_budget(trainer.stages, run_dir, [_released_lineage(trainer, path, stage) for path, stage in zip(released, holding) if stage is not None])
-    # the released weights are their stage's start (the labeled-only model, or the model a
-    # round started from): no semi-supervised checkpoint beat it on validation
-    budget["kept_start"] = all(stage is not None and stage.released_start(path) for path, stage in zip(released, holding))
-    budget["masks_used"] = split.masks_used
-    if budget["kept_start"]:
-        log(f"{config.method.name}: the released model is its stage's start, kept: no checkpoint trained from it scored higher on validation")
-    if dist.is_main:
-        write_model_manifest(run_dir, outcome.released, outcome.networks, outcome.ensemble)
-        write_json(run_dir / "budget.json", budget)
-        no_truth = len(session.unlabeled) and not len(pool.with_true_masks(session.unlabeled))
-        plot_run_curves(run_dir, note="no true masks in U: pseudo-label Dice not computed" if no_truth else None)
-    barrier(dist)
+    budget = _release(session, outcome)
     metrics = None
     report = run_dir / "report" / "metrics.json"
     if config.data.test is not None and dist.is_main:
@@ -347,6 +309,40 @@ def _train(config: RunConfig, *, show_progress: bool, log: Callable[[Any], None]
             metrics = evaluate_run(run_dir, config, show_progress=show_progress, log=log)
     barrier(dist)
     return RunResult(run_dir, outcome.released, outcome.networks, metrics, budget)
+
+
+def _decoded_pool(config: RunConfig, run_dir: Path, dist: DistInfo, show_progress: bool) -> SamplePool:
+    """The training pool, decoded into the cache by the main process first (the others then read it)."""
+    cache_dir = config.data.cache_dir or run_dir / "cache"
+    if dist.is_main:
+        with task_bars("decoding the training pool") as bars:
+            pool = load_pool(config.data, cache_dir, progress=bars if show_progress else None)
+    barrier(dist)
+    return pool if dist.is_main else load_pool(config.data, cache_dir)
+
+
+def _release(session: RunSession, outcome: RecipeOutcome) -> dict[str, Any]:
+    """Write what the run releases (``model.json``), its budget (``budget.json``) and its curves;
+    returns the budget."""
+    from pseudoseg.inference import write_model_manifest
+
+    trainer, run_dir, dist = session.trainer, session.run_dir, session.trainer.dist
+    released = outcome.ensemble or [outcome.networks[outcome.released]]
+    holding = [trainer.stage_holding(path) for path in released]
+    budget = run_budget(trainer.stages, run_dir, [_released_lineage(trainer, path, stage) for path, stage in zip(released, holding) if stage is not None])
+    # the released weights are their stage's start (the labeled-only model, or the model a
+    # round started from): no semi-supervised checkpoint beat it on validation
+    budget["kept_start"] = all(stage is not None and stage.released_start(path) for path, stage in zip(released, holding))
+    budget["masks_used"] = session.split.masks_used
+    if budget["kept_start"]:
+        session.log(f"{session.config.method.name}: the released model is its stage's start, kept: no checkpoint trained from it scored higher on validation")
+    if dist.is_main:
+        write_model_manifest(run_dir, outcome.released, outcome.networks, outcome.ensemble)
+        write_json(run_dir / "budget.json", budget)
+        no_truth = len(session.unlabeled) and not len(session.pool.with_true_masks(session.unlabeled))
+        plot_run_curves(run_dir, note="no true masks in U: pseudo-label Dice not computed" if no_truth else None)
+    barrier(dist)
+    return budget
 
 
 REPORT_FILES = ("metrics.json", "metrics.csv", "metrics.md", "networks.json")

@@ -145,26 +145,14 @@ class Split:
         missing = [key for key in required if key not in payload]
         if missing:
             raise UserError(f"{origin}: split manifest is missing key '{missing[0]}'")
-        parts: dict[str, tuple[str, ...]] = {}
-        for key in ("labeled", "unlabeled", "validation"):
-            value = payload[key]
-            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-                raise UserError(f"{origin}: '{key}' must be a list of strings")
-            if len(set(value)) != len(value):
-                raise UserError(f"{origin}: '{key}' lists an id twice")
-            parts[key] = tuple(value)
+        parts = {key: _id_list(payload, key, origin) for key in ("labeled", "unlabeled", "validation")}
         source = payload["source"]
         if source not in _SOURCES:
             raise UserError(f"{origin}: 'source' must be one of {', '.join(_SOURCES)}, got {source!r}")
         seed = payload["seed"]
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise UserError(f"{origin}: 'seed' must be an integer or null, got {seed!r}")
-        fractions: dict[str, float | None] = {}
-        for key in ("val_fraction", "labeled_fraction"):
-            value = payload[key]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise UserError(f"{origin}: '{key}' must be a number or null, got {value!r}")
-            fractions[key] = None if value is None else float(value)
+        fractions = {key: _fraction_or_none(payload, key, origin) for key in ("val_fraction", "labeled_fraction")}
         overlap = _first_overlap(parts["labeled"], parts["unlabeled"], parts["validation"])
         if overlap is not None:
             raise UserError(f"{origin}: id '{overlap}' is in two parts of the split")
@@ -192,6 +180,49 @@ class Split:
             sources={str(folder): tuple(ids) for folder, ids in sources.items()},
             validation_from=validation_from,
         )
+
+
+def _id_list(payload: dict[str, Any], key: str, origin: str) -> tuple[str, ...]:
+    """A split manifest's list of ids ``key``: strings, each once."""
+    value = payload[key]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise UserError(f"{origin}: '{key}' must be a list of strings")
+    if len(set(value)) != len(value):
+        raise UserError(f"{origin}: '{key}' lists an id twice")
+    return tuple(value)
+
+
+def _fraction_or_none(payload: dict[str, Any], key: str, origin: str) -> float | None:
+    value = payload[key]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise UserError(f"{origin}: '{key}' must be a number or null, got {value!r}")
+    return None if value is None else float(value)
+
+
+def _units(ids: Sequence[str], groups: Mapping[str, str] | None) -> dict[str, list[str]]:
+    """The ids of each unit a split draws: each group's (``groups`` maps an id to its group), or each id alone."""
+    if groups is None:
+        return {item: [item] for item in ids}
+    members: dict[str, list[str]] = {}
+    for item in ids:
+        if item not in groups:
+            raise UserError(f"groups: id '{item}' has no group")
+        members.setdefault(str(groups[item]), []).append(item)
+    return members
+
+
+def _part_sizes(n_units: int, labeled_fraction: float, val_fraction: float, validation: str) -> tuple[int, int]:
+    """How many units validate and how many are labeled (:func:`make_split`'s rules)."""
+    if validation not in VALIDATION_FROM:
+        raise ValueError(f"validation must be one of {VALIDATION_FROM}, got {validation!r}")
+    validates = val_fraction > 0 and n_units > 1  # a single unit must stay in training
+    if validation == "extra":
+        n_val = min(max(1, _round_half_up(val_fraction, n_units)), n_units - 1) if validates else 0
+        rest = n_units - n_val
+        return n_val, min(max(1, _round_half_up(labeled_fraction, rest)), rest)
+    budget = min(max(2 if validates else 1, _round_half_up(labeled_fraction, n_units)), n_units)
+    n_val = min(max(1, _round_half_up(val_fraction, budget)), budget - 1) if validates else 0
+    return n_val, budget - n_val
 
 
 def make_split(
@@ -246,30 +277,11 @@ def make_split(
         raise UserError(f"seed must be an integer, got {seed!r}")
     pool = _check_ids(ids)
 
-    if groups is None:
-        members = {item: [item] for item in pool}
-    else:
-        members = {}
-        for item in pool:
-            if item not in groups:
-                raise UserError(f"groups: id '{item}' has no group")
-            members.setdefault(str(groups[item]), []).append(item)
+    members = _units(pool, groups)
     units = sorted(members)
-    n_units = len(units)
-
-    order = np.random.default_rng(int(seed)).permutation(n_units)
-    if validation not in VALIDATION_FROM:
-        raise ValueError(f"validation must be one of {VALIDATION_FROM}, got {validation!r}")
-    validates = val_fraction > 0 and n_units > 1  # a single unit must stay in training
-    if validation == "extra":
-        n_val = min(max(1, _round_half_up(val_fraction, n_units)), n_units - 1) if validates else 0
-        rest = order[n_val:]
-        n_labeled = min(max(1, _round_half_up(labeled_fraction, len(rest))), len(rest))
-    else:
-        budget = min(max(2 if validates else 1, _round_half_up(labeled_fraction, n_units)), n_units)
-        n_val = min(max(1, _round_half_up(val_fraction, budget)), budget - 1) if validates else 0
-        rest = order[n_val:]
-        n_labeled = budget - n_val
+    order = np.random.default_rng(int(seed)).permutation(len(units))
+    n_val, n_labeled = _part_sizes(len(units), labeled_fraction, val_fraction, validation)
+    rest = order[n_val:]
 
     def expand(indices: np.ndarray) -> tuple[str, ...]:
         return tuple(sorted(item for i in indices for item in members[units[i]]))

@@ -390,25 +390,31 @@ def case_slices(
         return fixed if fixed is not None else percentile_bounds(data, percentiles)
 
     image = _as_3d(load_volume(case.image_path), case.image_path)
+    images = _case_images(case, image, bounds, size, context)
+    if not with_labels:
+        return images, None
+    return images, _case_labels(case, image, size, foreground=foreground, classes=classes)
+
+
+def _case_images(case: VolumeCase, image: nib.Nifti1Image, bounds: Callable[[np.ndarray], tuple[float, float]], size: int, context: int) -> np.ndarray:
+    """Every channel of the case (``image`` and its extra channels, checked against it), sliced (:func:`case_slices`)."""
     stacks = [_channel_slices(image, bounds, size, context)]
     for path in case.extra_channels:
         channel = _as_3d(load_volume(path), path)
         if channel.shape != image.shape or nib.aff2axcodes(channel.affine) != nib.aff2axcodes(image.affine):
             raise UserError(f"{path}: channel shape {channel.shape} or orientation differs from {case.image_path} {image.shape}")
         stacks.append(_channel_slices(channel, bounds, size, context))
-    images = stacks[0] if len(stacks) == 1 else np.concatenate(stacks, axis=1)
-    depth = images.shape[0]
+    return stacks[0] if len(stacks) == 1 else np.concatenate(stacks, axis=1)
 
-    if not with_labels:
-        return images, None
+
+def _case_labels(case: VolumeCase, image: nib.Nifti1Image, size: int, *, foreground: Sequence[int] | None, classes: ClassSet | None) -> np.ndarray:
+    """The case's label volume as ``uint8 [Z, size, size]`` class indices (:func:`case_slices`), checked
+    against its image's shape and orientation."""
     if case.label_path is None:
         raise UserError(f"{case.image_path}: case {case.case_id!r} has no label volume")
     label_img = _as_3d(load_volume(case.label_path), case.label_path)
     if label_img.shape != image.shape:
-        raise UserError(
-            f"{case.label_path}: label shape {label_img.shape} differs from image shape "
-            f"{image.shape} of {case.image_path}"
-        )
+        raise UserError(f"{case.label_path}: label shape {label_img.shape} differs from image shape {image.shape} of {case.image_path}")
     if nib.aff2axcodes(label_img.affine) != nib.aff2axcodes(image.affine):
         raise UserError(
             f"{case.label_path}: label orientation {''.join(nib.aff2axcodes(label_img.affine))} differs from "
@@ -416,11 +422,12 @@ def case_slices(
         )
     label_data = np.asanyarray(nib.as_closest_canonical(label_img).dataobj)
     index = label_indices(label_data, case.label_path, classes=classes, foreground=foreground)
+    depth = index.shape[2]
     labels = np.empty((depth, size, size), dtype=np.uint8)
     for start in range(0, depth, _SLICE_BLOCK):
         block = np.moveaxis(index[:, :, start : start + _SLICE_BLOCK], 2, 0)
         labels[start : start + block.shape[0]] = resize_class_indices(block, lambda indicator: _resize(indicator, (size, size), mode="nearest-exact"), 1.0)
-    return images, labels
+    return labels
 
 
 def _channel_slices(image: nib.Nifti1Image, bounds: Callable[[np.ndarray], tuple[float, float]], size: int, context: int) -> np.ndarray:

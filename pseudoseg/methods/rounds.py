@@ -385,20 +385,7 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
     run_dir = Path(session.run_dir)
     _record_subsets(run_dir / "labels" / "subsets.json", subsets, session, seed=config.split_seed)
 
-    if method.teacher_run is not None:
-        labeled_stage = finished_stage(method.teacher_run, session)
-    else:
-        defaults = SupervisedConfig()
-        labeled_stage = train_labeled_stage(
-            session,
-            "round_0",
-            momentum=defaults.ema_momentum,
-            unit=defaults.momentum_unit,
-            schedule=defaults.ema_schedule,
-            buffers=defaults.ema_buffers,
-            steps=method.teacher_steps or config.train.steps,
-            batch_size=config.train.batch_size,
-        )
+    labeled_stage = _labeled_stage(session)
     # M0 is the labeled-only stage's released network (its momentum copy), the model
     # the grid's supervised row reports and every other row starts from
     weights: dict[int, Path] = {0: labeled_stage.weights(LABELED_NETWORK)}
@@ -418,28 +405,7 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
             raise RuntimeError(f"round {plan.round}: subset {plan.train_subset} holds labels of round {used.round}, the schedule says {plan.labels_from}")
         start = None if plan.init_from is None else weights[plan.init_from]
         labels = used.open()
-        spec = StageSpec(
-            name=f"round_{plan.round}",
-            strategy=RoundStrategy(labels, kind=method.labels, beta=method.beta),
-            steps=method.round_steps,
-            batch_size=config.train.batch_size,
-            unlabeled_batch_size=config.train.unlabeled_batch_size,
-            labeled=session.labeled,
-            unlabeled=subsets[plan.train_subset],
-            validation=session.validation,
-            init_weights=start,  # None: the run's fresh initialisation, which M0 started from
-            baseline=weights[0] if start is None else None,  # a round from trained weights must beat them
-            describe={
-                "strategy": method.name,
-                "round": plan.round,
-                "train_subset": plan.train_subset,
-                "labels_file": _relative(used.path, run_dir),
-                "labels_rendered_by": used.rendered_by,
-                "init_weights": _relative(start, run_dir) if start is not None else INITIAL_WEIGHTS,
-                "labels": method.labels,
-                "beta": method.beta,
-            },
-        )
+        spec = _round_spec(session, plan, labels, used, start, subsets[plan.train_subset], m0=weights[0])
         try:
             stages[plan.round] = session.trainer.fit(spec)
         finally:
@@ -461,8 +427,59 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
 
     if dist.is_main:  # a run killed while drawing it left the previous picture, or none
         _plot(run_dir, log)
-    last = plans[-1].round
-    networks = {"last": weights[last]}
+    return _released(method, plans, weights, run_dir)
+
+
+def _labeled_stage(session: RunSession) -> StageResult:
+    """Round 0, the labeled-only stage: ``teacher_run``'s, or trained here as ``round_0``."""
+    method: RoundsConfig = session.config.method
+    if method.teacher_run is not None:
+        return finished_stage(method.teacher_run, session)
+    defaults = SupervisedConfig()
+    return train_labeled_stage(
+        session,
+        "round_0",
+        momentum=defaults.ema_momentum,
+        unit=defaults.momentum_unit,
+        schedule=defaults.ema_schedule,
+        buffers=defaults.ema_buffers,
+        steps=method.teacher_steps or session.config.train.steps,
+        batch_size=session.config.train.batch_size,
+    )
+
+
+def _round_spec(session: RunSession, plan: RoundPlan, labels: PseudoLabelStore, used: _LabelFile, start: Path | None, unlabeled: np.ndarray, *, m0: Path) -> StageSpec:
+    """Round ``plan.round``: fine-tune ``start`` (None: the run's fresh initialisation, which M0 started
+    from) on L and the subset ``unlabeled`` with its ``labels`` (from the label file ``used``)."""
+    config, run_dir = session.config, Path(session.run_dir)
+    method: RoundsConfig = config.method
+    return StageSpec(
+        name=f"round_{plan.round}",
+        strategy=RoundStrategy(labels, kind=method.labels, beta=method.beta),
+        steps=method.round_steps,
+        batch_size=config.train.batch_size,
+        unlabeled_batch_size=config.train.unlabeled_batch_size,
+        labeled=session.labeled,
+        unlabeled=unlabeled,
+        validation=session.validation,
+        init_weights=start,
+        baseline=m0 if start is None else None,  # a round from trained weights must beat them
+        describe={
+            "strategy": method.name,
+            "round": plan.round,
+            "train_subset": plan.train_subset,
+            "labels_file": _relative(used.path, run_dir),
+            "labels_rendered_by": used.rendered_by,
+            "init_weights": _relative(start, run_dir) if start is not None else INITIAL_WEIGHTS,
+            "labels": method.labels,
+            "beta": method.beta,
+        },
+    )
+
+
+def _released(method: RoundsConfig, plans: list[RoundPlan], weights: dict[int, Path], run_dir: Path) -> RecipeOutcome:
+    """The last round's model (or, ``final: ensemble``, the last K rounds' models), and M0 beside it."""
+    networks = {"last": weights[plans[-1].round]}
     if _inside(weights[0], run_dir):  # a teacher_run's weights are reported by that run
         networks["labeled"] = weights[0]
     ensemble = None

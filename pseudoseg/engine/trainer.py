@@ -125,6 +125,7 @@ class _StageRun:
     rebuilds on every start (wrapped networks, the log, the speed window)."""
 
     spec: StageSpec
+    stage_dir: Path
     describe: dict[str, Any]
     state: StageState
     trainable: dict[str, nn.Module]
@@ -145,8 +146,10 @@ class _StageRun:
     def images_per_step(self) -> int:
         return self.spec.batch_size + (self.spec.unlabeled_batch_size if self.state.strategy.uses_unlabeled else 0)
 
-    def last_file(self, run_dir: Path) -> Path:
-        return run_dir / self.spec.name / "last.safetensors"
+    @property
+    def last_file(self) -> Path:
+        """The checkpoint a stopped stage resumes from."""
+        return self.stage_dir / "last.safetensors"
 
     def forward(self, images: torch.Tensor, network: str | None = None) -> torch.Tensor:
         """The loop's forward pass (:class:`~pseudoseg.engine.strategy.Forward`)."""
@@ -335,13 +338,13 @@ class Trainer:
             unlabeled_stream=unlabeled_stream,
         )
         models = {name: self._wrap(network) for name, network in trainable.items()}
-        run = _StageRun(spec, describe, state, trainable, parameters, models, epoch_stream, init_digest, cfg.train.channels_last)
+        run = _StageRun(spec, stage_dir, describe, state, trainable, parameters, models, epoch_stream, init_digest, cfg.train.channels_last)
         run.log = MetricsLog(stage_dir / "metrics.jsonl", enabled=self.dist.is_main, tensorboard=cfg.train.tensorboard)
-        resumed = run.last_file(self.run_dir).is_file()
+        resumed = run.last_file.is_file()
         if resumed:
-            tensors, meta = load_tensors(run.last_file(self.run_dir))
+            tensors, meta = load_tensors(run.last_file)
             if meta.get("describe") != json.loads(json.dumps(describe, default=str)):
-                raise UserError(f"{run.last_file(self.run_dir)}: an unfinished stage with other settings is in the way; use a new run_dir")
+                raise UserError(f"{run.last_file}: an unfinished stage with other settings is in the way; use a new run_dir")
             state.load_state_dict(tensors, meta, self.device)
         elif self.dist.is_main:
             stage_dir.mkdir(parents=True, exist_ok=True)
@@ -405,13 +408,12 @@ class Trainer:
         keys, totals = self._window_totals(state.running)  # a mean over processes: every process takes part
         if self.dist.is_main:
             tensors, meta = state.state_dict(dict(zip(keys, totals.unbind())), cuda=self.device.type == "cuda")
-            save_tensors(run.last_file(self.run_dir), tensors, {"describe": run.describe, **meta})
+            save_tensors(run.last_file, tensors, {"describe": run.describe, **meta})
         run.window_start += time.perf_counter() - validation_start  # the training speed counts training time only
 
     def _close_stage(self, run: _StageRun) -> StageResult:
         """The stage's result, written to ``done.json``; one line when it kept its start."""
-        spec, state = run.spec, run.state
-        stage_dir = self.run_dir / spec.name
+        spec, state, stage_dir = run.spec, run.state, run.stage_dir
         budget = {"steps": state.step, "max_steps": spec.steps, "images": state.step * run.images_per_step, "stopped_early": state.step < spec.steps}
         result = StageResult(stage_dir, state.best, budget, run.init_digest, Path(spec.start) if spec.start is not None else None)
         if self.dist.is_main:

@@ -2,7 +2,8 @@
 
 This is the teacher stage of the momentum method (the "original" network and
 its "momentum" copy), the labeled-only baseline, and, with
-``data.labeled_fraction: 1.0``, the fully supervised upper bound.
+``data.labeled_fraction: 1.0``, the fully supervised upper bound. It releases
+the momentum copy (``ema``).
 """
 
 from __future__ import annotations

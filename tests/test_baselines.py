@@ -237,9 +237,9 @@ def test_fixmatch_loss_feeds_labeled_weak_and_strong_in_one_pass() -> None:
     assert float(logs["confident"]) == pytest.approx(float(valid.mean()))
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_cps_each_network_learns_the_others_hard_decisions(channels: int) -> None:
-    strategy = CPSStrategy(CPSConfig(cps_weight=1.5))
+@pytest.mark.parametrize("channels, cross_on", [(1, "unlabeled"), (3, "unlabeled"), (1, "all"), (3, "all")])
+def test_cps_each_network_learns_the_others_hard_decisions(channels: int, cross_on: str) -> None:
+    strategy = CPSStrategy(CPSConfig(cps_weight=1.5, cross_on=cross_on))
     strategy.context = _context(channels)
     masks = one_hot(torch.randint(0, 2, (2, 4, 4)), channels)
     batch = Batch(images=torch.rand(2, 3, 4, 4), masks=masks, unlabeled=torch.rand(3, 3, 4, 4))
@@ -250,7 +250,8 @@ def test_cps_each_network_learns_the_others_hard_decisions(channels: int) -> Non
 
     loss, logs = strategy.loss(batch, forward, 0)
     criterion = strategy.context.criterion
-    a, b = forward(batch.unlabeled), forward(batch.unlabeled, "peer")
+    crossed = batch.unlabeled if cross_on == "unlabeled" else torch.cat([batch.images, batch.unlabeled])  # the paper: L and U
+    a, b = forward(crossed), forward(crossed, "peer")
     cps = criterion(a, harden(probabilities(b), strict=True)) + criterion(b, harden(probabilities(a), strict=True))
     sup = criterion(forward(batch.images), masks) + criterion(forward(batch.images, "peer"), masks)
     assert float(logs["loss_cps"]) == pytest.approx(float(cps), abs=1e-5)
@@ -412,3 +413,26 @@ def test_two_networks_under_two_processes_match_one(tmp_path: Path, tiny_polyps:
         assert abs(a["loss_cps"] - b["loss_cps"]) < 1e-5 and abs(a["loss"] - b["loss"]) < 1e-5
     for a, b in zip(_records(tmp_path / "single" / "student", "val"), _records(tmp_path / "double" / "student", "val"), strict=True):
         assert abs(a["peer/dice"] - b["peer/dice"]) < 1e-3 and abs(a["raw/dice"] - b["raw/dice"]) < 1e-3
+
+
+@pytest.mark.parametrize("peer_start", ["labeled", "fresh"])
+def test_cps_peer_starts_from_m0s_raw_network_or_apart(peer_start: str, tiny_polyps: Path, tmp_path: Path) -> None:
+    """From a labeled start the student is M0's momentum copy; the peer M0's raw network, or with
+    ``peer_start: fresh`` a draw of its own (a learning rate of ~0 keeps both where they started)."""
+    teacher = tmp_path / "teacher"
+    _quiet(tiny_config(tmp_path, tiny_polyps, run_dir=str(teacher), data={"test": None}, train={"steps": 2, "val_every": 2}))
+    raw = tiny_config(
+        tmp_path,
+        tiny_polyps,
+        run_dir=str(tmp_path / "cps"),
+        data={"test": None},
+        train={"steps": 1, "val_every": 1, "optim": {"lr": 1e-12}},
+        method={"name": "cps", "teacher_run": str(teacher), "peer_start": peer_start},
+    )
+    _quiet(raw)
+    state, _ = load_tensors(tmp_path / "cps" / "student" / "last.safetensors")
+    m0_raw, _ = load_weights_file(teacher / "supervised" / "best_raw.safetensors")
+    name = next(key for key in m0_raw if key.endswith("conv.weight"))
+    peer, student = state[f"network.peer.{name}"], state[f"student.{name}"]
+    assert not torch.allclose(peer, student)  # the two networks start apart either way
+    assert torch.allclose(peer, m0_raw[name], atol=1e-6) is (peer_start == "labeled")

@@ -17,10 +17,15 @@ for several processes, clipped together, validated (``raw/dice``,
 (``report/networks.json``).
 
 Where the two start (``student_init``): ``labeled`` (default, the grids) —
-the student from the labeled-only stage's momentum copy, the peer from its
-raw network, two trained networks that differ; ``fresh`` — two different
+the student from the labeled-only stage's momentum copy and the peer, by
+``peer_start``, from its raw network (``labeled``: two trained networks that
+differ little) or from a fresh initialisation of its own (``fresh``: the
+paper's premise, two networks that start apart); ``fresh`` — two different
 initialisations (the student the run's, the peer another draw), the paper's
 recipe, which relies on pretrained encoders to train in reasonable time.
+
+``cross_on``: the images the cross supervision covers, the unlabeled ones
+(default) or the labeled and the unlabeled ones (``all``, the paper's).
 """
 
 from __future__ import annotations
@@ -49,6 +54,13 @@ class CPSConfig(LabeledStartSection):
     """Weight of the cross pseudo supervision (the paper's lambda)."""
     rampup_steps: int = Field(0, ge=0)
     """Sigmoid ramp-up of ``cps_weight`` over this many steps (0: constant, the paper's code)."""
+    peer_start: Literal["labeled", "fresh"] = "labeled"
+    """``student_init: labeled``: where the peer starts. ``labeled``: the labeled-only stage's raw
+    network (the student starts from its momentum copy); ``fresh``: an initialisation of its own
+    (drawn from the stage's seed), so the two networks start apart, the paper's premise."""
+    cross_on: Literal["unlabeled", "all"] = "unlabeled"
+    """Images the cross supervision covers: the unlabeled ones, or the labeled and unlabeled ones
+    (``all``, the paper's)."""
 
 
 class CPSStrategy(Strategy):
@@ -80,10 +92,11 @@ class CPSStrategy(Strategy):
         criterion = self.context.criterion
         loss_sup = criterion(first[:labeled], batch.masks)
         loss_sup_peer = criterion(second[:labeled], batch.masks)
+        crossed = slice(0 if self.method.cross_on == "all" else labeled, None)
         with torch.no_grad():
-            from_first = harden(probabilities(first[labeled:]), strict=True)
-            from_second = harden(probabilities(second[labeled:]), strict=True)
-        loss_cps = criterion(first[labeled:], from_second) + criterion(second[labeled:], from_first)
+            from_first = harden(probabilities(first[crossed]), strict=True)
+            from_second = harden(probabilities(second[crossed]), strict=True)
+        loss_cps = criterion(first[crossed], from_second) + criterion(second[crossed], from_first)
         weight = self.method.cps_weight * sigmoid_rampup(step, self.method.rampup_steps)
         loss = loss_sup + loss_sup_peer + weight * loss_cps
         return loss, {"loss_sup": loss_sup.detach(), "loss_sup_peer": loss_sup_peer.detach(), "loss_cps": loss_cps.detach()}
@@ -111,6 +124,8 @@ def run_cps(session: RunSession) -> RecipeOutcome:
     session.require_unlabeled()
     start = labeled_start(session, method)
     init, peer = (start.weights("ema"), start.weights("raw")) if start is not None else (None, None)
+    if method.peer_start == "fresh":
+        peer = None  # the peer's own draw from the stage's seed
     result = fit_one_stage(session, method, CPSStrategy(method, peer), init, peer_weights=str(peer))
     return RecipeOutcome("raw", {"raw": result.weights("raw"), "peer": result.weights("peer")})
 

@@ -210,3 +210,24 @@ def test_a_test_set_that_shares_images_with_the_pool_is_refused(tiny_polyps: Pat
         main(["data", "check", str(data / "TrainDataset"), "--test", str(data / "TestDataset")])
     assert exit_info.value.code != 0
     assert "4 test images are also in the training pool" in capsys.readouterr().out
+
+
+def test_a_volume_test_set_that_shares_a_volume_with_the_pool_is_refused(tiny_ct: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_ct, data)
+    source = sorted((data / "imagesTr").iterdir())[0]
+    suffix = "".join(source.suffixes)
+    shutil.copy(source, data / "imagesTs" / f"leak{suffix}")  # a training volume under another name: found by content
+    shutil.copy(data / "labelsTr" / source.name, data / "labelsTs" / f"leak{suffix}")
+    raw = _rounds_config(tmp_path / "run", data)
+    raw["data"]["test"] = str(data)
+    config = write_config(tmp_path / "leak.yaml", raw)
+    line = fails(capsys, "train", "--config", str(config))
+    assert line == f"pseudoseg: error: data.test: 1 test volume is also in the training pool (same content): {data / 'imagesTs' / f'leak{suffix}'} = {source}"
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    with pytest.raises(SystemExit) as exit_info:
+        from pseudoseg.cli import main
+
+        main(["data", "check", str(data)])
+    assert exit_info.value.code != 0
+    assert "1 test volume is also in the training pool (same content)" in capsys.readouterr().out

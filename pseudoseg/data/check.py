@@ -264,6 +264,7 @@ def _attempt(report: CheckReport, action, *args):
 def _check_folders(report: CheckReport, dataset, images_dir: str, masks_dir: str, unlabeled: tuple[Path, ...], test: Path | None) -> None:
     from pseudoseg.data.folders import ImagePair, discover_test_sets, find_pairs, find_unlabeled_images, shared_images
     from pseudoseg.data.nnunet import check_num_training, list_cases
+    from pseudoseg.data.pool import overlap_line
 
     if dataset is not None:
         cases = list_cases(dataset, "imagesTr", "labelsTr", report.problems)
@@ -289,9 +290,7 @@ def _check_folders(report: CheckReport, dataset, images_dir: str, masks_dir: str
         report.test += sum(len(pairs) for pairs in sets.values())
         shared = shared_images([pair.image for found in sets.values() for pair in found], pool)
         if shared:
-            shown = ", ".join(f"{test_image} = {twin}" for test_image, twin in shared[:3])
-            more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
-            report.problems.append(f"{test}: {len(shared)} test image{'s are' if len(shared) > 1 else ' is'} also in the training pool (same content): {shown}{more}")
+            report.problems.append(f"{test}: {overlap_line(shared, 'image')}")
 
 
 def _check_pair(report: CheckReport, pair) -> None:
@@ -325,7 +324,7 @@ def _check_pair(report: CheckReport, pair) -> None:
 
 def _check_volumes(report: CheckReport, dataset, unlabeled: tuple[Path, ...], test: Path | None) -> None:
     from pseudoseg.data.nnunet import check_num_training, list_cases
-    from pseudoseg.data.pool import _unlabeled_cases
+    from pseudoseg.data.pool import _unlabeled_cases, overlap_line, shared_volumes
     from pseudoseg.data.volumes import VolumeCase, discover_cases
 
     if dataset is not None:
@@ -347,6 +346,12 @@ def _check_volumes(report: CheckReport, dataset, unlabeled: tuple[Path, ...], te
         report.problems.append(f"{test}: no imagesTs/ folder; a test set of volumes is imagesTs/ + labelsTs/ (imagesTr/ holds training cases)")
     elif test is not None and Path(test).resolve() != report.path.resolve():
         report.test += len(_attempt(report, lambda: discover_cases(test, images_dir="imagesTs", labels_dir="labelsTs", require_labels=True)) or [])
+    try:
+        shared = shared_volumes(report.path, Path(test if test is not None else report.path), unlabeled)
+    except UserError:  # a case that cannot be listed is reported above already
+        shared = []
+    if shared:
+        report.problems.append(f"{test if test is not None else report.path}: {overlap_line(shared, 'volume')}")
     label_values: set[int] = set()
     for case in cases:
         _check_case(report, case, label_values)

@@ -492,8 +492,12 @@ def shared_images(candidates: Sequence[Path], pool: Sequence[Path]) -> list[tupl
         with open(path, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").hexdigest()
 
+    # only files whose size another file of the other side has can be equal: the rest are not hashed
+    sizes = {path.stat().st_size for path in candidates}
+    pool = [path for path in pool if path.stat().st_size in sizes]
+    sizes = {path.stat().st_size for path in pool}
     known = {digest(path): path for path in pool}
-    return [(path, known[found]) for path in candidates if (found := digest(path)) in known]
+    return [(path, known[found]) for path in candidates if path.stat().st_size in sizes and (found := digest(path)) in known]
 
 
 def _list_image_files(folder: Path) -> dict[str, Path]:

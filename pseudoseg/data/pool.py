@@ -16,7 +16,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,26 +125,50 @@ def _extra_prefixes(folders: tuple[Path, ...]) -> list[str]:
 
 
 def check_test_apart(data: DataConfig) -> None:
-    """Refuse a 2-D test set (``data.test``) that holds an image of the training pool.
+    """Refuse a test set (``data.test``) that holds an image or a volume of the training pool.
 
-    Images are compared by content (a hash of the file's bytes, so a copy under another
+    Files are compared by content (a hash of the file's bytes, so a copy under another
     name is found too); a test image the network trained on, with or without its mask,
-    would inflate every test score.
+    would inflate every test score. A volume test set is its ``imagesTs/``; one without it
+    is refused when it is evaluated.
 
     Raises:
-        UserError: naming the first test images found in the pool and their twins.
+        UserError: naming the first test files found in the pool and their twins.
     """
     from pseudoseg.data.folders import discover_test_sets, shared_images
 
-    if data.kind != "folders" or data.test is None:
+    if data.test is None:
         return
-    pairs, _, _ = _training_pairs(data)
-    tests = [pair for found in discover_test_sets(data.test, images_dir=data.images_dir, masks_dir=data.masks_dir).values() for pair in found]
-    shared = shared_images([pair.image for pair in tests], [pair.image for pair in pairs])
+    if data.kind == "volumes":
+        shared = shared_volumes(Path(data.train), Path(data.test), data.unlabeled)
+        noun = "volume"
+    else:
+        pairs, _, _ = _training_pairs(data)
+        tests = [pair for found in discover_test_sets(data.test, images_dir=data.images_dir, masks_dir=data.masks_dir).values() for pair in found]
+        shared = shared_images([pair.image for pair in tests], [pair.image for pair in pairs])
+        noun = "image"
     if shared:
-        shown = ", ".join(f"{test} = {train}" for test, train in shared[:3])
-        more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
-        raise UserError(f"data.test: {len(shared)} test image{'s are' if len(shared) > 1 else ' is'} also in the training pool (same content): {shown}{more}")
+        raise UserError(f"data.test: {overlap_line(shared, noun)}")
+
+
+def shared_volumes(train: Path, test: Path, unlabeled: Sequence[Path] = ()) -> list[tuple[Path, Path]]:
+    """(test file, its twin) for every image file of the volume test set ``test/imagesTs`` (every
+    channel) whose bytes equal a file of the training pool: ``train``'s cases and ``unlabeled``'s."""
+    from pseudoseg.data.folders import shared_images
+    from pseudoseg.data.volumes import volume_cases
+
+    if not (test / "imagesTs").is_dir():
+        return []
+    tests = volume_cases(test, images_dir="imagesTs", labels_dir="labelsTs", require_labels=False)
+    pool = volume_cases(train, require_labels=False) + [case for folder in unlabeled for case in _unlabeled_cases(Path(folder))]
+    return shared_images([path for case in tests for path in case.channel_paths], [path for case in pool for path in case.channel_paths])
+
+
+def overlap_line(shared: Sequence[tuple[Path, Path]], noun: str) -> str:
+    """``"N test <noun>s are also in the training pool (same content): a = b, ..."`` (the first three pairs)."""
+    shown = ", ".join(f"{test} = {train}" for test, train in shared[:3])
+    more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
+    return f"{len(shared)} test {noun}{'s are' if len(shared) > 1 else ' is'} also in the training pool (same content): {shown}{more}"
 
 
 def _training_pairs(data: DataConfig) -> tuple[list, list[str], list[str]]:

@@ -204,18 +204,23 @@ class StageContext:
     steps_per_epoch: int
     stage_dir: Path
 
+    @torch.no_grad()
+    def frozen_forward(self, network: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """``network``'s logits on ``images`` as a network that does not learn from them sees them:
+        eval mode (batch-norm running statistics, dropout off; its mode restored afterwards), the
+        loop's memory format, no gradients. Teachers, peers' labels and diagnostics go through here."""
+        was_training = network.training
+        network.eval()
+        if self.config.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = network(images)
+        network.train(was_training)
+        return logits
+
 
 def student_predictions(context: StageContext, images: torch.Tensor) -> torch.Tensor:
     """The student's probabilities on ``images`` in eval mode (the diagnostics' pseudo labels), its mode restored."""
-    student = context.student
-    was_training = student.training
-    student.eval()
-    if context.config.train.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        prob = probabilities(student(images))
-    student.train(was_training)
-    return prob
+    return probabilities(context.frozen_forward(context.student, images))
 
 
 __all__ = ["Batch", "Forward", "StageContext", "StageSpec", "Strategy", "Views", "student_predictions"]

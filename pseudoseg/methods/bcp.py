@@ -324,10 +324,7 @@ class BCPStrategy(Strategy):
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's labels as BCP uses them (hard, largest components), rendered in eval mode:
         diagnostics must not move its batch-norm statistics."""
-        teacher = self.teacher.module.eval()
-        if self.context.config.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self._targets(teacher(images))
+        return self._targets(self.context.frozen_forward(self.teacher.module, images))
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return self.patches.state_tensors()

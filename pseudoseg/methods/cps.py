@@ -104,13 +104,7 @@ class CPSStrategy(Strategy):
     @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
         """The peer's probabilities (eval mode): the labels the released network learns from."""
-        was_training = self.peer.training
-        self.peer.eval()
-        if self.context.config.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        prob = probabilities(self.peer(images))
-        self.peer.train(was_training)
-        return prob
+        return probabilities(self.context.frozen_forward(self.peer, images))
 
 
 @register(

@@ -116,10 +116,7 @@ class MeanTeacherStrategy(Strategy):
     @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's probabilities (float32), in eval mode, in the student's memory format."""
-        teacher = self.teacher.module.eval()  # batch-norm running statistics, dropout off
-        if self.context.config.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return probabilities(teacher(images))
+        return probabilities(self.context.frozen_forward(self.teacher.module, images))
 
 
 def _momentum_grid_row(base: RunConfig) -> list[GridRow]:

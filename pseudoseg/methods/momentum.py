@@ -188,11 +188,7 @@ class MomentumStudentStrategy(Strategy):
         method = self.method
         teacher_view = batch.unlabeled if method.views == "weak_strong" else batch.unlabeled_strong
         student_view = batch.unlabeled_strong
-        self.teacher.eval()  # batch-norm running statistics, dropout off
-        if self.context.config.train.channels_last:  # the memory format the student gets
-            teacher_view = teacher_view.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            prob = probabilities(self.teacher(teacher_view))  # in float32, not bf16 steps
+        prob = probabilities(self.context.frozen_forward(self.teacher, teacher_view))  # in float32, not bf16 steps
         target, valid = pseudo_targets(prob, method.labels, method.confidence)
         logits = forward(torch.cat([batch.images, student_view]))
         labeled = batch.images.shape[0]
@@ -235,8 +231,7 @@ class MomentumStudentStrategy(Strategy):
 
     @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
-        self.teacher.eval()
-        return probabilities(self.teacher(images))
+        return probabilities(self.context.frozen_forward(self.teacher, images))
 
 
 def teacher_stage_settings(method: MomentumConfig, train: TrainConfig) -> tuple[SupervisedConfig, int, int]:

@@ -3,8 +3,8 @@
 A grid compares the rows of one family on one base configuration; a results
 table sometimes needs rows of several (the supervised model at another label
 fraction, a bound trained with another patience, another family's method).
-This script reads each grid's ``runs.json`` and every run's
-``report/metrics.json``, and prints one row per ``GRID:ROW[=LABEL]`` with the
+This script reads every finished run's ``report/metrics.json`` (each seed of the
+row that finished in the grid's folder), and prints one row per ``GRID:ROW[=LABEL]`` with the
 chosen metric columns (mean over test sets, mean ± sample std over the grid's
 seeds; ``rounds/<key>``: the mean over a rounds run's rounds of that key of its
 ``rounds.jsonl``, e.g. ``rounds/gain``, ``rounds/agreement_dice``), the steps
@@ -47,18 +47,17 @@ def _row(spec: str) -> tuple[Path, str, str]:
 
 
 def _runs(grid: Path, row: str) -> dict[int, dict[str, Any]]:
-    """{seed: the run's report/metrics.json} of one row of a finished grid."""
-    index = grid / "runs.json"
-    if not index.is_file():
-        _fail(f"{index} not found (the grid has not finished)")
-    runs = json.loads(index.read_text())["runs"]
-    if row not in runs:
-        _fail(f"{index}: no row {row!r} (it has {', '.join(runs)})")
+    """{seed: the run's report/metrics.json} of one row of a grid: every seed whose run of the row
+    finished (``<grid>/seed<k>/<row>/report/metrics.json``), whichever invocation trained it (seeds
+    run as separate processes into one grid folder, or rows added later)."""
+    if not grid.is_dir():
+        _fail(f"{grid}: no such grid folder")
+    reports = {int(path.parts[-4].removeprefix("seed")): path for path in grid.glob(f"seed*/{row}/report/metrics.json") if path.parts[-4].removeprefix("seed").isdigit()}
+    if not reports:
+        rows = sorted({path.parts[-3] for path in grid.glob("seed*/*/report/metrics.json")})
+        _fail(f"{grid}: no finished run of row {row!r} (finished rows: {', '.join(rows) or 'none'})")
     out = {}
-    for seed in runs[row]:
-        report = grid / f"seed{seed}" / row / "report" / "metrics.json"  # the grid's layout, wherever it ran from
-        if not report.is_file():
-            _fail(f"{report} not found")
+    for seed, report in sorted(reports.items()):
         metrics = json.loads(report.read_text())
         rounds = report.parent.parent / "rounds.jsonl"
         if rounds.is_file():  # the per-round diagnostics, each as its mean over the rounds that have it

@@ -41,14 +41,23 @@ def test_rows_of_two_grids_in_one_table(tmp_path: Path, capsys: pytest.CaptureFi
     assert "- tso: 0: +0.010, 1: -0.040" in out and "- bound: 0: +0.100, 1: +0.080" in out
 
 
+def test_every_finished_seed_counts_whichever_invocation_ran_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Seeds run as separate processes into one grid folder: the last one's runs.json lists its own seed only."""
+    a = _grid(tmp_path / "a", {"supervised": {0: (0.70, 0.6, 100, 100), 1: (0.74, 0.8, 120, 120), 2: (0.72, 0.7, 110, 110)}})
+    (a / "runs.json").write_text(json.dumps({"family": "rounds", "seeds": [2], "runs": {"supervised": {"2": "x"}}}))
+    (a / "seed3" / "supervised").mkdir(parents=True)  # a run that has not finished: no report yet
+    _script().main([f"{a}:supervised", "--columns", "dice"])
+    assert capsys.readouterr().out.splitlines()[2].startswith("| supervised | 0, 1, 2 | 0.720 ± 0.020 |")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["{a}:atso"], "no row 'atso' (it has supervised)"),
+        (["{a}:atso"], "no finished run of row 'atso' (finished rows: supervised)"),
         (["{a}:supervised", "--columns", "iou"], "supervised, seed 0: no column iou"),
         (["{a}:supervised", "{a}:supervised"], "two rows share a label"),
         (["{a}"], "expected GRID:ROW"),
-        (["{a}/missing:supervised"], "runs.json not found (the grid has not finished)"),
+        (["{a}/missing:supervised"], "missing: no such grid folder"),
     ],
 )
 def test_bad_rows_are_one_line_errors(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

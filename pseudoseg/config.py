@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pseudoseg.data.classes import ClassSet
 
 
-def _yaml_boolean_words(value: bool) -> tuple[str, ...]:
+def yaml_boolean_words(value: bool) -> tuple[str, ...]:
     """The unquoted words YAML reads as ``value`` (YAML 1.1, as PyYAML does)."""
     return tuple(word for word in ("true", "yes", "on", "false", "no", "off") if yaml.safe_load(word) is value)
 
@@ -60,7 +60,7 @@ class _Section(BaseModel):
         for name, value in data.items():
             field = cls.model_fields.get(name) if isinstance(value, bool) else None
             if field is not None:
-                meant = [word for word in literal_words(field.annotation) if word in _yaml_boolean_words(value)]
+                meant = [word for word in literal_words(field.annotation) if word in yaml_boolean_words(value)]
                 if len(meant) == 1:
                     words[name] = meant[0]
         return {**data, **words} if words else data

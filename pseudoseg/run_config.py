@@ -25,7 +25,7 @@ from pseudoseg.config import (
     ModelConfig,
     RunSettings,
     TrainConfig,
-    _yaml_boolean_words,
+    yaml_boolean_words,
     apply_overrides,
     literal_words,
 )
@@ -108,7 +108,7 @@ def _foreign_method_key(raw: dict[str, Any], loc: tuple[Any, ...]) -> bool:
 def _as_read(value: Any) -> str:
     """A refused value as the YAML reader produced it, with why when YAML changed a word."""
     if isinstance(value, bool):
-        words = _yaml_boolean_words(value)
+        words = yaml_boolean_words(value)
         shown = json.dumps(value)
         return f"{shown} (YAML reads unquoted {', '.join(words[:-1])} and {words[-1]} as {shown})"
     shown = repr(value) if isinstance(value, str) else json.dumps(value, default=str)

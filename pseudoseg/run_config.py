@@ -25,9 +25,9 @@ from pseudoseg.config import (
     ModelConfig,
     RunSettings,
     TrainConfig,
-    yaml_boolean_words,
     apply_overrides,
     literal_words,
+    yaml_boolean_words,
 )
 from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import DEFAULT_METHOD, get_method, method_sections

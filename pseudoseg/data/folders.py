@@ -492,12 +492,12 @@ def shared_images(candidates: Sequence[Path], pool: Sequence[Path]) -> list[tupl
         with open(path, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").hexdigest()
 
-    # only files whose size another file of the other side has can be equal: the rest are not hashed
-    sizes = {path.stat().st_size for path in candidates}
-    pool = [path for path in pool if path.stat().st_size in sizes]
-    sizes = {path.stat().st_size for path in pool}
-    known = {digest(path): path for path in pool}
-    return [(path, known[found]) for path in candidates if path.stat().st_size in sizes and (found := digest(path)) in known]
+    # only files whose size a file of the other side has can be equal: the rest are not hashed
+    candidate_sizes = {path: path.stat().st_size for path in candidates}
+    pool_sizes = {path: path.stat().st_size for path in pool}
+    in_candidates, in_pool = set(candidate_sizes.values()), set(pool_sizes.values())
+    known = {digest(path): path for path, size in pool_sizes.items() if size in in_candidates}
+    return [(path, known[found]) for path, size in candidate_sizes.items() if size in in_pool and (found := digest(path)) in known]
 
 
 def _list_image_files(folder: Path) -> dict[str, Path]:

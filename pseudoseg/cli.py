@@ -85,10 +85,40 @@ def weights_export(
     wide_console().print(f"wrote {out}: {count} tensors of the {encoder} encoder (ImageNet); use it with model.weights: {out} and model.weights_scope: encoder")
 
 
+@data_app.command("formats")
+def data_formats(
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the list here ('-': to standard output).")] = None,
+) -> None:
+    """List the data formats (data.kind), built in and from plug-ins: geometry, where each comes from, what it reads."""
+    from pseudoseg.data.registry import source_names, source_origin
+    from pseudoseg.data.sources import data_source
+
+    formats = []
+    for name in source_names():
+        source = data_source(name)
+        doc = (type(source).__doc__ or "").strip().splitlines()
+        formats.append({"name": name, "geometry": source.geometry, "source": source_origin(name), "class": f"{type(source).__module__}.{type(source).__qualname__}", "summary": doc[0].replace("``", "") if doc else ""})
+    payload = {"formats": formats}
+    if json_out is not None and str(json_out) == "-":
+        import json
+
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title="data formats (data.kind)", title_justify="left")
+    for column in ("name", "geometry", "reads", "from"):
+        table.add_column(column, overflow="fold")
+    for entry in formats:
+        table.add_row(entry["name"], entry["geometry"], entry["summary"], entry["source"])
+    wide_console().print(table)
+    _write_json_output(json_out, payload)
+
+
 @data_app.command("check")
 def data_check(
     path: Annotated[Path, typer.Argument(help="The training data: a folder with images/ and masks/, a Decathlon or an nnU-Net data set.")],
-    kind: Annotated[str, typer.Option(help="auto, folders (2-D images) or volumes (NIfTI).")] = "auto",
+    kind: Annotated[str, typer.Option(help="auto, folders (2-D images), volumes (NIfTI), or a format a plug-in registers.")] = "auto",
     images_dir: Annotated[str, typer.Option(help="folders: name of the images folder.")] = "images",
     masks_dir: Annotated[str, typer.Option(help="folders: name of the masks folder.")] = "masks",
     unlabeled: Annotated[Optional[list[Path]], typer.Option(help="A further folder of images without masks (repeatable), as data.unlabeled.")] = None,
@@ -102,8 +132,6 @@ def data_check(
     """
     from pseudoseg.data.check import check_dataset, parse_classes_option
 
-    if kind not in ("auto", "folders", "volumes"):
-        raise UserError(f"--kind: expected auto, folders or volumes, got {kind!r}")
     report = check_dataset(
         path,
         kind=None if kind == "auto" else kind,
@@ -190,7 +218,7 @@ def evaluate(
     with task_bars("evaluating") as bars:
         results = run_evaluate({predictor.name: predictor}, test, EvalConfig(threshold=threshold, pranet_metrics=pranet), progress=bars)[predictor.name]
     classes = predictor.preprocessing.classes
-    conventions = conventions_for(classes, predictor.preprocessing.kind)
+    conventions = conventions_for(classes, predictor.preprocessing.geometry)
     console = wide_console()
     console.print(render_table(results, title=f"{model} ({predictor.name})"))
     if out is not None:

@@ -73,8 +73,10 @@ VALIDATION_SHARE = types.MappingProxyType({"from_labeled": 0.2, "extra": 0.1})
 class DataConfig(_Section):
     """Where the images come from and how they are split into L / U / V."""
 
-    kind: Literal["folders", "volumes"] = "folders"
-    """``folders``: 2-D images and masks; ``volumes``: CT or MRI volumes in NIfTI."""
+    kind: str = "folders"
+    """The data format: ``folders`` (2-D images and masks), ``volumes`` (CT or MRI
+    volumes in NIfTI), or a format a plug-in registers (``pseudoseg data formats``
+    lists them; docs/data.md shows how to add one)."""
     train: Path
     """Training pool. ``folders``: a folder with ``images/`` and ``masks/`` (PraNet
     layout, Kvasir-SEG as released); images without a mask are unlabeled.
@@ -157,6 +159,15 @@ class DataConfig(_Section):
     rules. Two or more classes train a softmax over C + 1 channels; a mask value no
     class names is an error naming the file."""
 
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        from pseudoseg.data.registry import source_names
+
+        if value not in source_names():
+            raise ValueError(f"expected a registered data format ({', '.join(source_names())})")
+        return value
+
     @field_validator("labeled_fraction")
     @classmethod
     def _labeled_fraction(cls, value: float) -> float:
@@ -189,7 +200,7 @@ class DataConfig(_Section):
     def _channels_from_dataset_json(self) -> DataConfig:
         if self.val_fraction is None:  # resolved once here, so config.yaml records the share used
             object.__setattr__(self, "val_fraction", VALIDATION_SHARE[self.validation])
-        if self.channels is None and self.kind == "volumes":
+        if self.channels is None and self.geometry == "volumes":
             from pseudoseg.data.nnunet import channel_count
 
             # Resolved once here, so config.yaml records the network's input channels.
@@ -215,8 +226,16 @@ class DataConfig(_Section):
         return class_set_from_mapping(self.classes, "data.classes") if self.classes else ClassSet.binary()
 
     @property
+    def geometry(self) -> str:
+        """``images`` or ``volumes``: what a sample is, and how runs are validated and scored (:mod:`pseudoseg.data.sources`)."""
+        from pseudoseg.data.registry import geometry_of
+
+        return geometry_of(self.kind)
+
+    @property
     def in_channels(self) -> int:
-        return 3 if self.kind == "folders" else (self.channels or 1) * (2 * self.context + 1)
+        """The network's input channels: RGB for images; each volume channel with its context slices."""
+        return 3 if self.geometry == "images" else (self.channels or 1) * (2 * self.context + 1)
 
 
 class ModelConfig(_Section):

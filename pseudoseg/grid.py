@@ -210,9 +210,9 @@ def _write_tables(out: Path, base: RunConfig, chosen: GridFamily, seeds: list[in
         summary,
         out,
         stem="grid",
-        metric_columns=headline_columns(base.data.class_set, base.data.kind),  # several classes: the mean and each class
+        metric_columns=headline_columns(base.data.class_set, base.data.geometry),  # several classes: the mean and each class
         title=f"{chosen.name} grid over seeds {seeds}",
-        conventions=conventions_for(base.data.class_set, base.data.kind),
+        conventions=conventions_for(base.data.class_set, base.data.geometry),
         notes=_grid_notes(machines, reports, seeds),
         extra={"machines": machines},
         budgets=budgets,

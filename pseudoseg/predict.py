@@ -124,7 +124,7 @@ def predict_paths(predictor: Predictor, inputs: Path, out: Path, *, threshold: f
     if out.resolve() == source_folder.resolve():
         # Masks would land among the images (a.jpg -> a.png) and be read as images next time.
         raise UserError(f"{out}: the output folder is the input folder (predictions would overwrite an input or land among them); choose another output folder")
-    if predictor.preprocessing.kind == "volumes":
+    if predictor.preprocessing.geometry == "volumes":
         if probabilities or overlay:
             raise UserError("--probabilities/--overlay: not available for CT volumes; the label map is written")
         return _predict_volumes(predictor, inputs, out, threshold)
@@ -132,27 +132,23 @@ def predict_paths(predictor: Predictor, inputs: Path, out: Path, *, threshold: f
 
 
 def _predict_images(predictor: Predictor, inputs: Path, out: Path, threshold: float, probabilities: bool, overlay: bool) -> list[Path]:
-    from pseudoseg.data.folders import IMAGE_SUFFIXES, find_pairs_in, read_image
-    from pseudoseg.data.pool import resize_image
+    from pseudoseg.data.sources import data_source
+    from pseudoseg.data.resize import resize_image
 
-    if inputs.is_file():
-        if inputs.suffix.lower() not in IMAGE_SUFFIXES:
-            raise UserError(f"{inputs}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        files = [inputs]
-    else:
-        files = [pair.image for pair in find_pairs_in(inputs, None, require_masks=False)]
+    format_ = data_source(predictor.preprocessing.kind)
+    pairs = format_.find_inputs(inputs)
+    files = [pair.image for pair in pairs]
     classes = predictor.preprocessing.classes
     values = label_values(classes, foreground=255)
     # several classes: one probability map per channel, background first, in a folder per class
     channel_dirs = ["probabilities"] if classes.is_binary else [f"probabilities/{_file_name(name)}" for name in ("background", *classes.names)]
-    targets = [out / f"{path.stem}.png" for path in files]
-    extra = [out / folder / f"{path.stem}.png" for path in files for folder, on in ((d, probabilities) for d in channel_dirs) if on]
-    extra += [out / "overlays" / f"{path.stem}.png" for path in files] if overlay else []
+    targets = [out / f"{pair.stem}.png" for pair in pairs]
+    extra = [out / folder / f"{pair.stem}.png" for pair in pairs for folder, on in ((d, probabilities) for d in channel_dirs) if on]
+    extra += [out / "overlays" / f"{pair.stem}.png" for pair in pairs] if overlay else []
     _check_disjoint(files, targets + extra)
     size = predictor.preprocessing.image_size
-    for start in range(0, len(files), _BATCH):
-        chunk = files[start : start + _BATCH]
-        images = [read_image(path) for path in chunk]
+    for start in range(0, len(pairs), _BATCH):
+        images = [format_.read_image(pair) for pair in pairs[start : start + _BATCH]]
         prob = predictor.probabilities(np.stack([resize_image(image, size) for image in images])).float().cpu()
         for image, small, target in zip(images, prob, targets[start : start + _BATCH]):
             native = resize_bilinear(small, image.shape[:2]).clamp_(0, 1)

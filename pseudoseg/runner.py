@@ -233,7 +233,7 @@ def choose_split(config: RunConfig, pool: SamplePool, run_dir: Path) -> Split:
 
 def split_line(config: RunConfig, split: Split, pool: SamplePool, unlabeled: np.ndarray, run_dir: Path) -> str:
     """The run's first line: the split's counts and where its labels come from."""
-    noun = "cases" if config.data.kind == "volumes" else "images"
+    noun = "cases" if config.data.geometry == "volumes" else "images"
     counts = f"{config.method.name}: {len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled, {len(split.validation)} validation {noun}"
     if split.source == "lists":
         how = "split from lists"
@@ -388,7 +388,7 @@ def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True
         notes.insert(0, f"Masks used: {split.masks_line().removeprefix('masks used: ')}.")
     if extra.get("budget", {}).get("kept_start"):
         notes.append("**Kept start**: the released model is the start of its stage (no checkpoint trained from it scored higher on validation).")
-    conventions = conventions_for(classes, config.data.kind)
+    conventions = conventions_for(classes, config.data.geometry)
     write_report(results[released], report_dir, stem="metrics", title=f"{config.method.name} ({released})", extra=extra, notes=notes, conventions=conventions)
     write_json(report_dir / "networks.json", finite_or_none({"released": released, "networks": results, **provenance}))
     for line in notes:

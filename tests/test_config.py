@@ -10,6 +10,7 @@ import torch
 from pydantic import BaseModel
 
 from pseudoseg.config import dump_config, literal_words
+from pseudoseg.data.registry import source_names
 from pseudoseg.run_config import RunConfig, load_config
 from pseudoseg.engine.distributed import DistInfo
 from pseudoseg.engine.trainer import Trainer
@@ -77,7 +78,7 @@ def _yaml_text(pairs: dict[str, str]) -> str:
 
 def test_the_enumerated_keys_are_found() -> None:
     keys = {key for key, _, _ in CASES}
-    assert {"train.amp", "device", "data.kind", "train.optim.schedule", "method.mode", "method.init", "method.name"} <= keys
+    assert {"train.amp", "device", "train.optim.schedule", "method.mode", "method.init", "method.name"} <= keys
     assert ("train.amp", "off", ()) in CASES
     assert {word for key, word, _ in CASES if key == "method.labels"} == {"soft", "hard"}
 
@@ -95,6 +96,26 @@ def test_every_documented_word_round_trips(tmp_path: Path, key: str, word: str, 
     # the resolved configuration a run directory keeps reads back the same
     (tmp_path / "dumped.yaml").write_text(dump_config(from_file))
     assert load_config(tmp_path / "dumped.yaml") == from_file
+
+
+@pytest.mark.parametrize("kind", ["folders", "volumes"])
+def test_every_registered_data_format_round_trips(tmp_path: Path, kind: str) -> None:
+    # data.kind is open (plug-ins register formats), so it is not a Literal the cases above enumerate
+    assert kind in source_names()
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(_yaml_text({"data.train": "/data/train", "data.kind": kind}))
+    from_file = load_config(config_file)
+    assert from_file.data.kind == kind and from_file == load_config(None, ["data.train=/data/train", f"data.kind={kind}"])
+    (tmp_path / "dumped.yaml").write_text(dump_config(from_file))
+    assert load_config(tmp_path / "dumped.yaml") == from_file
+
+
+def test_an_unknown_data_format_is_one_line_naming_the_registered_ones(tmp_path: Path) -> None:
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("data:\n  train: /data/train\n  kind: dicom\n")
+    with pytest.raises(UserError) as caught:
+        load_config(config_file)
+    assert str(caught.value) == f"{config_file}: data.kind: expected a registered data format (folders, volumes), got 'dicom'"
 
 
 def _trainer(config: RunConfig, tmp_path: Path) -> Trainer:

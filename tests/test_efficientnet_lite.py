@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from pseudoseg.config import ModelConfig
 from pseudoseg.run_config import config_from_dict, load_config
 from pseudoseg.data.folders import read_image
-from pseudoseg.data.pool import resize_image
+from pseudoseg.data.resize import resize_image
 from pseudoseg.data.preprocessing import InputNormalizer
 from pseudoseg.errors import UserError
 from pseudoseg.models import build_model, efficientnet_lite

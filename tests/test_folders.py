@@ -13,14 +13,13 @@ from PIL import Image
 
 from pseudoseg.data.folders import (
     IMAGE_SUFFIXES,
-    ImagePair,
-    check_pair_shapes,
     discover_test_sets,
     find_pairs,
     find_pairs_in,
     read_image,
     read_mask,
 )
+from pseudoseg.data.sources import ImagePair, check_pair_shapes
 from pseudoseg.errors import UserError
 
 # A 24x32 reference mask: a filled rectangle plus a diagonal stroke, so that a

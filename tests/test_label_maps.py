@@ -18,7 +18,8 @@ from pseudoseg.run_config import config_from_dict
 from pseudoseg.data.check import check_dataset
 from pseudoseg.data.classes import ClassSet, class_set_from_mapping, classes_from_dataset_json
 from pseudoseg.data.folders import read_mask
-from pseudoseg.data.pool import load_pool, resize_mask
+from pseudoseg.data.pool import load_pool
+from pseudoseg.data.resize import resize_mask
 from pseudoseg.synth.ct import generate_ct_dataset
 from pseudoseg.data.volumes import VolumeCase, case_slices, discover_cases
 from pseudoseg.errors import UserError

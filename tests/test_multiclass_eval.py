@@ -288,7 +288,7 @@ def test_binary_reports_are_unchanged(tmp_path: Path) -> None:
             assert list(got[name]) == list(pinned[name])  # same columns in the same order
             assert got[name] == pytest.approx(pinned[name], rel=1e-12, abs=1e-12)
     # the report of a binary model: the same columns and legend as before classes
-    paths = write_report(folders, tmp_path / "report", conventions=conventions_for(ClassSet.binary(), "folders"))
+    paths = write_report(folders, tmp_path / "report", conventions=conventions_for(ClassSet.binary(), "images"))
     header = paths["csv"].read_text().splitlines()[0]
     assert header == "set,dice@0.5,iou@0.5,meanDice,meanIoU,wFmeasure,Smeasure,meanEmeasure,maxEmeasure,MAE,n"
     assert json.loads(paths["json"].read_text())["conventions"] == {c: METRIC_CONVENTIONS[c] for c in header.split(",")[1:-1]}
@@ -328,8 +328,8 @@ def test_reports_name_the_classes(tmp_path: Path) -> None:
     grid = write_grid_report(summarize_runs({"atso": [per_set, per_set]}), tmp_path / "grid", metric_columns=columns, conventions=conventions)
     text = grid["md"].read_text()
     assert "## `dice/posterior`" in text and conventions["hd95_mm/anterior"] in text
-    assert headline_columns(TWO_CLASSES, "folders") == ("dice", "dice/anterior", "dice/posterior", "iou")
-    assert headline_columns(ClassSet.binary(), "folders") == ("dice@0.5", "meanDice")
+    assert headline_columns(TWO_CLASSES, "images") == ("dice", "dice/anterior", "dice/posterior", "iou")
+    assert headline_columns(ClassSet.binary(), "images") == ("dice@0.5", "meanDice")
     assert headline_columns(ClassSet.binary(), "volumes") == ("dice", "hd95_mm", "hd95_penalised_mm", "hd95_undefined")
 
 

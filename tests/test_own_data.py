@@ -248,7 +248,7 @@ def test_nnunet_raw_png_data_set(tmp_path, tiny_polyps) -> None:
     assert split["labels"] == "given" and split["without_mask"] == [f"polyp_{k:03d}" for k in range(30, 40)]
     pool = load_pool(config.data, result.run_dir / "cache")
     original = np.asarray(Image.open(sorted((tiny_polyps / "TrainDataset" / "images").iterdir())[0]).convert("RGB"))
-    from pseudoseg.data.pool import resize_image
+    from pseudoseg.data.resize import resize_image
 
     assert np.array_equal(pool.images.read([0])[0], resize_image(original, 32))  # channels stacked as R, G, B
 

@@ -18,33 +18,27 @@ same boolean array so that nothing downstream has to care.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tifffile
 from PIL import Image
 
+from pseudoseg.data.check_report import VALUES_SHOWN, CheckReport, attempt, check_label_values, note_labels
 from pseudoseg.data.classes import ClassSet
+from pseudoseg.data.registry import register_source
+from pseudoseg.data.sources import ImagePair, ImageSource, check_pair_shapes
 from pseudoseg.errors import UserError
+
+if TYPE_CHECKING:
+    from pseudoseg.config import DataConfig
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 """File suffixes read as images or masks (compared case-insensitively)."""
 
 _TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
-
-
-@dataclass(frozen=True)
-class ImagePair:
-    """One image and, when known, its mask, identified by their shared file stem."""
-
-    stem: str
-    image: Path
-    mask: Path | None
-    channels: tuple[Path, ...] = ()
-    """nnU-Net data sets: one file per channel (``<case>_0000.png``, ``_0001``, ...),
-    ``image`` being the first; empty for an ordinary image file."""
 
 
 def read_pair_image(pair: ImagePair) -> np.ndarray:
@@ -255,15 +249,6 @@ def _declare_classes_hint(label_map: np.ndarray) -> str:
     example = ", ".join(f"class_{v}: {v}" for v in values)
     union = ", ".join(map(str, values))
     return f"name its classes in data.classes with their real names, e.g. {{{example}}}, or {{foreground: [{union}]}} for one class, or convert it to 0/255"
-
-
-def check_pair_shapes(pair: ImagePair, image: np.ndarray, mask: np.ndarray) -> None:
-    """Raise a :class:`UserError` naming both files if image and mask sizes differ."""
-    if tuple(image.shape[:2]) != tuple(mask.shape[:2]):
-        raise UserError(
-            f"image {pair.image} is {image.shape[0]}x{image.shape[1]} (HxW) but its mask "
-            f"{pair.mask} is {mask.shape[0]}x{mask.shape[1]}"
-        )
 
 
 def _read_array(path: Path, *, palette_indices: bool = False) -> np.ndarray:
@@ -480,26 +465,6 @@ def discover_test_sets(
     return {child.name: find_pairs(child, **options) for child in children}
 
 
-def shared_images(candidates: Sequence[Path], pool: Sequence[Path]) -> list[tuple[Path, Path]]:
-    """(candidate, its twin in ``pool``) for every candidate whose bytes equal a pool file's.
-
-    Files are compared by a SHA-256 of their contents, so a copy under another name or
-    folder is found; a re-encoded copy is not.
-    """
-    import hashlib
-
-    def digest(path: Path) -> str:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-
-    # only files whose size a file of the other side has can be equal: the rest are not hashed
-    candidate_sizes = {path: path.stat().st_size for path in candidates}
-    pool_sizes = {path: path.stat().st_size for path in pool}
-    in_candidates, in_pool = set(candidate_sizes.values()), set(pool_sizes.values())
-    known = {digest(path): path for path, size in pool_sizes.items() if size in in_candidates}
-    return [(path, known[found]) for path, size in candidate_sizes.items() if size in in_pool and (found := digest(path)) in known]
-
-
 def _list_image_files(folder: Path) -> dict[str, Path]:
     """Map stem -> file for the image files directly inside ``folder``."""
     by_stem: dict[str, list[Path]] = {}
@@ -527,3 +492,95 @@ def _count(items: Iterable[str], noun: str) -> str:
 def _examples(stems: list[str], limit: int = 5) -> str:
     shown = ", ".join(stems[:limit])
     return shown + (f", ... ({len(stems) - limit} more)" if len(stems) > limit else "")
+
+
+# --------------------------------------------------------------------------- the format
+
+
+@register_source("folders")
+class FolderSource(ImageSource):
+    """2-D images and masks: the PraNet layout (``images/``, ``masks/``), or an nnU-Net v2 raw data set of images."""
+
+    def find_training(self, data: DataConfig) -> list[ImagePair]:
+        from pseudoseg.data.nnunet import read_dataset_json, training_cases
+
+        dataset = read_dataset_json(data.train)
+        if dataset is None:
+            pairs = find_pairs(data.train, images_dir=data.images_dir, masks_dir=data.masks_dir, require_masks=False)
+            masks_where = data.train / data.masks_dir
+        else:
+            if dataset.file_ending.lower() in (".nii", ".nii.gz"):
+                raise UserError(f"{dataset.path}: file_ending {dataset.file_ending} holds volumes; set data.kind: volumes")
+            pairs = [ImagePair(case.case_id, case.channels[0], case.label, case.channels) for case in training_cases(data.train, dataset)]
+            masks_where = data.train / "labelsTr"
+        if not any(pair.mask is not None for pair in pairs):
+            raise UserError(f"{data.train}: nothing is labeled (no image has a mask in {masks_where}); pseudoseg needs some masks")
+        return pairs
+
+    def find_unlabeled(self, folder: Path, data: DataConfig | None) -> list[ImagePair]:
+        return find_unlabeled_images(folder, images_dir=data.images_dir if data is not None else "images")
+
+    def find_test_sets(self, root: Path, data: DataConfig | None) -> dict[str, list[ImagePair]]:
+        if data is None:
+            return discover_test_sets(root)
+        return discover_test_sets(root, images_dir=data.images_dir, masks_dir=data.masks_dir)
+
+    def find_inputs(self, path: Path) -> list[ImagePair]:
+        if path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise UserError(f"{path}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            return [ImagePair(path.stem, path, None)]
+        return find_pairs_in(path, None, require_masks=False)
+
+    def read_image(self, pair: ImagePair) -> np.ndarray:
+        return read_pair_image(pair)
+
+    def read_mask(self, pair: ImagePair, classes: ClassSet) -> np.ndarray:
+        return read_mask(pair.mask, classes)
+
+    def layout(self, path: Path) -> str:
+        return "nnU-Net raw" if (Path(path) / "dataset.json").is_file() else "PraNet (images/, masks/)"
+
+    def check(self, report: CheckReport, data: DataConfig) -> None:
+        from pseudoseg.data.nnunet import check_num_training, list_cases, read_dataset_json
+
+        dataset = read_dataset_json(data.train)
+        if dataset is not None:
+            cases = list_cases(dataset, "imagesTr", "labelsTr", report.problems)
+            if cases:
+                check_num_training(dataset, cases, report.problems)
+            pairs = [ImagePair(case.case_id, case.channels[0], case.label, case.channels) for case in cases]
+            if (report.path / "imagesTs").is_dir():
+                report.test = len(list_cases(dataset, "imagesTs", "labelsTs", report.problems))
+            note_labels(report, dataset)
+        else:
+            pairs = attempt(report, lambda: find_pairs(report.path, images_dir=data.images_dir, masks_dir=data.masks_dir, require_masks=False)) or []
+        for pair in pairs:
+            self.check_pair(report, pair)
+        if dataset is not None and report.classes.values is None:  # with values, every file is checked against them
+            check_label_values(report, dataset, report.mask_values)
+        self.check_unlabeled_and_test(report, data, [pair.image for pair in pairs])
+
+    def check_pair(self, report: CheckReport, pair: ImagePair) -> None:
+        # the file's own channels and values, before decoding repeats grayscale or maps values to classes
+        try:
+            raw = _read_array(pair.image)
+            image = read_pair_image(pair)
+        except UserError as exc:
+            report.problems.append(str(exc))
+            return
+        report.sizes[image.shape[:2]] += 1
+        report.channels[len(pair.channels) if len(pair.channels) > 1 else (1 if raw.ndim == 2 else raw.shape[2])] += 1
+        if pair.mask is None:
+            report.unlabeled += 1
+            return
+        try:
+            raw_mask = _read_array(pair.mask, palette_indices=report.classes.values is not None)
+            report.mask_values.update(np.unique(raw_mask).tolist()[: 4 * VALUES_SHOWN])
+            mask = read_mask(pair.mask, report.classes)
+            check_pair_shapes(pair, image, mask)
+        except UserError as exc:
+            report.problems.append(str(exc))
+            report.unreadable_masks += 1
+            return
+        report.add_mask(mask)

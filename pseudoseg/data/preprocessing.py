@@ -43,6 +43,13 @@ class Preprocessing:
             data.kind, data.image_size, data.normalize, data.in_channels, tuple(data.window), data.context, data.intensity, tuple(data.percentiles), data.class_set
         )
 
+    @property
+    def geometry(self) -> str:
+        """``images`` or ``volumes`` (:mod:`pseudoseg.data.sources`): how this network's inputs are read and scored."""
+        from pseudoseg.data.registry import geometry_of
+
+        return geometry_of(self.kind)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,

@@ -26,9 +26,10 @@ from __future__ import annotations
 import gzip
 import re
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -36,9 +37,15 @@ import torch
 import torch.nn.functional as F
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
+from pseudoseg.data.check_report import VALUES_SHOWN, CheckReport, attempt, check_label_values, note_labels
 from pseudoseg.data.classes import ClassSet, resize_class_indices
+from pseudoseg.data.registry import register_source
+from pseudoseg.data.sources import DataSource, PoolSource, extra_prefixes, file_fingerprint, overlap_line, shared_images
 from pseudoseg.errors import UserError
 from pseudoseg.fileio import write_bytes
+
+if TYPE_CHECKING:
+    from pseudoseg.config import DataConfig
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 """File name endings read as NIfTI volumes (compared case-insensitively)."""
@@ -609,3 +616,174 @@ def save_volume(path: Path, img: nib.Nifti1Image) -> None:
     if lower.endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=6, mtime=0)  # mtime=0: same data, same bytes
     write_bytes(path, payload)
+
+
+# --------------------------------------------------------------------------- the format
+
+
+@register_source("volumes")
+class VolumeSource(DataSource):
+    """NIfTI volumes: the Decathlon layout (``imagesTr/``, ``labelsTr/``, ``imagesTs/``), or an nnU-Net v2 raw data set.
+
+    Trained as axial slices (with ``data.context`` neighbours as channels), validated
+    and scored per case in 3-D.
+    """
+
+    geometry = "volumes"
+    colour = False  # channels are slices or modalities
+    unit = "volume"
+
+    def recognises(self, path: Path) -> bool:
+        from pseudoseg.data.nnunet import read_dataset_json
+
+        try:
+            dataset = read_dataset_json(path)
+        except UserError:
+            dataset = None
+        if dataset is not None:
+            return dataset.file_ending.lower().endswith(NIFTI_SUFFIXES)
+        return (Path(path) / "imagesTr").is_dir()
+
+    def layout(self, path: Path) -> str:
+        return "nnU-Net raw" if (Path(path) / "dataset.json").is_file() else "Decathlon (imagesTr/, labelsTr/)"
+
+    def cache_settings(self, data: DataConfig) -> dict[str, Any]:
+        settings: dict[str, Any] = {"window": list(data.window) if data.intensity == "window" else None, "context": data.context}
+        if data.intensity != "window":
+            settings["intensity"] = [data.intensity, *data.percentiles]
+        return settings
+
+    def training_pool(self, data: DataConfig) -> PoolSource:
+        cases = volume_cases(data.train, require_labels=False)
+        if not any(case.label_path is not None for case in cases):
+            raise UserError(f"{data.train}: nothing is labeled (no case has a label in {data.train / 'labelsTr'}); pseudoseg needs some labels")
+        case_sources = [str(data.train)] * len(cases)
+        for folder, prefix in zip(data.unlabeled, extra_prefixes(data.unlabeled)):
+            extra = unlabeled_cases(Path(folder))
+            cases += [VolumeCase(f"{prefix}/{case.case_id}", case.image_path, None, case.extra_channels) for case in extra]
+            case_sources += [str(folder)] * len(extra)
+        for case in cases:
+            if len(case.channel_paths) != (data.channels or 1):
+                raise UserError(f"{case.image_path}: case {case.case_id!r} has {len(case.channel_paths)} channel(s) but data.channels is {data.channels}")
+        ids: list[str] = []
+        groups: list[str] = []
+        for case in cases:
+            image = load_volume(case.image_path)
+            # The axis that becomes the canonical third (axial) axis holds the slices.
+            n_slices = image.shape[int(np.nonzero(io_orientation(image.affine)[:, 0] == 2)[0][0])]
+            ids.extend(f"{case.case_id}:{z:04d}" for z in range(n_slices))
+            groups.extend([case.case_id] * n_slices)
+        labeled = {case.case_id: case.label_path is not None for case in cases}
+        folder_of = dict(zip((case.case_id for case in cases), case_sources))
+        fingerprint = [[file_fingerprint(path) for path in case.channel_paths] + ([file_fingerprint(case.label_path)] if case.label_path else []) for case in cases]
+
+        def samples() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for case in cases:
+                images, labels = case_slices(
+                    case,
+                    window=data.window,
+                    intensity=data.intensity,
+                    percentiles=data.percentiles,
+                    size=data.image_size,
+                    context=data.context,
+                    with_labels=labeled[case.case_id],
+                    classes=data.class_set,
+                )
+                yield images, labels if labeled[case.case_id] else np.zeros((len(images), data.image_size, data.image_size), dtype=np.uint8)
+
+        return PoolSource(ids, groups, [labeled[group] for group in groups], [folder_of[group] for group in groups], fingerprint, samples)
+
+    def shared_with_pool(self, data: DataConfig) -> list[tuple[Path, Path]]:
+        return shared_volumes(Path(data.train), Path(data.test), data.unlabeled)
+
+    def check(self, report: CheckReport, data: DataConfig) -> None:
+        from pseudoseg.data.nnunet import check_num_training, list_cases, read_dataset_json
+
+        dataset = read_dataset_json(data.train)
+        unlabeled, test = data.unlabeled, data.test
+        if dataset is not None:
+            raw = list_cases(dataset, "imagesTr", "labelsTr", report.problems)
+            if raw:
+                check_num_training(dataset, raw, report.problems)
+            cases = [VolumeCase(case.case_id, case.channels[0], case.label, case.channels[1:]) for case in raw]
+            if (report.path / "imagesTs").is_dir():
+                report.test = len(list_cases(dataset, "imagesTs", "labelsTs", report.problems))
+            note_labels(report, dataset)
+        else:
+            cases = attempt(report, lambda: discover_cases(report.path, require_labels=False)) or []
+            if (report.path / "imagesTs").is_dir():
+                report.test = len(attempt(report, lambda: discover_cases(report.path, images_dir="imagesTs", labels_dir="labelsTs", require_labels=False)) or [])
+        for folder in unlabeled:
+            cases += attempt(report, lambda folder=folder: unlabeled_cases(Path(folder))) or []
+        # data.test is often the training folder itself (imagesTs/ beside imagesTr/): counted above already
+        if test is not None and not (test / "imagesTs").is_dir():  # imagesTr/ holds training cases: never a test set
+            report.problems.append(f"{test}: no imagesTs/ folder; a test set of volumes is imagesTs/ + labelsTs/ (imagesTr/ holds training cases)")
+        elif test is not None and Path(test).resolve() != report.path.resolve():
+            report.test += len(attempt(report, lambda: discover_cases(test, images_dir="imagesTs", labels_dir="labelsTs", require_labels=True)) or [])
+        try:
+            shared = shared_volumes(report.path, Path(test if test is not None else report.path), unlabeled)
+        except UserError:  # a case that cannot be listed is reported above already
+            shared = []
+        if shared:
+            report.problems.append(f"{test if test is not None else report.path}: {overlap_line(shared, 'volume')}")
+        label_values: set[int] = set()
+        for case in cases:
+            _check_case(report, case, label_values)
+        if dataset is not None and report.classes.values is None:  # with values, every file is checked against them
+            check_label_values(report, dataset, label_values)
+        foreground = sorted(v for v in label_values if v != 0)
+        if len(foreground) > 1 and report.classes.values is None:
+            report.notes.append(f"label values {', '.join(map(str, foreground))} are trained as one foreground (their union); name them in data.classes to train them as classes")
+
+
+def _check_case(report: CheckReport, case, label_values: set[int]) -> None:
+    try:
+        image = _as_3d(load_volume(case.image_path), case.image_path)
+        for path in case.extra_channels:
+            channel = _as_3d(load_volume(path, read_data=False), path)
+            if channel.shape != image.shape:
+                raise UserError(f"{path}: channel shape {channel.shape} differs from {case.image_path} {image.shape}")
+    except UserError as exc:
+        report.problems.append(str(exc))
+        return
+    report.sizes[tuple(int(n) for n in image.shape)] += 1
+    report.channels[len(case.channel_paths)] += 1
+    if case.label_path is None:
+        report.unlabeled += 1
+        return
+    try:
+        label = _as_3d(load_volume(case.label_path), case.label_path)
+        if label.shape != image.shape:
+            raise UserError(f"{case.label_path}: label shape {label.shape} differs from image shape {image.shape} of {case.image_path}")
+        data = np.asanyarray(label.dataobj)
+        mask = label_indices(data, case.label_path, classes=report.classes)
+    except UserError as exc:
+        report.problems.append(str(exc))
+        report.unreadable_masks += 1
+        return
+    values = np.unique(data).tolist()
+    report.mask_values.update(values[: 4 * VALUES_SHOWN])
+    label_values.update(int(v) for v in values)
+    report.add_mask(mask)
+
+
+def unlabeled_cases(folder: Path) -> list[VolumeCase]:
+    """The cases of an image-only NIfTI folder (``data.unlabeled``), refused when it holds label maps."""
+    if not folder.is_dir():
+        raise UserError(f"unlabeled folder not found: {folder} (data.unlabeled)")
+    parent, name = (folder, "imagesTr") if (folder / "imagesTr").is_dir() else (folder.parent, folder.name)
+    cases = discover_cases(parent, images_dir=name, labels_dir=f"{name}.no-labels", require_labels=False)
+    data = np.asarray(load_volume(cases[0].image_path).dataobj)
+    if data.dtype.kind in "iub" and np.unique(data).size <= 17 and data.max(initial=0) <= 16:
+        raise UserError(f"{cases[0].image_path}: holds a label map, not an image; data.unlabeled takes folders of images without labels")
+    return cases
+
+
+def shared_volumes(train: Path, test: Path, unlabeled: Sequence[Path] = ()) -> list[tuple[Path, Path]]:
+    """(test file, its twin) for every image file of the volume test set ``test/imagesTs`` (every
+    channel) whose bytes equal a file of the training pool: ``train``'s cases and ``unlabeled``'s."""
+    if not (test / "imagesTs").is_dir():
+        return []
+    tests = volume_cases(test, images_dir="imagesTs", labels_dir="labelsTs", require_labels=False)
+    pool = volume_cases(train, require_labels=False) + [case for folder in unlabeled for case in unlabeled_cases(Path(folder))]
+    return shared_images([path for case in tests for path in case.channel_paths], [path for case in pool for path in case.channel_paths])

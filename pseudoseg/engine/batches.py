@@ -16,6 +16,7 @@ import torch
 
 from pseudoseg.data.augment import BatchAugmenter, apply_geometry
 from pseudoseg.data.pool import SamplePool
+from pseudoseg.data.sources import data_source
 from pseudoseg.data.preprocessing import InputNormalizer
 from pseudoseg.engine.distributed import DistInfo
 from pseudoseg.engine.labels import harden, one_hot
@@ -44,6 +45,7 @@ class BatchAssembler:
         self.dist = dist
         self.device = device
         self.channels = channels
+        self.colour = data_source(config.data.kind).colour  # volumes' channels are slices or modalities: no colour jitter
 
     def labeled(self, indices: np.ndarray, augmenter: BatchAugmenter) -> tuple[torch.Tensor, torch.Tensor]:
         """Augmented, normalised images ``[b, C, S, S]`` and their targets ``[b, K, S, S]`` (one-hot, hard)."""
@@ -78,11 +80,10 @@ class BatchAssembler:
         if maps:
             out["unlabeled_targets"] = maps[0]
         if strong:
-            colour = self.config.data.kind == "folders"  # volumes' channels are slices or modalities
             height, width = images.shape[-2:]
             views_out, mixes = [], []
             for params, cutmix in strong:
-                view = self.normalizer(augmenter.strong(images, params.select(part), colour=colour))
+                view = self.normalizer(augmenter.strong(images, params.select(part), colour=self.colour))
                 mix = cutmix.select(part).boxes(height, width, self.device) if cutmix is not None else None
                 views_out.append(mix.apply(view) if mix is not None else view)
                 mixes.append(mix)

@@ -231,7 +231,7 @@ class Trainer:
         """
         threshold = self.config.eval.threshold
         cases, n_cases = None, None
-        if self.config.data.kind == "volumes":
+        if self.config.data.geometry == "volumes":
             positions, n_cases = case_positions(np.asarray(self.pool.groups)[indices])
             mine = torch.from_numpy(positions[self.dist.shard()]).to(self.device)
             size = self.config.eval.batch_size
@@ -524,7 +524,7 @@ class Trainer:
     def _save_best(self, best: dict, name: str, network: nn.Module, scores: dict[str, Any], step: int, spec: StageSpec, *, start: bool = False) -> None:
         """Record ``network``'s weights as network ``name``'s best so far (``start``: the stage's start, at step 0)."""
         metric = self.config.train.selection_metric
-        convention = "per case (3-D)" if self.config.data.kind == "volumes" else "per image"
+        convention = "per case (3-D)" if self.config.data.geometry == "volumes" else "per image"
         path = self.run_dir / spec.name / f"best_{name}.safetensors"
         best[name] = {"score": scores[metric], "metric": f"val {metric}@{self.config.eval.threshold} {convention}", "step": step, "file": path.name, "collapse": scores["collapse"]}
         if start:

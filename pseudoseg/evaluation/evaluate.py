@@ -31,6 +31,9 @@ import torch
 from pseudoseg.config import EvalConfig
 from pseudoseg.data.classes import ClassSet
 from pseudoseg.data.preprocessing import Preprocessing
+from pseudoseg.data.sources import data_source
+from pseudoseg.data.resize import resize_image, resize_mask
+from pseudoseg.data.sources import ImagePair, ImageSource
 from pseudoseg.errors import UserError
 from pseudoseg.evaluation.metrics import ClassMetrics, PaperMetrics, PraNetMetrics, resize_bilinear
 from pseudoseg.inference import Predictor
@@ -49,24 +52,15 @@ def _common_preprocessing(predictors: dict[str, Predictor]) -> Preprocessing:
 def evaluate(predictors: dict[str, Predictor], test_root: Path, config: EvalConfig, *, progress: Progress | None = None) -> dict[str, PerSet]:
     """Scores of every predictor on every test set under ``test_root``: {model: {set: {metric: value}}}."""
     preprocessing = _common_preprocessing(predictors)
-    if preprocessing.kind == "volumes":
+    format_ = data_source(preprocessing.kind)
+    if format_.geometry == "volumes":
         return _evaluate_volumes(predictors, Path(test_root), preprocessing, config, progress)
-    return _evaluate_folders(predictors, Path(test_root), preprocessing, config, progress)
+    return _evaluate_images(predictors, format_.find_test_sets(Path(test_root), None), format_, config, progress)
 
 
-def read_test_mask(path: Path, classes: ClassSet) -> np.ndarray:
-    """A test mask as class indices ``uint8 [H, W]`` (:func:`pseudoseg.data.folders.read_mask`)."""
-    from pseudoseg.data.folders import read_mask
-
-    return read_mask(path, classes).astype(np.uint8)
-
-
-def _evaluate_folders(predictors, test_root: Path, pre: Preprocessing, config: EvalConfig, progress) -> dict[str, PerSet]:
-    from pseudoseg.data.folders import check_pair_shapes, discover_test_sets, read_image
-    from pseudoseg.data.pool import resize_image, resize_mask
-
+def _evaluate_images(predictors, test_sets: dict[str, list[ImagePair]], format_: ImageSource, config: EvalConfig, progress) -> dict[str, PerSet]:
+    pre = _common_preprocessing(predictors)
     classes = pre.classes
-    test_sets = discover_test_sets(test_root)
     results: dict[str, PerSet] = {name: {} for name in predictors}
     for set_name, pairs in test_sets.items():
         if classes.is_binary:
@@ -78,8 +72,7 @@ def _evaluate_folders(predictors, test_root: Path, pre: Preprocessing, config: E
             chunk = pairs[start : start + config.batch_size]
             images, masks = [], []
             for pair in chunk:
-                image, mask = read_image(pair.image), read_test_mask(pair.mask, classes)
-                check_pair_shapes(pair, image, mask)
+                image, mask = format_.read_pair(pair, classes)
                 images.append(image)
                 masks.append(mask == 1 if classes.is_binary else mask)
             records = np.stack([resize_image(image, pre.image_size) for image in images])

@@ -463,11 +463,11 @@ def _class_label(classes: ClassSet, index: int) -> str:
     return f"class {classes.names[index]}{shown}"
 
 
-def conventions_for(classes: ClassSet, kind: str) -> dict[str, str]:
-    """Column -> description of its convention, for the reports of a model of ``classes`` on ``kind`` data.
+def conventions_for(classes: ClassSet, geometry: str) -> dict[str, str]:
+    """Column -> description of its convention, for the reports of a model of ``classes`` on data of ``geometry``.
 
     One class: :data:`METRIC_CONVENTIONS`, unchanged. Several: the per-class
-    and mean columns that :class:`ClassMetrics` (``kind`` ``folders``) or
+    and mean columns that :class:`ClassMetrics` (``images``) or
     :class:`~pseudoseg.evaluation.volume_metrics.VolumeMetrics` (``volumes``)
     write, each stating the absent-class rule.
     """
@@ -475,7 +475,7 @@ def conventions_for(classes: ClassSet, kind: str) -> dict[str, str]:
         return dict(METRIC_CONVENTIONS)
     decision = "the argmax over the C + 1 class probabilities"
     per_class: dict[str, str]
-    if kind == "volumes":
+    if geometry == "volumes":
         where = f"per case in 3-D, on the slice predictions stacked, restored to the scan's voxel grid and decided by {decision}"
         skipped = _SKIPPED.format(truth="label", unit="a case")
         means = {
@@ -509,7 +509,7 @@ def conventions_for(classes: ClassSet, kind: str) -> dict[str, str]:
     return out
 
 
-def headline_columns(classes: ClassSet, kind: str) -> tuple[str, ...]:
+def headline_columns(classes: ClassSet, geometry: str) -> tuple[str, ...]:
     """The columns a comparison of models (an experiment grid) tabulates, one table each.
 
     One class: the paper Dice and the PraNet meanDice (images), or 3-D Dice,
@@ -517,8 +517,8 @@ def headline_columns(classes: ClassSet, kind: str) -> tuple[str, ...]:
     and each class, for Dice (and HD95 for volumes; IoU's mean for images).
     """
     if classes.is_binary:
-        return ("dice", "hd95_mm", "hd95_penalised_mm", "hd95_undefined") if kind == "volumes" else ("dice@0.5", "meanDice")
+        return ("dice", "hd95_mm", "hd95_penalised_mm", "hd95_undefined") if geometry == "volumes" else ("dice@0.5", "meanDice")
     dice = ("dice", *class_columns("dice", classes.names))
-    if kind == "volumes":
+    if geometry == "volumes":
         return (*dice, "hd95_mm", *class_columns("hd95_mm", classes.names), "hd95_penalised_mm", *class_columns("hd95_penalised_mm", classes.names), "hd95_undefined")
     return (*dice, "iou")

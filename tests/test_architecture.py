@@ -106,3 +106,27 @@ def test_the_engine_imports_nothing_from_the_methods() -> None:
     assert len(_method_modules()) >= 8
     reached = {f"{source} -> {target}" for source, targets in graph.items() if source.startswith("pseudoseg.engine") for target in targets if target.startswith("pseudoseg.methods")}
     assert not reached
+
+
+def _reads_of(path: Path, attribute: str) -> list[int]:
+    """Lines of ``path`` that read ``<something>.<attribute>``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return sorted(node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == attribute)
+
+
+@pytest.mark.parametrize("module", sorted(_method_modules() | {"pseudoseg.methods.stages", "pseudoseg.methods.label_store"}))
+def test_methods_use_the_session_service_not_the_trainer(module: str) -> None:
+    # fit, adopt, frozen_network, render_labels, dist, classes: pseudoseg/methods/session.py
+    assert _reads_of(_modules()[module], "trainer") == []
+
+
+def test_a_data_format_is_found_by_the_registry_not_by_name() -> None:
+    # outside the registry and the formats themselves, code asks a format (or its geometry), never compares data.kind
+    allowed = {"pseudoseg.data.registry", "pseudoseg.data.folders", "pseudoseg.data.volumes"}
+    for name, path in _modules().items():
+        if name in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare) and isinstance(node.left, ast.Attribute) and node.left.attr == "kind":
+                words = [c.value for c in node.comparators if isinstance(c, ast.Constant)]
+                assert not {"folders", "volumes"} & set(words), f"{name}:{node.lineno} compares .kind with a format's name"

@@ -350,7 +350,7 @@ def run_bcp(session: RunSession) -> RecipeOutcome:
     method: BCPConfig = session.config.method
     train = session.config.train
     session.require_unlabeled()
-    world = session.trainer.dist.world
+    world = session.dist.world
     if train.unlabeled_batch_size != train.batch_size:
         raise UserError(
             f"train.unlabeled_batch_size: BCP pastes each labeled image into an unlabeled one and back, so it needs as many "

@@ -330,7 +330,7 @@ def run_momentum(session: RunSession) -> RecipeOutcome:
         init_seed=stage_seed(session.config.seed, "random-student") if method.student_init == "random" else None,
         describe={"strategy": "momentum", **method.model_dump(mode="json"), "teacher_weights": str(teacher_weights)},
     )
-    student = session.trainer.fit(spec)
+    student = session.fit(spec)
     if method.student_init == "fresh" and teacher_stage.init_digest and student.init_digest != teacher_stage.init_digest:
         session.log(
             f"method.student_init: fresh, but the student did not start from the teacher stage's initial weights "

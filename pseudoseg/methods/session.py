@@ -1,4 +1,6 @@
-"""What a method's recipe works with: the run's configuration, data split and trainer."""
+"""What a method's recipe works with: the run's configuration, its data split, and a narrow
+service over the engine (fit a stage, count another run's stage, load a frozen network,
+render pseudo labels), so that no method reaches into the trainer."""
 
 from __future__ import annotations
 
@@ -13,10 +15,16 @@ from pseudoseg.errors import UserError
 from pseudoseg.progress import console_print
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from pseudoseg.config import RunConfig
+    from pseudoseg.data.classes import ClassSet
     from pseudoseg.data.pool import SamplePool
     from pseudoseg.data.splits import Split
-    from pseudoseg.engine.trainer import Trainer
+    from pseudoseg.engine.distributed import DistInfo
+    from pseudoseg.engine.strategy import StageSpec
+    from pseudoseg.engine.trainer import StageResult, Trainer
+    from pseudoseg.methods.label_store import PseudoLabelStore
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ class RunSession:
     pool: SamplePool
     split: Split
     trainer: Trainer
+    """The engine. Recipes use the service below, not the trainer itself (tests/test_architecture.py)."""
     labeled: np.ndarray
     unlabeled: np.ndarray
     validation: np.ndarray
@@ -54,3 +63,69 @@ class RunSession:
                 "(data.unlabeled) or hide some with data.labels: simulated and a data.labeled_fraction below 1"
             )
         raise UserError(f"data.labeled_fraction: {name} needs unlabeled images; use a fraction below 1")
+
+    # ------------------------------------------------------------------ the engine's service
+
+    def fit(self, spec: StageSpec) -> StageResult:
+        """Train (or resume, or find finished) one stage; its steps count towards the run's budget."""
+        return self.trainer.fit(spec)
+
+    def adopt(self, stage: StageResult) -> None:
+        """Count a stage another run trained (``method.teacher_run``) towards this run's budget."""
+        self.trainer.stages.append(stage)
+
+    @property
+    def stages(self) -> tuple[StageResult, ...]:
+        """The stages this run has fitted or adopted so far, in order."""
+        return tuple(self.trainer.stages)
+
+    @property
+    def dist(self) -> DistInfo:
+        """This process's place among the run's processes."""
+        return self.trainer.dist
+
+    @property
+    def classes(self) -> ClassSet:
+        """The run's foreground classes."""
+        return self.trainer.classes
+
+    def weights_meta(self, path: Path) -> dict[str, Any]:
+        """The metadata of a weights file, refused (naming it) unless it holds this run's architecture."""
+        from pseudoseg.engine.checkpoint import load_weights_file
+
+        _, meta = load_weights_file(path, expect=self.trainer.architecture)
+        return meta
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """How this run's inputs are preprocessed (recorded with every network it saves)."""
+        return self.trainer.preprocessing
+
+    def frozen_network(self, path: Path) -> nn.Module:
+        """A network of the run's architecture holding the weights at ``path``, on the device, in
+        eval mode and without gradients: a model that labels or teaches and does not learn."""
+        from pseudoseg.engine.checkpoint import load_weights_file
+
+        network = self.trainer.build_network()
+        tensors, _ = load_weights_file(path)
+        network.load_state_dict(tensors)
+        return network.eval().requires_grad_(False)
+
+    def render_labels(self, path: Path, weights: Path, indices: np.ndarray) -> PseudoLabelStore:
+        """Pseudo labels of the pool images ``indices`` by the network at ``weights``, written to
+        ``path`` (every process renders its share; ``method.labels`` says hard or soft)."""
+        from pseudoseg.methods.label_store import render_pseudo_labels
+
+        return render_pseudo_labels(
+            self.frozen_network(weights),
+            self.pool.images,
+            indices,
+            path,
+            normalizer=self.trainer.normalizer,
+            autocast=self.trainer.autocast,
+            kind=self.config.method.labels,
+            batch_size=self.config.eval.batch_size,
+            threshold=self.config.eval.threshold,
+            channels=self.trainer.channels,
+            dist=self.trainer.dist,
+        )

@@ -12,7 +12,6 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from pseudoseg.config import MethodSection
-from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.ema import ModelEMA, update_momentum
 from pseudoseg.engine.strategy import StageContext, StageSpec, Strategy
 from pseudoseg.engine.trainer import StageResult, stage_result_from_done
@@ -93,7 +92,7 @@ def train_labeled_stage(
         validation=session.validation,
         describe={"strategy": "supervised", "momentum": momentum, "momentum_unit": unit, "schedule": schedule, "buffers": buffers, **settings},
     )
-    return session.trainer.fit(spec)
+    return session.fit(spec)
 
 
 
@@ -119,10 +118,9 @@ def finished_stage(run_dir: Path, session: RunSession) -> StageResult:
     if sorted(theirs.get("labeled", [])) != sorted(session.split.labeled) or sorted(theirs.get("validation", [])) != sorted(session.split.validation):
         raise UserError(f"method.teacher_run: {split_file} is another split than this run's; the teacher must have seen only this run's labeled images")
     result = stage_result_from_done(done.parent, json.loads(done.read_text()))
-    _, meta = load_weights_file(result.weights("raw"), expect=session.trainer.architecture)
-    if meta.get("preprocessing") != session.trainer.preprocessing:
+    if session.weights_meta(result.weights("raw")).get("preprocessing") != session.preprocessing:
         raise UserError(f"method.teacher_run: {result.weights('raw')} was trained with another preprocessing than this run's")
-    session.trainer.stages.append(result)  # its steps count towards this run's budget
+    session.adopt(result)  # its steps count towards this run's budget
     return result
 
 
@@ -195,7 +193,7 @@ def fit_one_stage(session: RunSession, method: MethodSection, strategy: Strategy
         init_weights=init,
         describe={"strategy": method.name, **method.model_dump(mode="json"), "init_weights": str(init), **describe},
     )
-    return session.trainer.fit(spec)
+    return session.fit(spec)
 
 
 def baseline_rows(row: str, section: dict[str, Any]) -> dict[str, Rows]:

@@ -270,6 +270,27 @@ class _LabelFile:
         return PseudoLabelStore(self.path, self.indices, channels=self.channels)
 
 
+@dataclass(frozen=True)
+class _RoundInputs:
+    """What a round fine-tunes on and from."""
+
+    plan: RoundPlan
+    used: _LabelFile
+    """The current labels of the subset it trains on."""
+    start: Path | None
+    """The weights it starts from (None: the run's fresh initialisation, which M0 started from)."""
+    unlabeled: np.ndarray
+    """The pool indices of the subset it trains on."""
+
+
+@dataclass(frozen=True)
+class _Relabelling:
+    """The subset a round relabels: its labels before the round and the ones the round's model rendered."""
+
+    previous: _LabelFile
+    fresh: _LabelFile
+
+
 # --------------------------------------------------------------------------- grid
 
 
@@ -404,8 +425,9 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
         if used.round != plan.labels_from:  # the files on disk must tell the plan's story
             raise RuntimeError(f"round {plan.round}: subset {plan.train_subset} holds labels of round {used.round}, the schedule says {plan.labels_from}")
         start = None if plan.init_from is None else weights[plan.init_from]
+        inputs = _RoundInputs(plan, used, start, subsets[plan.train_subset])
         labels = used.open()
-        spec = _round_spec(session, plan, labels, used, start, subsets[plan.train_subset], m0=weights[0])
+        spec = _round_spec(session, inputs, labels, m0=weights[0])
         try:
             stages[plan.round] = session.trainer.fit(spec)
         finally:
@@ -421,7 +443,8 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
         current[plan.relabel_subset] = fresh
         if dist.is_main and plan.round not in log:
             own_labels = any(ancestor is stages[plan.labels_from] for ancestor in stages[plan.round].lineage)
-            log.add({**_round_record(session, plan, stages[plan.round], used, start, previous, fresh, current, subsets), "init": init, "own_labels": own_labels})
+            record = _round_record(session, inputs, stages[plan.round], _Relabelling(previous, fresh), current, subsets)
+            log.add({**record, "init": init, "own_labels": own_labels})
             _plot(run_dir, log)
         barrier(dist)
 
@@ -448,11 +471,12 @@ def _labeled_stage(session: RunSession) -> StageResult:
     )
 
 
-def _round_spec(session: RunSession, plan: RoundPlan, labels: PseudoLabelStore, used: _LabelFile, start: Path | None, unlabeled: np.ndarray, *, m0: Path) -> StageSpec:
-    """Round ``plan.round``: fine-tune ``start`` (None: the run's fresh initialisation, which M0 started
-    from) on L and the subset ``unlabeled`` with its ``labels`` (from the label file ``used``)."""
+def _round_spec(session: RunSession, inputs: _RoundInputs, labels: PseudoLabelStore, *, m0: Path) -> StageSpec:
+    """Round ``inputs.plan.round``: fine-tune ``inputs.start`` on L and the subset ``inputs.unlabeled``
+    with its ``labels`` (the label file ``inputs.used``, opened)."""
     config, run_dir = session.config, Path(session.run_dir)
     method: RoundsConfig = config.method
+    plan, used, start = inputs.plan, inputs.used, inputs.start
     return StageSpec(
         name=f"round_{plan.round}",
         strategy=RoundStrategy(labels, kind=method.labels, beta=method.beta),
@@ -460,7 +484,7 @@ def _round_spec(session: RunSession, plan: RoundPlan, labels: PseudoLabelStore, 
         batch_size=config.train.batch_size,
         unlabeled_batch_size=config.train.unlabeled_batch_size,
         labeled=session.labeled,
-        unlabeled=unlabeled,
+        unlabeled=inputs.unlabeled,
         validation=session.validation,
         init_weights=start,
         baseline=m0 if start is None else None,  # a round from trained weights must beat them
@@ -629,17 +653,16 @@ def _initial_record(session: RunSession, stage: StageResult, initial: _LabelFile
 
 def _round_record(
     session: RunSession,
-    plan: RoundPlan,
+    inputs: _RoundInputs,
     stage: StageResult,
-    used: _LabelFile,
-    init: Path | None,
-    previous: _LabelFile,
-    fresh: _LabelFile,
+    relabelling: _Relabelling,
     files: dict[int, _LabelFile],
     subsets: list[np.ndarray],
 ) -> dict[str, Any]:
     """Provenance of what the round actually used, and how its new labels compare."""
     run_dir = Path(session.run_dir)
+    plan, used, init = inputs.plan, inputs.used, inputs.start
+    previous, fresh = relabelling.previous, relabelling.fresh
     new, old = fresh.open(), previous.open()
     try:
         agreement = label_agreement(new.read_classes, old.read_classes, fresh.indices, classes=session.trainer.classes.count)
@@ -654,7 +677,7 @@ def _round_record(
         "init_weights": _relative(init, run_dir) if init is not None else INITIAL_WEIGHTS,
         "labels_file": _relative(used.path, run_dir),
         "labels_rendered_by": used.rendered_by,
-        "n_train_unlabeled": len(subsets[plan.train_subset]),
+        "n_train_unlabeled": len(inputs.unlabeled),
         "weights": _relative(stage.weights("raw"), run_dir),
         "relabelled_file": _relative(fresh.path, run_dir),
         "relabelled_by": fresh.rendered_by,

@@ -34,6 +34,7 @@ from pseudoseg.evaluation.metrics import METRIC_CONVENTIONS
 from pseudoseg.fileio import write_json, write_text
 
 __all__ = [
+    "GridTable",
     "finite_or_none",
     "mean_over_sets",
     "render_table",
@@ -456,21 +457,9 @@ def _kept_start_cell(runs: Sequence[Mapping[str, Any]]) -> str:
     return f"{sum(flags)}/{len(flags)}" if flags else "–"
 
 
-def write_grid_report(
-    summary: Mapping[str, Mapping[str, Any]],
-    out_dir: str | Path,
-    *,
-    stem: str = "grid",
-    metric_columns: Sequence[str] = ("dice@0.5",),
-    title: str = "",
-    conventions: Mapping[str, str] | None = None,
-    notes: Sequence[str] = (),
-    extra: Mapping[str, Any] | None = None,
-    decimals: int = 3,
-    budgets: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-    paired: tuple[str, Sequence[int], Mapping[str, Sequence[Mapping[str, Mapping[str, Any]]]]] | None = None,
-) -> dict[str, Path]:
-    """Write a side-by-side comparison of configurations from :func:`summarize_runs`.
+@dataclass(frozen=True)
+class GridTable:
+    """What a grid report compares: configurations summarised over seeds, side by side in one table per metric column.
 
     ``budgets``: ``{configuration: [run budget of seed 0, ...]}`` (``budget.json`` of
     each run: total optimiser ``steps``, training ``images`` and, where known, the
@@ -480,42 +469,16 @@ def write_grid_report(
     ``paired``: ``(reference, seeds, runs)`` with ``runs`` as given to
     :func:`summarize_runs`: each metric's table is followed by the per-seed
     differences from the reference configuration (:func:`paired_differences`).
-
-    * Markdown: one table per metric column, rows = configurations, columns =
-      number of seeds, test sets and ``Mean``; cells ``"0.812 ± 0.010"``
-      (mean ± std over seeds; the std alone is dropped when undefined;
-      ``(k seeds)`` when the value is defined in k seeds only). Each table
-      states the convention of its metric; ``notes`` (lines under the
-      title, e.g. the machine and precision of the runs) come first.
-    * CSV (long format, easy to pivot): ``config,metric,set,mean,std,n_seeds``
-      with ``set == "Mean"`` for the mean-over-sets row.
-    * JSON: ``{"title", "metric_columns", "conventions", "configs": summary, **extra}``.
-
-    Returns ``{"json": path, "csv": path, "md": path}``.
     """
-    if not summary:
-        raise ValueError("no configurations to report")
-    if not metric_columns:
-        raise ValueError("metric_columns is empty")
-    tables = _GridTables(summary, tuple(metric_columns), conventions, decimals, budgets, paired)
-    lines = _md_heading(title, notes)
-    for column in tables.metric_columns:
-        lines += _md_grid_section(tables, column)
-    payload = {"title": title, **_grid_payload(tables), **(extra or {})}
-    return _write_files(Path(out_dir), stem, payload, _csv_text(["config", "metric", "set", "mean", "std", "n_seeds"], _grid_csv_rows(tables)), lines)
-
-
-@dataclass(frozen=True)
-class _GridTables:
-    """What a grid report's tables show (see :func:`write_grid_report`): a table per metric column of the
-    configurations' summaries, with each row's budget and the paired differences from a reference."""
 
     summary: Mapping[str, Mapping[str, Any]]
-    metric_columns: tuple[str, ...]
-    conventions: Mapping[str, str] | None
-    decimals: int
-    budgets: Mapping[str, Sequence[Mapping[str, Any]]] | None
-    paired: tuple[str, Sequence[int], Mapping[str, Sequence[Mapping[str, Mapping[str, Any]]]]] | None
+    """The configurations, as :func:`summarize_runs` returns them."""
+    metric_columns: Sequence[str] = ("dice@0.5",)
+    conventions: Mapping[str, str] | None = None
+    """Descriptions of columns not in :data:`~pseudoseg.evaluation.metrics.METRIC_CONVENTIONS`."""
+    decimals: int = 3
+    budgets: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+    paired: tuple[str, Sequence[int], Mapping[str, Sequence[Mapping[str, Mapping[str, Any]]]]] | None = None
 
     @property
     def set_names(self) -> list[str]:
@@ -533,39 +496,74 @@ class _GridTables:
         return _BudgetColumns.of(self.budgets)
 
 
-def _md_grid_section(tables: _GridTables, column: str) -> list[str]:
+def write_grid_report(
+    table: GridTable,
+    out_dir: str | Path,
+    *,
+    stem: str = "grid",
+    title: str = "",
+    notes: Sequence[str] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``table``, the configurations of :func:`summarize_runs` side by side.
+
+    * Markdown: one table per metric column, rows = configurations, columns =
+      number of seeds, test sets and ``Mean``; cells ``"0.812 ± 0.010"``
+      (mean ± std over seeds; the std alone is dropped when undefined;
+      ``(k seeds)`` when the value is defined in k seeds only). Each table
+      states the convention of its metric; ``notes`` (lines under the
+      title, e.g. the machine and precision of the runs) come first.
+    * CSV (long format, easy to pivot): ``config,metric,set,mean,std,n_seeds``
+      with ``set == "Mean"`` for the mean-over-sets row.
+    * JSON: ``{"title", "metric_columns", "conventions", "configs": summary,
+      "budgets" and "paired" where given, **extra}``.
+
+    Returns ``{"json": path, "csv": path, "md": path}``.
+    """
+    if not table.summary:
+        raise ValueError("no configurations to report")
+    if not table.metric_columns:
+        raise ValueError("metric_columns is empty")
+    lines = _md_heading(title, notes)
+    for column in table.metric_columns:
+        lines += _md_grid_section(table, column)
+    payload = {"title": title, **_grid_payload(table), **(extra or {})}
+    return _write_files(Path(out_dir), stem, payload, _csv_text(["config", "metric", "set", "mean", "std", "n_seeds"], _grid_csv_rows(table)), lines)
+
+
+def _md_grid_section(table: GridTable, column: str) -> list[str]:
     """One metric's table (a row per configuration) under its convention and cell legend, then its paired differences."""
-    set_names, budget, decimals = tables.set_names, tables.budget_columns, tables.decimals
+    set_names, budget, decimals = table.set_names, table.budget_columns, table.decimals
     rows = []
-    for config, entry in tables.summary.items():
+    for config, entry in table.summary.items():
         cells = [_cell(entry["sets"].get(name, {}).get(column), decimals) for name in set_names]
         rows.append([config, str(entry["n_seeds"]), *cells, _cell(entry["mean"].get(column), decimals), *budget.cells(config)])
     header = ["Configuration", "Seeds", *set_names, "Mean", *budget.header]
-    lines = [f"## `{column}`", "", f"`{column}` — {tables.legend[column]}.", "", _cells_legend(tables.summary, budget), "", *_md_table(header, rows), ""]
-    if tables.paired is not None:
-        reference, seeds, runs = tables.paired
+    lines = [f"## `{column}`", "", f"`{column}` — {table.legend[column]}.", "", _cells_legend(table.summary, budget), "", *_md_table(header, rows), ""]
+    if table.paired is not None:
+        reference, seeds, runs = table.paired
         lines += _paired_lines(paired_differences(runs, reference, column), reference, column, seeds, decimals)
     return lines
 
 
-def _grid_csv_rows(tables: _GridTables) -> list[list[Any]]:
+def _grid_csv_rows(table: GridTable) -> list[list[Any]]:
     """The long-format CSV rows of every metric column and configuration."""
-    set_names = tables.set_names
-    return [row for column in tables.metric_columns for config, entry in tables.summary.items() for row in _csv_stats(config, entry, column, set_names)]
+    set_names = table.set_names
+    return [row for column in table.metric_columns for config, entry in table.summary.items() for row in _csv_stats(config, entry, column, set_names)]
 
 
-def _grid_payload(tables: _GridTables) -> dict[str, Any]:
-    """The JSON report's entries for the tables: columns, conventions, summaries, budgets and paired differences."""
+def _grid_payload(table: GridTable) -> dict[str, Any]:
+    """The JSON report's entries for the table: columns, conventions, summaries, budgets and paired differences."""
     payload: dict[str, Any] = {
-        "metric_columns": list(tables.metric_columns),
-        "conventions": tables.legend,
-        "configs": {config: dict(entry) for config, entry in tables.summary.items()},
+        "metric_columns": list(table.metric_columns),
+        "conventions": table.legend,
+        "configs": {config: dict(entry) for config, entry in table.summary.items()},
     }
-    if tables.budgets:
-        payload["budgets"] = {config: list(runs) for config, runs in tables.budgets.items()}
-    if tables.paired is not None:
-        reference, seeds, runs = tables.paired
-        payload["paired"] = {"reference": reference, "seeds": list(seeds), **{c: paired_differences(runs, reference, c) for c in tables.metric_columns}}
+    if table.budgets:
+        payload["budgets"] = {config: list(runs) for config, runs in table.budgets.items()}
+    if table.paired is not None:
+        reference, seeds, runs = table.paired
+        payload["paired"] = {"reference": reference, "seeds": list(seeds), **{c: paired_differences(runs, reference, c) for c in table.metric_columns}}
     return payload
 
 

@@ -153,53 +153,15 @@ def encode_labels(prob: torch.Tensor, kind: LabelKind, *, threshold: float = 0.5
     return prob.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
 
 
-@torch.no_grad()
-def render_pseudo_labels(
-    network: nn.Module,
-    images: ArrayStore,
-    indices: Sequence[int] | np.ndarray,
-    path: Path,
-    *,
-    normalizer: InputNormalizer,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-    kind: LabelKind = "hard",
-    batch_size: int = 16,
-    threshold: float = 0.5,
-    channels: int = 1,
-    dist: DistInfo | None = None,
-) -> PseudoLabelStore:
-    """Predict the images at pool ``indices`` and write their labels to ``path``.
-
-    Args:
-        network: the model that labels (put in eval mode here).
-        images: the pool's image records ``uint8 [N, C, S, S]``.
-        indices: sorted, unique pool indices to label; record ``i`` of the
-            file is the label of ``indices[i]``.
-        path: the ``.npy`` file to write (replaced atomically).
-        normalizer: the trainer's input normaliser (same inputs as training).
-        autocast: the trainer's mixed-precision context.
-        kind: ``hard`` ({0, 255} at ``threshold``) or ``soft`` (0..255).
-        batch_size: images per forward pass.
-        threshold: hard labels of one class only.
-        channels: the network's output channels (1, or C + 1 for C classes).
-        dist: the process group; every process renders its share.
-
-    Returns:
-        The written labels, opened read-only.
-    """
-    labeler = _Labeler(network, normalizer, autocast, batch_size)
-    return _render(labeler, images, indices, Path(path), label_format=_LabelFormat(kind, threshold, channels), dist=dist or DistInfo())
-
-
 @dataclass(frozen=True)
-class _LabelFormat:
+class LabelFormat:
     """How rendered labels are stored (see the module's formats)."""
 
-    kind: LabelKind
+    kind: LabelKind = "hard"
     """``hard`` ({0, 255} at ``threshold``, or class indices) or ``soft`` (0..255)."""
-    threshold: float
+    threshold: float = 0.5
     """Hard labels of one class only."""
-    channels: int
+    channels: int = 1
     """The network's output channels (1, or C + 1 for C classes)."""
 
     def record_shape(self, size: tuple[int, ...]) -> tuple[int, ...]:
@@ -208,15 +170,16 @@ class _LabelFormat:
 
 
 @dataclass(frozen=True)
-class _Labeler:
+class Labeler:
     """The model that renders pseudo labels, run as the trainer runs it."""
 
     network: nn.Module
+    """Put in eval mode when it renders."""
     normalizer: InputNormalizer
     """The trainer's input normaliser (same inputs as training)."""
     autocast: Callable[[], contextlib.AbstractContextManager]
     """The trainer's mixed-precision context."""
-    batch_size: int
+    batch_size: int = 16
     """Images per forward pass."""
 
     def probabilities(self, records: np.ndarray) -> torch.Tensor:
@@ -228,9 +191,32 @@ class _Labeler:
 
 
 @torch.no_grad()
-def _render(labeler: _Labeler, images: ArrayStore, indices: Sequence[int] | np.ndarray, path: Path, *, label_format: _LabelFormat, dist: DistInfo) -> PseudoLabelStore:
-    """:func:`render_pseudo_labels`: each process writes its share of the records into one shared temporary file."""
+def render_pseudo_labels(
+    labeler: Labeler,
+    images: ArrayStore,
+    indices: Sequence[int] | np.ndarray,
+    path: Path,
+    *,
+    label_format: LabelFormat = LabelFormat(),
+    dist: DistInfo | None = None,
+) -> PseudoLabelStore:
+    """Predict the images at pool ``indices`` with ``labeler`` and write their labels to ``path``.
+
+    Args:
+        labeler: the model that labels (its network is put in eval mode here).
+        images: the pool's image records ``uint8 [N, C, S, S]``.
+        indices: sorted, unique pool indices to label; record ``i`` of the
+            file is the label of ``indices[i]``.
+        path: the ``.npy`` file to write (replaced atomically).
+        label_format: how the labels are stored (hard or soft, the threshold, the channels).
+        dist: the process group; every process renders its share into one shared temporary file.
+
+    Returns:
+        The written labels, opened read-only.
+    """
+    dist = dist or DistInfo()
     indices = _sorted_unique(indices)
+    path = Path(path)
     labeler.network.eval()
     record_shape = label_format.record_shape(images.record_shape[-2:])
     with contextlib.ExitStack() as stack:
@@ -325,4 +311,4 @@ def label_agreement(
     }
 
 
-__all__ = ["LabelKind", "PseudoLabelStore", "encode_labels", "label_agreement", "render_pseudo_labels"]
+__all__ = ["LabelFormat", "LabelKind", "Labeler", "PseudoLabelStore", "encode_labels", "label_agreement", "render_pseudo_labels"]

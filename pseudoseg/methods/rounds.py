@@ -95,7 +95,7 @@ from pseudoseg.engine.strategy import Batch, Forward, StageSpec, Strategy, Views
 from pseudoseg.engine.trainer import StageResult, read_metrics
 from pseudoseg.errors import UserError
 from pseudoseg.fileio import write_json, write_text
-from pseudoseg.methods.label_store import PseudoLabelStore, label_agreement, render_pseudo_labels
+from pseudoseg.methods.label_store import LabelFormat, Labeler, PseudoLabelStore, label_agreement, render_pseudo_labels
 from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import finished_stage
@@ -534,19 +534,9 @@ def _ensure_labels(session: RunSession, round_: int, weights: Path, indices: np.
     network = trainer.build_network()
     tensors, _ = load_weights_file(weights)
     network.load_state_dict(tensors)
-    store = render_pseudo_labels(
-        network,
-        session.pool.images,
-        indices,
-        path,
-        normalizer=trainer.normalizer,
-        autocast=trainer.autocast,
-        kind=session.config.method.labels,
-        batch_size=session.config.eval.batch_size,
-        threshold=session.config.eval.threshold,
-        channels=trainer.channels,
-        dist=trainer.dist,
-    )
+    labeler = Labeler(network, trainer.normalizer, trainer.autocast, batch_size=session.config.eval.batch_size)
+    label_format = LabelFormat(session.config.method.labels, threshold=session.config.eval.threshold, channels=trainer.channels)
+    store = render_pseudo_labels(labeler, session.pool.images, indices, path, label_format=label_format, dist=trainer.dist)
     store.close()
     return _LabelFile(round_, path, indices, rendered_by, trainer.channels)
 

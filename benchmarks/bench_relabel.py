@@ -84,15 +84,16 @@ def peak_rss_mb() -> float:
 def child_memory(args: argparse.Namespace) -> dict:
     """One fresh process: relabel the first ``args.count`` images and report peak memory."""
     from pseudoseg.data.store import ArrayStore
-    from pseudoseg.methods.label_store import render_pseudo_labels
+    from pseudoseg.methods.label_store import LabelFormat, Labeler, render_pseudo_labels
 
     torch, device, model, normalizer, autocast, _ = _setup(args)
     images = ArrayStore(Path(args.images))
     with torch.no_grad(), autocast():  # warm up kernels so both sizes start from the same state
         model(normalizer(normalizer.to_unit(images.read(np.arange(args.batch_size)))))
+    labeler = Labeler(model, normalizer, autocast, batch_size=args.batch_size)
     before = peak_rss_mb()
     start = time.perf_counter()
-    store = render_pseudo_labels(model, images, np.arange(args.count), Path(args.out), normalizer=normalizer, autocast=autocast, kind="soft", batch_size=args.batch_size)
+    store = render_pseudo_labels(labeler, images, np.arange(args.count), Path(args.out), label_format=LabelFormat("soft"))
     seconds = time.perf_counter() - start
     store.close()
     return {"count": args.count, "peak_rss_mb": peak_rss_mb(), "before_mb": before, "seconds": seconds, "label_file_mb": Path(args.out).stat().st_size / 2**20}
@@ -101,12 +102,13 @@ def child_memory(args: argparse.Namespace) -> dict:
 def throughput(args: argparse.Namespace, images_path: Path, out_dir: Path) -> dict:
     """Store path vs raw inference, interleaved, best of ``repeats`` for each."""
     from pseudoseg.data.store import ArrayStore
-    from pseudoseg.methods.label_store import render_pseudo_labels
+    from pseudoseg.methods.label_store import LabelFormat, Labeler, render_pseudo_labels
 
     torch, device, model, normalizer, autocast, amp = _setup(args)
     images = ArrayStore(images_path)
     indices = np.arange(args.throughput_images)
     batches = [normalizer(normalizer.to_unit(images.read(indices[s : s + args.batch_size]))) for s in range(0, len(indices), args.batch_size)]
+    labeler = Labeler(model, normalizer, autocast, batch_size=args.batch_size)
 
     def raw() -> float:
         start = time.perf_counter()
@@ -121,7 +123,7 @@ def throughput(args: argparse.Namespace, images_path: Path, out_dir: Path) -> di
 
     def stored() -> float:
         start = time.perf_counter()
-        render_pseudo_labels(model, images, indices, out_dir / "throughput.npy", normalizer=normalizer, autocast=autocast, kind="soft", batch_size=args.batch_size).close()
+        render_pseudo_labels(labeler, images, indices, out_dir / "throughput.npy", label_format=LabelFormat("soft")).close()
         return time.perf_counter() - start
 
     raw(), stored()  # warm-up

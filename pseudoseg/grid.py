@@ -198,7 +198,7 @@ def _write_tables(out: Path, base: RunConfig, chosen: GridFamily, seeds: list[in
     """``grid.md`` / ``.csv`` / ``.json``, ``runs.json`` and the plots, from every row's run results."""
     from pseudoseg.evaluation.metrics import conventions_for, headline_columns
     from pseudoseg.evaluation.plots import plot_grid_curves
-    from pseudoseg.evaluation.report import summarize_runs, write_grid_report
+    from pseudoseg.evaluation.report import GridTable, summarize_runs, write_grid_report
 
     per_variant = {name: [dict(result.metrics["sets"]) for result in done] for name, done in results.items()}
     budget_keys = ("released_steps", "steps", "images", "masks_used", "kept_start")
@@ -206,18 +206,14 @@ def _write_tables(out: Path, base: RunConfig, chosen: GridFamily, seeds: list[in
     reports = {name: [result.metrics for result in done] for name, done in results.items()}
     summary = summarize_runs(per_variant)
     machines = {name: {seed: _machine(metrics) for seed, metrics in zip(seeds, per_seed)} for name, per_seed in reports.items()}
-    write_grid_report(
+    table = GridTable(
         summary,
-        out,
-        stem="grid",
         metric_columns=headline_columns(base.data.class_set, base.data.geometry),  # several classes: the mean and each class
-        title=f"{chosen.name} grid over seeds {seeds}",
         conventions=conventions_for(base.data.class_set, base.data.geometry),
-        notes=_grid_notes(machines, reports, seeds),
-        extra={"machines": machines},
         budgets=budgets,
         paired=(chosen.reference, seeds, per_variant) if chosen.reference in per_variant else None,
     )
+    write_grid_report(table, out, stem="grid", title=f"{chosen.name} grid over seeds {seeds}", notes=_grid_notes(machines, reports, seeds), extra={"machines": machines})
     write_json(out / "runs.json", {"family": chosen.name, "seeds": seeds, "runs": runs})
     plot_grid_curves(out, runs)
     if chosen.plots is not None:

@@ -13,7 +13,7 @@ from torch import nn
 from pseudoseg.data.preprocessing import InputNormalizer
 from pseudoseg.data.store import ArrayStore
 from pseudoseg.errors import UserError
-from pseudoseg.methods.label_store import PseudoLabelStore, encode_labels, label_agreement, render_pseudo_labels
+from pseudoseg.methods.label_store import LabelFormat, Labeler, PseudoLabelStore, encode_labels, label_agreement, render_pseudo_labels
 
 SIZE = 12
 
@@ -39,14 +39,11 @@ def expected_prob(images: ArrayStore, indices: np.ndarray) -> torch.Tensor:
 
 def render(images: ArrayStore, indices: np.ndarray, path: Path, kind: str, network: nn.Module | None = None, batch_size: int = 4) -> PseudoLabelStore:
     return render_pseudo_labels(
-        network or Brightness(),
+        Labeler(network or Brightness(), InputNormalizer("unit", images.record_shape[0], torch.device("cpu")), contextlib.nullcontext, batch_size=batch_size),
         images,
         indices,
         path,
-        normalizer=InputNormalizer("unit", images.record_shape[0], torch.device("cpu")),
-        autocast=contextlib.nullcontext,
-        kind=kind,
-        batch_size=batch_size,
+        label_format=LabelFormat(kind),
     )
 
 
@@ -177,14 +174,9 @@ def test_label_store_with_classes_round_trip(tmp_path: Path) -> None:
 
     expected = torch.softmax(4.0 * ((torch.from_numpy(images.read(np.arange(6))).float() / 255.0 - 0.5) / 0.5), dim=1)
     covered = np.array([0, 2, 3, 5])
-    hard = render_pseudo_labels(
-        ThreeWay(), images, covered, tmp_path / "hard.npy", normalizer=InputNormalizer("unit", 3, torch.device("cpu")),
-        autocast=contextlib.nullcontext, kind="hard", batch_size=3, channels=3,
-    )
-    soft = render_pseudo_labels(
-        ThreeWay(), images, covered, tmp_path / "soft.npy", normalizer=InputNormalizer("unit", 3, torch.device("cpu")),
-        autocast=contextlib.nullcontext, kind="soft", batch_size=3, channels=3,
-    )
+    labeler = Labeler(ThreeWay(), InputNormalizer("unit", 3, torch.device("cpu")), contextlib.nullcontext, batch_size=3)
+    hard = render_pseudo_labels(labeler, images, covered, tmp_path / "hard.npy", label_format=LabelFormat("hard", channels=3))
+    soft = render_pseudo_labels(labeler, images, covered, tmp_path / "soft.npy", label_format=LabelFormat("soft", channels=3))
     # hard: class indices on disk, one byte a pixel; soft: C + 1 probabilities a pixel, on disk
     assert np.load(tmp_path / "hard.npy", mmap_mode="r").shape == (4, SIZE, SIZE)
     assert np.load(tmp_path / "soft.npy", mmap_mode="r").shape == (4, 3, SIZE, SIZE)

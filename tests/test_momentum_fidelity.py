@@ -18,7 +18,7 @@ from pseudoseg.engine.ema import retained_share, update_momentum
 from pseudoseg.engine.losses import SegmentationLoss, masked_mean_per_image
 from pseudoseg.engine.trainer import Trainer, network_seed, stage_seed
 from pseudoseg.errors import UserError
-from pseudoseg.evaluation.report import summarize_runs, write_grid_report
+from pseudoseg.evaluation.report import GridTable, summarize_runs, write_grid_report
 from pseudoseg.methods.momentum import MomentumConfig, networks_coincide, teacher_waits_for_student
 from pseudoseg.runner import train
 from tests.test_momentum import make_strategy
@@ -235,7 +235,7 @@ def test_grid_tables_carry_steps_and_images(tmp_path: Path) -> None:
     per_set = {"a": {"dice@0.5": 0.5, "n": 3}}
     summary = summarize_runs({"supervised": [per_set, per_set], "semi": [per_set, per_set]})
     budgets = {"supervised": [{"steps": 800, "images": 12800}] * 2, "semi": [{"steps": 1400, "images": 22400}, {"steps": 1500, "images": 24000}]}
-    paths = write_grid_report(summary, tmp_path, budgets=budgets)
+    paths = write_grid_report(GridTable(summary, budgets=budgets), tmp_path)
     text = paths["md"].read_text()
     assert "| Steps | Images seen |" in text
     assert "| 800 | 12,800 |" in text and "| 1,400–1,500 | 22,400–24,000 |" in text

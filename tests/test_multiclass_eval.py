@@ -25,7 +25,7 @@ from pseudoseg.data.preprocessing import Preprocessing
 from pseudoseg.errors import UserError
 from pseudoseg.evaluation.evaluate import evaluate
 from pseudoseg.evaluation.metrics import METRIC_CONVENTIONS, ClassMetrics, conventions_for, headline_columns
-from pseudoseg.evaluation.report import summarize_runs, write_grid_report, write_report
+from pseudoseg.evaluation.report import GridTable, summarize_runs, write_grid_report, write_report
 from pseudoseg.evaluation.volume_metrics import VolumeMetrics
 from pseudoseg.inference import Predictor
 from pseudoseg.predict import CLASS_COLOURS, predict_paths
@@ -325,7 +325,7 @@ def test_reports_name_the_classes(tmp_path: Path) -> None:
         "dice", "dice/anterior", "dice/posterior", "hd95_mm", "hd95_mm/anterior", "hd95_mm/posterior",
         "hd95_penalised_mm", "hd95_penalised_mm/anterior", "hd95_penalised_mm/posterior", "hd95_undefined",
     )
-    grid = write_grid_report(summarize_runs({"atso": [per_set, per_set]}), tmp_path / "grid", metric_columns=columns, conventions=conventions)
+    grid = write_grid_report(GridTable(summarize_runs({"atso": [per_set, per_set]}), metric_columns=columns, conventions=conventions), tmp_path / "grid")
     text = grid["md"].read_text()
     assert "## `dice/posterior`" in text and conventions["hd95_mm/anterior"] in text
     assert headline_columns(TWO_CLASSES, "images") == ("dice", "dice/anterior", "dice/posterior", "iou")

@@ -15,6 +15,7 @@ from pseudoseg.evaluation.report import (
     mean_over_sets,
     render_table,
     summarize_runs,
+    GridTable,
     write_grid_report,
     write_report,
 )
@@ -139,7 +140,7 @@ def test_summarize_runs_rejects_seeds_with_different_sets() -> None:
 
 
 def test_write_grid_report(tmp_path: Path) -> None:
-    paths = write_grid_report(summarize_runs(RUNS), tmp_path, title="Label ratio 10%")
+    paths = write_grid_report(GridTable(summarize_runs(RUNS)), tmp_path, title="Label ratio 10%")
     assert {p.name for p in paths.values()} == {"grid.json", "grid.csv", "grid.md"}
 
     md = paths["md"].read_text()
@@ -162,7 +163,7 @@ def test_write_grid_report(tmp_path: Path) -> None:
 
 
 def test_write_grid_report_missing_metric_shows_dash(tmp_path: Path) -> None:
-    paths = write_grid_report(summarize_runs(RUNS), tmp_path, metric_columns=("dice@0.5", "meanDice"))
+    paths = write_grid_report(GridTable(summarize_runs(RUNS), metric_columns=("dice@0.5", "meanDice")), tmp_path)
     md = paths["md"].read_text()
     assert "## `meanDice`" in md
     assert "| supervised | 3 | – | – | – |" in md
@@ -188,7 +189,7 @@ def test_paired_differences_seed_by_seed(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="reference"):
         paired_differences(runs, "supervised", "dice")
     budgets = {name: [{"released_steps": 500, "steps": 800, "images": 6400}] * 3 for name in runs}
-    write_grid_report(summarize_runs(runs), tmp_path, metric_columns=("dice",), budgets=budgets, paired=("tso", [0, 1, 2], runs))
+    write_grid_report(GridTable(summarize_runs(runs), metric_columns=("dice",), budgets=budgets, paired=("tso", [0, 1, 2], runs)), tmp_path)
     text = (tmp_path / "grid.md").read_text()
     assert "| atso | +0.100 | -0.050 | +0.100 | +0.050 ± 0.087 | 2/3 seeds |" in text
     assert "| Released steps | Steps | Images seen |" in text and "| 500 | 800 | 6,400 |" in text

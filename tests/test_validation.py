@@ -14,7 +14,7 @@ import torch
 from pseudoseg.run_config import config_from_dict
 from pseudoseg.engine.device import describe_machine, machine_line
 from pseudoseg.engine.distributed import DistInfo
-from pseudoseg.evaluation.report import summarize_runs, write_grid_report
+from pseudoseg.evaluation.report import GridTable, summarize_runs, write_grid_report
 from pseudoseg.models import build_model
 from pseudoseg.engine.validation import ValidationTally, case_positions, prefer
 
@@ -207,7 +207,7 @@ def test_a_grid_summary_with_an_undefined_hd95_writes_its_table(collapsed_run: t
     assert summary["supervised-100%"]["mean"]["hd95_mm"]["defined_seeds"] == 2
     assert summary["supervised-100%"]["sets"]["test"]["dice"] == {"mean": pytest.approx(0.5), "std": pytest.approx(0.4358898943540674)}
     assert summary["supervised-100%"]["sets"]["test"]["hd95_undefined"]["mean"] == pytest.approx(2 / 3)
-    paths = write_grid_report(summary, tmp_path, metric_columns=("dice", "hd95_mm", "hd95_undefined"), notes=["All runs trained on cpu."])
+    paths = write_grid_report(GridTable(summary, metric_columns=("dice", "hd95_mm", "hd95_undefined")), tmp_path, notes=["All runs trained on cpu."])
     md = paths["md"].read_text()
     assert "| supervised-100% | 3 | 7.000 ± 1.414 (2 seeds) | 7.000 ± 1.414 (2 seeds) |" in md
     assert "| atso | 1 | – | – |" in md  # undefined in its only seed

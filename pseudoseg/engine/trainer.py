@@ -443,7 +443,7 @@ class Trainer:
             start.load_state_dict(tensors)
         scores = self._score_network(spec, start)
         for name in networks:
-            self._save_best(best, name, start, scores, 0, spec, start=True)
+            best[name] = self._save_best(name, start, scores, 0, spec, start=True)
         log.write({"kind": "val", "step": 0, "epoch": 0, **self._score_fields("start", scores)})
 
     def _wrap(self, network: nn.Module) -> nn.Module:
@@ -499,7 +499,7 @@ class Trainer:
                     what = "background" if scores["collapse"] == "empty" else "foreground"
                     console_warn(f"warning: {spec.name} step {step}: network {name!r} predicts {what} on every validation pixel (collapsed)")
             if prefer(scores, best.get(name), self.config.train.selection_metric):
-                self._save_best(best, name, network, scores, step, spec)
+                best[name] = self._save_best(name, network, scores, step, spec)
         if strategy.renders_pseudo_labels:
             pseudo_dice = self._pseudo_label_dice(spec, strategy)
             if pseudo_dice is not None:  # absent, not zero, where U has no true masks
@@ -521,17 +521,19 @@ class Trainer:
             fields.update({f"{name}/dice/{cls}": value for cls, value in zip(self.classes.names, scores["class_dice"])})
         return fields
 
-    def _save_best(self, best: dict, name: str, network: nn.Module, scores: dict[str, Any], step: int, spec: StageSpec, *, start: bool = False) -> None:
-        """Record ``network``'s weights as network ``name``'s best so far (``start``: the stage's start, at step 0)."""
+    def _save_best(self, name: str, network: nn.Module, scores: dict[str, Any], step: int, spec: StageSpec, *, start: bool = False) -> dict[str, Any]:
+        """Save ``network``'s weights as network ``name``'s best so far (``start``: the stage's start, at step 0)
+        and return the stage's ``best`` record of them."""
         metric = self.config.train.selection_metric
         convention = "per case (3-D)" if self.config.data.geometry == "volumes" else "per image"
         path = self.run_dir / spec.name / f"best_{name}.safetensors"
-        best[name] = {"score": scores[metric], "metric": f"val {metric}@{self.config.eval.threshold} {convention}", "step": step, "file": path.name, "collapse": scores["collapse"]}
+        record: dict[str, Any] = {"score": scores[metric], "metric": f"val {metric}@{self.config.eval.threshold} {convention}", "step": step, "file": path.name, "collapse": scores["collapse"]}
         if start:
-            best[name]["start"] = True
+            record["start"] = True
         if self.dist.is_main:
             meta = {"architecture": self.architecture, "preprocessing": self.preprocessing, "stage": spec.name, "network": name, "step": step, "validation": scores, "seed": self.config.seed}
             save_weights(path, network, {**meta, "start": True} if start else meta)  # which file it was: done.json's describe
+        return record
 
     @torch.no_grad()
     def _pseudo_label_dice(self, spec: StageSpec, strategy: Strategy) -> float | None:

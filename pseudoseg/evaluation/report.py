@@ -34,6 +34,7 @@ from pseudoseg.evaluation.metrics import METRIC_CONVENTIONS
 from pseudoseg.fileio import write_json, write_text
 
 __all__ = [
+    "GridTable",
     "finite_or_none",
     "mean_over_sets",
     "render_table",
@@ -148,17 +149,25 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]
     return lines
 
 
-def _write_files(out_dir: Path, files: Mapping[str, tuple[str, Any]]) -> dict[str, Path]:
-    """Write ``{suffix: (kind, content)}`` atomically; a path that cannot be written is the user's to fix."""
+def _md_heading(title: str, notes: Sequence[str]) -> list[str]:
+    """A report's title and the notes under it (machine, precision, warnings), each followed by a blank line."""
+    lines = [f"# {title}", ""] if title else []
+    return lines + ([*notes, ""] if notes else [])
+
+
+def _write_files(out_dir: Path, stem: str, payload: Mapping[str, Any], csv_text: str, md_lines: Sequence[str]) -> dict[str, Path]:
+    """Write ``<stem>.json`` (NaN as null), ``<stem>.csv`` and ``<stem>.md`` atomically; a path that
+    cannot be written is the user's to fix. Returns ``{"json": path, "csv": path, "md": path}``."""
+    contents = {"json": finite_or_none(payload), "csv": csv_text, "md": "\n".join(md_lines)}
     paths: dict[str, Path] = {}
     try:
-        for suffix, (kind, content) in files.items():
-            path = out_dir / suffix
-            if kind == "json":
+        for suffix, content in contents.items():
+            path = out_dir / f"{stem}.{suffix}"
+            if suffix == "json":
                 write_json(path, content)
             else:
                 write_text(path, content)
-            paths[path.suffix.lstrip(".")] = path
+            paths[suffix] = path
     except OSError as err:
         raise UserError(f"cannot write report files in {out_dir}: {err.strerror or err}") from err
     return paths
@@ -209,15 +218,10 @@ def write_report(
     written atomically. Returns ``{"json": path, "csv": path, "md": path}``.
     """
     _check_sets(per_set)
-    extra = dict(extra or {})
-    clash = sorted(set(extra) & {"title", "conventions", "sets", "mean"})
-    if clash:
-        raise ValueError(f"extra report keys {clash} would overwrite the report's own keys")
-    out_dir = Path(out_dir)
+    extra = _checked_extra(extra)
     columns = _metric_columns(per_set)
     legend = _conventions(columns, conventions)
     mean = mean_over_sets(per_set)
-
     payload = {
         "title": title,
         "conventions": legend,
@@ -225,22 +229,38 @@ def write_report(
         "mean": mean,
         **extra,
     }
-
     csv_rows = [[name, *(metrics.get(c) for c in columns), metrics.get("n")] for name, metrics in per_set.items()]
     csv_rows.append([_MEAN_LABEL, *(mean.get(c) for c in columns), None])
+    lines = [*_md_heading(title, notes), *_md_sets_table(per_set, columns, mean, decimals), "", *_md_sets_legend(len(per_set), legend)]
+    return _write_files(Path(out_dir), stem, payload, _csv_text(["set", *columns, "n"], csv_rows), lines)
 
+
+def _checked_extra(extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``write_report``'s extra keys, refused where one would overwrite a key of the report's own."""
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & {"title", "conventions", "sets", "mean"})
+    if clash:
+        raise ValueError(f"extra report keys {clash} would overwrite the report's own keys")
+    return extra
+
+
+def _set_cells(metrics: Mapping[str, Any], columns: Sequence[str], decimals: int) -> list[str]:
+    """One test set's metric cells and its image count, rounded to ``decimals``."""
+    return [*(_fmt(metrics.get(c), decimals) for c in columns), _fmt(metrics.get("n"), decimals)]
+
+
+def _md_sets_table(per_set: Mapping[str, Mapping[str, Any]], columns: Sequence[str], mean: Mapping[str, float], decimals: int) -> list[str]:
+    """The Markdown table of the per-set report: a row per test set, then the bold mean row."""
     header = ["Test set", *(f"`{c}`" for c in columns), "n"]
-    md_rows = [
-        [name, *(_fmt(metrics.get(c), decimals) for c in columns), _fmt(metrics.get("n"), decimals)]
-        for name, metrics in per_set.items()
-    ]
-    md_rows.append(["**Mean**", *(f"**{_fmt(mean.get(c), decimals)}**" for c in columns), ""])
-    lines = [f"# {title}", ""] if title else []
-    lines += [*notes, ""] if notes else []
-    lines += _md_table(header, md_rows)
-    lines += [
-        "",
-        f"**Mean** is the unweighted mean over the {len(per_set)} test sets (each set counts once).",
+    rows = [[name, *_set_cells(metrics, columns, decimals)] for name, metrics in per_set.items()]
+    rows.append(["**Mean**", *(f"**{_fmt(mean.get(c), decimals)}**" for c in columns), ""])
+    return _md_table(header, rows)
+
+
+def _md_sets_legend(set_count: int, legend: Mapping[str, str]) -> list[str]:
+    """What the per-set table's mean row and columns mean."""
+    return [
+        f"**Mean** is the unweighted mean over the {set_count} test sets (each set counts once).",
         "",
         "Columns:",
         "",
@@ -248,15 +268,6 @@ def write_report(
         "- `n` — number of test images in the set.",
         "",
     ]
-
-    return _write_files(
-        out_dir,
-        {
-            f"{stem}.json": ("json", finite_or_none(payload)),
-            f"{stem}.csv": ("text", _csv_text(["set", *columns, "n"], csv_rows)),
-            f"{stem}.md": ("text", "\n".join(lines)),
-        },
-    )
 
 
 def render_table(per_set: Mapping[str, Mapping[str, Any]], *, title: str = "", decimals: int = 3) -> Table:
@@ -272,12 +283,7 @@ def render_table(per_set: Mapping[str, Mapping[str, Any]], *, title: str = "", d
     names = list(per_set)
     for i, name in enumerate(names):
         metrics = per_set[name]
-        table.add_row(
-            name,
-            *(_fmt(metrics.get(c), decimals) for c in columns),
-            _fmt(metrics.get("n"), decimals),
-            end_section=i == len(names) - 1,
-        )
+        table.add_row(name, *_set_cells(metrics, columns, decimals), end_section=i == len(names) - 1)
     table.add_row("Mean", *(_fmt(mean.get(c), decimals) for c in columns), "", style="bold")
     return table
 
@@ -451,21 +457,9 @@ def _kept_start_cell(runs: Sequence[Mapping[str, Any]]) -> str:
     return f"{sum(flags)}/{len(flags)}" if flags else "–"
 
 
-def write_grid_report(
-    summary: Mapping[str, Mapping[str, Any]],
-    out_dir: str | Path,
-    *,
-    stem: str = "grid",
-    metric_columns: Sequence[str] = ("dice@0.5",),
-    title: str = "",
-    conventions: Mapping[str, str] | None = None,
-    notes: Sequence[str] = (),
-    extra: Mapping[str, Any] | None = None,
-    decimals: int = 3,
-    budgets: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-    paired: tuple[str, Sequence[int], Mapping[str, Sequence[Mapping[str, Mapping[str, Any]]]]] | None = None,
-) -> dict[str, Path]:
-    """Write a side-by-side comparison of configurations from :func:`summarize_runs`.
+@dataclass(frozen=True)
+class GridTable:
+    """What a grid report compares: configurations summarised over seeds, side by side in one table per metric column.
 
     ``budgets``: ``{configuration: [run budget of seed 0, ...]}`` (``budget.json`` of
     each run: total optimiser ``steps``, training ``images`` and, where known, the
@@ -475,6 +469,43 @@ def write_grid_report(
     ``paired``: ``(reference, seeds, runs)`` with ``runs`` as given to
     :func:`summarize_runs`: each metric's table is followed by the per-seed
     differences from the reference configuration (:func:`paired_differences`).
+    """
+
+    summary: Mapping[str, Mapping[str, Any]]
+    """The configurations, as :func:`summarize_runs` returns them."""
+    metric_columns: Sequence[str] = ("dice@0.5",)
+    conventions: Mapping[str, str] | None = None
+    """Descriptions of columns not in :data:`~pseudoseg.evaluation.metrics.METRIC_CONVENTIONS`."""
+    decimals: int = 3
+    budgets: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+    paired: tuple[str, Sequence[int], Mapping[str, Sequence[Mapping[str, Mapping[str, Any]]]]] | None = None
+
+    @property
+    def set_names(self) -> list[str]:
+        """The test sets of any configuration, in order of appearance."""
+        return _ordered_union(entry["sets"] for entry in self.summary.values())
+
+    @property
+    def legend(self) -> dict[str, str]:
+        """The convention of each metric column."""
+        return _conventions(self.metric_columns, self.conventions)
+
+    @property
+    def budget_columns(self) -> _BudgetColumns:
+        """The columns beside each table's metrics: what each row's runs spent and used."""
+        return _BudgetColumns.of(self.budgets)
+
+
+def write_grid_report(
+    table: GridTable,
+    out_dir: str | Path,
+    *,
+    stem: str = "grid",
+    title: str = "",
+    notes: Sequence[str] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``table``, the configurations of :func:`summarize_runs` side by side.
 
     * Markdown: one table per metric column, rows = configurations, columns =
       number of seeds, test sets and ``Mean``; cells ``"0.812 ± 0.010"``
@@ -484,48 +515,56 @@ def write_grid_report(
       title, e.g. the machine and precision of the runs) come first.
     * CSV (long format, easy to pivot): ``config,metric,set,mean,std,n_seeds``
       with ``set == "Mean"`` for the mean-over-sets row.
-    * JSON: ``{"title", "metric_columns", "conventions", "configs": summary, **extra}``.
+    * JSON: ``{"title", "metric_columns", "conventions", "configs": summary,
+      "budgets" and "paired" where given, **extra}``.
 
     Returns ``{"json": path, "csv": path, "md": path}``.
     """
-    if not summary:
+    if not table.summary:
         raise ValueError("no configurations to report")
-    if not metric_columns:
+    if not table.metric_columns:
         raise ValueError("metric_columns is empty")
-    set_names = _ordered_union(entry["sets"] for entry in summary.values())
-    legend = _conventions(metric_columns, conventions)
-    columns = _BudgetColumns.of(budgets)
-    csv_rows: list[list[Any]] = []
-    lines = [f"# {title}", ""] if title else []
-    lines += [*notes, ""] if notes else []
-    for column in metric_columns:
-        md_rows = []
-        for config, entry in summary.items():
-            cells = [_cell(entry["sets"].get(name, {}).get(column), decimals) for name in set_names]
-            md_rows.append([config, str(entry["n_seeds"]), *cells, _cell(entry["mean"].get(column), decimals), *columns.cells(config)])
-            csv_rows += _csv_stats(config, entry, column, set_names)
-        header = ["Configuration", "Seeds", *set_names, "Mean", *columns.header]
-        lines += [f"## `{column}`", "", f"`{column}` — {legend[column]}.", "", _cells_legend(summary, columns), "", *_md_table(header, md_rows), ""]
-        if paired is not None:
-            reference, seeds, runs = paired
-            lines += _paired_lines(paired_differences(runs, reference, column), reference, column, seeds, decimals)
-    payload = {
-        "title": title,
-        "metric_columns": list(metric_columns),
-        "conventions": legend,
-        "configs": {config: dict(entry) for config, entry in summary.items()},
-        **({"budgets": {config: list(runs) for config, runs in budgets.items()}} if budgets else {}),
-        **({"paired": {"reference": paired[0], "seeds": list(paired[1]), **{c: paired_differences(paired[2], paired[0], c) for c in metric_columns}}} if paired is not None else {}),
-        **(extra or {}),
+    lines = _md_heading(title, notes)
+    for column in table.metric_columns:
+        lines += _md_grid_section(table, column)
+    payload = {"title": title, **_grid_payload(table), **(extra or {})}
+    return _write_files(Path(out_dir), stem, payload, _csv_text(["config", "metric", "set", "mean", "std", "n_seeds"], _grid_csv_rows(table)), lines)
+
+
+def _md_grid_section(table: GridTable, column: str) -> list[str]:
+    """One metric's table (a row per configuration) under its convention and cell legend, then its paired differences."""
+    set_names, budget, decimals = table.set_names, table.budget_columns, table.decimals
+    rows = []
+    for config, entry in table.summary.items():
+        cells = [_cell(entry["sets"].get(name, {}).get(column), decimals) for name in set_names]
+        rows.append([config, str(entry["n_seeds"]), *cells, _cell(entry["mean"].get(column), decimals), *budget.cells(config)])
+    header = ["Configuration", "Seeds", *set_names, "Mean", *budget.header]
+    lines = [f"## `{column}`", "", f"`{column}` — {table.legend[column]}.", "", _cells_legend(table.summary, budget), "", *_md_table(header, rows), ""]
+    if table.paired is not None:
+        reference, seeds, runs = table.paired
+        lines += _paired_lines(paired_differences(runs, reference, column), reference, column, seeds, decimals)
+    return lines
+
+
+def _grid_csv_rows(table: GridTable) -> list[list[Any]]:
+    """The long-format CSV rows of every metric column and configuration."""
+    set_names = table.set_names
+    return [row for column in table.metric_columns for config, entry in table.summary.items() for row in _csv_stats(config, entry, column, set_names)]
+
+
+def _grid_payload(table: GridTable) -> dict[str, Any]:
+    """The JSON report's entries for the table: columns, conventions, summaries, budgets and paired differences."""
+    payload: dict[str, Any] = {
+        "metric_columns": list(table.metric_columns),
+        "conventions": table.legend,
+        "configs": {config: dict(entry) for config, entry in table.summary.items()},
     }
-    return _write_files(
-        Path(out_dir),
-        {
-            f"{stem}.json": ("json", finite_or_none(payload)),
-            f"{stem}.csv": ("text", _csv_text(["config", "metric", "set", "mean", "std", "n_seeds"], csv_rows)),
-            f"{stem}.md": ("text", "\n".join(lines)),
-        },
-    )
+    if table.budgets:
+        payload["budgets"] = {config: list(runs) for config, runs in table.budgets.items()}
+    if table.paired is not None:
+        reference, seeds, runs = table.paired
+        payload["paired"] = {"reference": reference, "seeds": list(seeds), **{c: paired_differences(runs, reference, c) for c in table.metric_columns}}
+    return payload
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -152,62 +153,81 @@ def encode_labels(prob: torch.Tensor, kind: LabelKind, *, threshold: float = 0.5
     return prob.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
 
 
+@dataclass(frozen=True)
+class LabelFormat:
+    """How rendered labels are stored (see the module's formats)."""
+
+    kind: LabelKind = "hard"
+    """``hard`` ({0, 255} at ``threshold``, or class indices) or ``soft`` (0..255)."""
+    threshold: float = 0.5
+    """Hard labels of one class only."""
+    channels: int = 1
+    """The network's output channels (1, or C + 1 for C classes)."""
+
+    def record_shape(self, size: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of the label record of an image of ``size`` pixels."""
+        return (self.channels, *size) if self.channels > 1 and self.kind == "soft" else size
+
+
+@dataclass(frozen=True)
+class Labeler:
+    """The model that renders pseudo labels, run as the trainer runs it."""
+
+    network: nn.Module
+    """Put in eval mode when it renders."""
+    normalizer: InputNormalizer
+    """The trainer's input normaliser (same inputs as training)."""
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    """The trainer's mixed-precision context."""
+    batch_size: int = 16
+    """Images per forward pass."""
+
+    def probabilities(self, records: np.ndarray) -> torch.Tensor:
+        """Probabilities of a batch of image records ``uint8 [B, C, S, S]``."""
+        inputs = self.normalizer(self.normalizer.to_unit(records))
+        with self.autocast():
+            logits = self.network(inputs)
+        return probabilities(logits)
+
+
 @torch.no_grad()
 def render_pseudo_labels(
-    network: nn.Module,
+    labeler: Labeler,
     images: ArrayStore,
     indices: Sequence[int] | np.ndarray,
     path: Path,
     *,
-    normalizer: InputNormalizer,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-    kind: LabelKind = "hard",
-    batch_size: int = 16,
-    threshold: float = 0.5,
-    channels: int = 1,
+    label_format: LabelFormat = LabelFormat(),
     dist: DistInfo | None = None,
 ) -> PseudoLabelStore:
-    """Predict the images at pool ``indices`` and write their labels to ``path``.
+    """Predict the images at pool ``indices`` with ``labeler`` and write their labels to ``path``.
 
     Args:
-        network: the model that labels (put in eval mode here).
+        labeler: the model that labels (its network is put in eval mode here).
         images: the pool's image records ``uint8 [N, C, S, S]``.
         indices: sorted, unique pool indices to label; record ``i`` of the
             file is the label of ``indices[i]``.
         path: the ``.npy`` file to write (replaced atomically).
-        normalizer: the trainer's input normaliser (same inputs as training).
-        autocast: the trainer's mixed-precision context.
-        kind: ``hard`` ({0, 255} at ``threshold``) or ``soft`` (0..255).
-        batch_size: images per forward pass.
-        threshold: hard labels of one class only.
-        channels: the network's output channels (1, or C + 1 for C classes).
-        dist: the process group; every process renders its share.
+        label_format: how the labels are stored (hard or soft, the threshold, the channels).
+        dist: the process group; every process renders its share into one shared temporary file.
 
     Returns:
         The written labels, opened read-only.
     """
     dist = dist or DistInfo()
     indices = _sorted_unique(indices)
-    size = images.record_shape[-2:]
     path = Path(path)
-    network.eval()
-    record_shape = (channels, *size) if channels > 1 and kind == "soft" else size
+    labeler.network.eval()
+    record_shape = label_format.record_shape(images.record_shape[-2:])
     with contextlib.ExitStack() as stack:
-        tmp: Path | None = None
-        if dist.is_main:
-            tmp = stack.enter_context(atomic_path(path))  # renamed onto ``path`` when the block ends
-            ArrayStore.create(tmp, len(indices), record_shape).close()
-        tmp = _broadcast_path(tmp, dist)
-        out = ArrayStore(tmp, writable=True)
+        out = ArrayStore(_shared_label_file(stack, path, len(indices), record_shape, dist), writable=True)
         try:
             rows = np.arange(len(indices))[dist.shard()]
             contiguous = dist.world == 1
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start : start + batch_size]
-                inputs = normalizer(normalizer.to_unit(images.read(indices[chunk])))
-                with autocast():
-                    logits = network(inputs)
-                records = encode_labels(probabilities(logits), kind, threshold=threshold).cpu().numpy()
+            for start in range(0, len(rows), labeler.batch_size):
+                chunk = rows[start : start + labeler.batch_size]
+                prob = labeler.probabilities(images.read(indices[chunk]))
+                records = encode_labels(prob, label_format.kind, threshold=label_format.threshold).cpu().numpy()
                 if contiguous:
                     out.write(int(chunk[0]), records)
                 else:
@@ -216,7 +236,17 @@ def render_pseudo_labels(
             out.close()
         barrier(dist)  # every share is written before the first process renames the file
     barrier(dist)  # ... and the file is in place before anyone reads it
-    return PseudoLabelStore(path, indices, channels=channels)
+    return PseudoLabelStore(path, indices, channels=label_format.channels)
+
+
+def _shared_label_file(stack: contextlib.ExitStack, path: Path, count: int, record_shape: tuple[int, ...], dist: DistInfo) -> Path:
+    """The temporary file of ``count`` label records that every process writes its share into:
+    the first process creates it, the others receive its name."""
+    tmp: Path | None = None
+    if dist.is_main:
+        tmp = stack.enter_context(atomic_path(path))  # renamed onto ``path`` when the block ends
+        ArrayStore.create(tmp, count, record_shape).close()
+    return _broadcast_path(tmp, dist)
 
 
 def _broadcast_path(path: Path | None, dist: DistInfo) -> Path:
@@ -281,4 +311,4 @@ def label_agreement(
     }
 
 
-__all__ = ["LabelKind", "PseudoLabelStore", "encode_labels", "label_agreement", "render_pseudo_labels"]
+__all__ = ["LabelFormat", "LabelKind", "Labeler", "PseudoLabelStore", "encode_labels", "label_agreement", "render_pseudo_labels"]

@@ -88,14 +88,13 @@ import torch
 from pydantic import Field
 
 from pseudoseg.config import MethodSection
-from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.distributed import barrier
 from pseudoseg.engine.labels import harden
 from pseudoseg.engine.strategy import Batch, Forward, StageSpec, Strategy, Views
 from pseudoseg.engine.trainer import StageResult, read_metrics
 from pseudoseg.errors import UserError
 from pseudoseg.fileio import write_json, write_text
-from pseudoseg.methods.label_store import PseudoLabelStore, label_agreement, render_pseudo_labels
+from pseudoseg.methods.label_store import PseudoLabelStore, label_agreement
 from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import finished_stage
@@ -270,10 +269,31 @@ class _LabelFile:
         return PseudoLabelStore(self.path, self.indices, channels=self.channels)
 
 
+@dataclass(frozen=True)
+class _RoundInputs:
+    """What a round fine-tunes on and from."""
+
+    plan: RoundPlan
+    used: _LabelFile
+    """The current labels of the subset it trains on."""
+    start: Path | None
+    """The weights it starts from (None: the run's fresh initialisation, which M0 started from)."""
+    unlabeled: np.ndarray
+    """The pool indices of the subset it trains on."""
+
+
+@dataclass(frozen=True)
+class _Relabelling:
+    """The subset a round relabels: its labels before the round and the ones the round's model rendered."""
+
+    previous: _LabelFile
+    fresh: _LabelFile
+
+
 # --------------------------------------------------------------------------- grid
 
 
-def _labeled_stage(base: RunConfig) -> LabeledStage:
+def _grid_labeled_stage(base: RunConfig) -> LabeledStage:
     return LabeledStage(SupervisedConfig().model_dump(mode="json"), base.method.teacher_steps or base.train.steps, base.train.batch_size)
 
 
@@ -322,7 +342,7 @@ ROUNDS_GRID = GridFamily(
     name="rounds",
     summary="Method B's grid: supervised, TSO, ATSO from each start, another K, the ensemble, at both budgets",
     methods=("atso", "tso"),
-    labeled_stage=_labeled_stage,
+    labeled_stage=_grid_labeled_stage,
     rows=(_rounds_rows,),
     reference="tso",
     plots=_plot_rounds,
@@ -381,7 +401,7 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
     """
     config = session.config
     method: RoundsConfig = config.method
-    dist = session.trainer.dist
+    dist = session.dist
     run_dir = Path(session.run_dir)
     _record_subsets(run_dir / "labels" / "subsets.json", subsets, session, seed=config.split_seed)
 
@@ -404,10 +424,11 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
         if used.round != plan.labels_from:  # the files on disk must tell the plan's story
             raise RuntimeError(f"round {plan.round}: subset {plan.train_subset} holds labels of round {used.round}, the schedule says {plan.labels_from}")
         start = None if plan.init_from is None else weights[plan.init_from]
+        inputs = _RoundInputs(plan, used, start, subsets[plan.train_subset])
         labels = used.open()
-        spec = _round_spec(session, plan, labels, used, start, subsets[plan.train_subset], m0=weights[0])
+        spec = _round_spec(session, inputs, labels, m0=weights[0])
         try:
-            stages[plan.round] = session.trainer.fit(spec)
+            stages[plan.round] = session.fit(spec)
         finally:
             labels.close()
         if start is None and stages[0].init_digest and stages[plan.round].init_digest != stages[0].init_digest:
@@ -421,7 +442,8 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
         current[plan.relabel_subset] = fresh
         if dist.is_main and plan.round not in log:
             own_labels = any(ancestor is stages[plan.labels_from] for ancestor in stages[plan.round].lineage)
-            log.add({**_round_record(session, plan, stages[plan.round], used, start, previous, fresh, current, subsets), "init": init, "own_labels": own_labels})
+            record = _round_record(session, inputs, stages[plan.round], _Relabelling(previous, fresh), current, subsets)
+            log.add({**record, "init": init, "own_labels": own_labels})
             _plot(run_dir, log)
         barrier(dist)
 
@@ -448,11 +470,12 @@ def _labeled_stage(session: RunSession) -> StageResult:
     )
 
 
-def _round_spec(session: RunSession, plan: RoundPlan, labels: PseudoLabelStore, used: _LabelFile, start: Path | None, unlabeled: np.ndarray, *, m0: Path) -> StageSpec:
-    """Round ``plan.round``: fine-tune ``start`` (None: the run's fresh initialisation, which M0 started
-    from) on L and the subset ``unlabeled`` with its ``labels`` (from the label file ``used``)."""
+def _round_spec(session: RunSession, inputs: _RoundInputs, labels: PseudoLabelStore, *, m0: Path) -> StageSpec:
+    """Round ``inputs.plan.round``: fine-tune ``inputs.start`` on L and the subset ``inputs.unlabeled``
+    with its ``labels`` (the label file ``inputs.used``, opened)."""
     config, run_dir = session.config, Path(session.run_dir)
     method: RoundsConfig = config.method
+    plan, used, start = inputs.plan, inputs.used, inputs.start
     return StageSpec(
         name=f"round_{plan.round}",
         strategy=RoundStrategy(labels, kind=method.labels, beta=method.beta),
@@ -460,7 +483,7 @@ def _round_spec(session: RunSession, plan: RoundPlan, labels: PseudoLabelStore, 
         batch_size=config.train.batch_size,
         unlabeled_batch_size=config.train.unlabeled_batch_size,
         labeled=session.labeled,
-        unlabeled=unlabeled,
+        unlabeled=inputs.unlabeled,
         validation=session.validation,
         init_weights=start,
         baseline=m0 if start is None else None,  # a round from trained weights must beat them
@@ -494,7 +517,7 @@ def _released(method: RoundsConfig, plans: list[RoundPlan], weights: dict[int, P
 
 def _ensure_labels(session: RunSession, round_: int, weights: Path, indices: np.ndarray) -> _LabelFile:
     """``labels/round_<r>.npy``: labels of ``indices`` by the given weights (rendered unless already complete)."""
-    trainer = session.trainer
+    channels = session.classes.channels
     run_dir = Path(session.run_dir)
     path = run_dir / "labels" / f"round_{round_}.npy"
     sidecar = path.with_suffix(".json")
@@ -504,27 +527,11 @@ def _ensure_labels(session: RunSession, round_: int, weights: Path, indices: np.
         recorded = json.loads(sidecar.read_text())
         if recorded != provenance:
             raise UserError(f"{path}: rendered by another model or setting ({recorded.get('rendered_by')}); delete the run's labels/ folder to render them again")
-        return _LabelFile(round_, path, indices, rendered_by, trainer.channels)
-    if trainer.dist.is_main:
+        return _LabelFile(round_, path, indices, rendered_by, channels)
+    if session.dist.is_main:
         write_json(sidecar, provenance)  # before the labels: a label file never exists without it
-    network = trainer.build_network()
-    tensors, _ = load_weights_file(weights)
-    network.load_state_dict(tensors)
-    store = render_pseudo_labels(
-        network,
-        session.pool.images,
-        indices,
-        path,
-        normalizer=trainer.normalizer,
-        autocast=trainer.autocast,
-        kind=session.config.method.labels,
-        batch_size=session.config.eval.batch_size,
-        threshold=session.config.eval.threshold,
-        channels=trainer.channels,
-        dist=trainer.dist,
-    )
-    store.close()
-    return _LabelFile(round_, path, indices, rendered_by, trainer.channels)
+    session.render_labels(path, weights, indices).close()
+    return _LabelFile(round_, path, indices, rendered_by, channels)
 
 
 def _record_subsets(path: Path, subsets: list[np.ndarray], session: RunSession, *, seed: int) -> None:
@@ -533,9 +540,9 @@ def _record_subsets(path: Path, subsets: list[np.ndarray], session: RunSession, 
     if path.is_file():
         if json.loads(path.read_text()) != payload:
             raise UserError(f"{path}: the run's unlabeled subsets differ from the ones it started with; use a new run_dir")
-    elif session.trainer.dist.is_main:
+    elif session.dist.is_main:
         write_json(path, payload)
-    barrier(session.trainer.dist)
+    barrier(session.dist)
 
 
 # --------------------------------------------------------------------------- diagnostics
@@ -574,7 +581,7 @@ def _true_mask_dice(session: RunSession, read, indices: np.ndarray) -> dict[str,
     scored = session.pool.with_true_masks(indices)
     if not len(scored):
         return {"dice": None, "dice_pooled": None, "n": 0}
-    return label_agreement(read, session.pool.masks.read, scored, classes=session.trainer.classes.count)
+    return label_agreement(read, session.pool.masks.read, scored, classes=session.classes.count)
 
 
 def _mask_dice(session: RunSession, files: dict[int, _LabelFile], subsets: list[np.ndarray]) -> float | None:
@@ -629,20 +636,19 @@ def _initial_record(session: RunSession, stage: StageResult, initial: _LabelFile
 
 def _round_record(
     session: RunSession,
-    plan: RoundPlan,
+    inputs: _RoundInputs,
     stage: StageResult,
-    used: _LabelFile,
-    init: Path | None,
-    previous: _LabelFile,
-    fresh: _LabelFile,
+    relabelling: _Relabelling,
     files: dict[int, _LabelFile],
     subsets: list[np.ndarray],
 ) -> dict[str, Any]:
     """Provenance of what the round actually used, and how its new labels compare."""
     run_dir = Path(session.run_dir)
+    plan, used, init = inputs.plan, inputs.used, inputs.start
+    previous, fresh = relabelling.previous, relabelling.fresh
     new, old = fresh.open(), previous.open()
     try:
-        agreement = label_agreement(new.read_classes, old.read_classes, fresh.indices, classes=session.trainer.classes.count)
+        agreement = label_agreement(new.read_classes, old.read_classes, fresh.indices, classes=session.classes.count)
         pseudo = _true_mask_dice(session, new.read_classes, fresh.indices)
         before = _true_mask_dice(session, old.read_classes, fresh.indices)
     finally:
@@ -654,7 +660,7 @@ def _round_record(
         "init_weights": _relative(init, run_dir) if init is not None else INITIAL_WEIGHTS,
         "labels_file": _relative(used.path, run_dir),
         "labels_rendered_by": used.rendered_by,
-        "n_train_unlabeled": len(subsets[plan.train_subset]),
+        "n_train_unlabeled": len(inputs.unlabeled),
         "weights": _relative(stage.weights("raw"), run_dir),
         "relabelled_file": _relative(fresh.path, run_dir),
         "relabelled_by": fresh.rendered_by,
@@ -685,7 +691,7 @@ def _round_budget(session: RunSession, stage: StageResult) -> dict[str, int]:
     return {
         "steps": stage.budget["steps"],
         "released_steps": stage.lineage_steps,
-        "total_steps": sum(done.budget["steps"] for done in session.trainer.stages),
+        "total_steps": sum(done.budget["steps"] for done in session.stages),
     }
 
 

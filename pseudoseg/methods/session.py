@@ -114,18 +114,8 @@ class RunSession:
     def render_labels(self, path: Path, weights: Path, indices: np.ndarray) -> PseudoLabelStore:
         """Pseudo labels of the pool images ``indices`` by the network at ``weights``, written to
         ``path`` (every process renders its share; ``method.labels`` says hard or soft)."""
-        from pseudoseg.methods.label_store import render_pseudo_labels
+        from pseudoseg.methods.label_store import LabelFormat, Labeler, render_pseudo_labels
 
-        return render_pseudo_labels(
-            self.frozen_network(weights),
-            self.pool.images,
-            indices,
-            path,
-            normalizer=self.trainer.normalizer,
-            autocast=self.trainer.autocast,
-            kind=self.config.method.labels,
-            batch_size=self.config.eval.batch_size,
-            threshold=self.config.eval.threshold,
-            channels=self.trainer.channels,
-            dist=self.trainer.dist,
-        )
+        labeler = Labeler(self.frozen_network(weights), self.trainer.normalizer, self.trainer.autocast, batch_size=self.config.eval.batch_size)
+        label_format = LabelFormat(self.config.method.labels, threshold=self.config.eval.threshold, channels=self.trainer.channels)
+        return render_pseudo_labels(labeler, self.pool.images, indices, path, label_format=label_format, dist=self.trainer.dist)

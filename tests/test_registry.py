@@ -152,7 +152,7 @@ def run_entropy_min(session):
         validation=session.validation,
         describe={"strategy": "entropy_min", "weight": session.config.method.weight},
     )
-    result = session.trainer.fit(spec)
+    result = session.fit(spec)
     return RecipeOutcome("raw", {"raw": result.weights("raw")})
 '''
 

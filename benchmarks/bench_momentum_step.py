@@ -51,7 +51,7 @@ from pseudoseg.engine.strategy import Batch, Strategy
 from pseudoseg.engine.trainer import StageContext, StageSpec, Trainer
 from pseudoseg.fileio import write_json
 from pseudoseg.methods.momentum import MomentumStudentStrategy
-from pseudoseg.methods.stages import SupervisedStrategy
+from pseudoseg.methods.stages import EmaSettings, SupervisedStrategy
 from pseudoseg.models import build_model, describe_architecture
 
 
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"supervised ({total})",
             trainer,
             config,
-            SupervisedStrategy(0.95),
+            SupervisedStrategy(EmaSettings(0.95, unit="epoch")),
             random_batch(total, 0, args.image_size, device, seed=2),
             {"steps": 1000, "batch_size": total, "labeled": np.zeros(0, dtype=np.int64), "validation": np.zeros(0, dtype=np.int64)},
         )

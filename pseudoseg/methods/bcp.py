@@ -67,8 +67,7 @@ from pseudoseg.engine.trainer import stage_seed
 from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, fit_one_stage, labeled_start
-from pseudoseg.methods.stages import SupervisedStrategy
+from pseudoseg.methods.stages import EmaSettings, LabeledStartSection, SupervisedStrategy, baseline_rows, fit_one_stage, labeled_start
 
 if TYPE_CHECKING:
     from pseudoseg.engine.losses import SegmentationLoss
@@ -244,8 +243,8 @@ class CopyPasteStrategy(SupervisedStrategy):
     """BCP's pre-training: supervised training on labeled images copy-pasted into each other
     (the second half of the batch into the first), keeping the momentum copy of the labeled stage."""
 
-    def __init__(self, momentum: float, *, unit: str = "epoch", schedule: str = "step", buffers: str = "average", patch_fraction: float, loss: str) -> None:
-        super().__init__(momentum, unit=unit, schedule=schedule, buffers=buffers)
+    def __init__(self, ema: EmaSettings, *, patch_fraction: float, loss: str) -> None:
+        super().__init__(ema)
         self.patch_fraction = patch_fraction
         self.loss_kind = loss
 

@@ -40,14 +40,13 @@ from pseudoseg.engine.losses import probability_mse, sigmoid_rampup
 from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy, Views
 from pseudoseg.methods.registry import GridRow, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, finished_stage, fit_one_stage
-from pseudoseg.methods.stages import train_labeled_stage
+from pseudoseg.methods.stages import EmaSection, EmaSettings, LabeledStartSection, baseline_rows, fit_one_stage, labeled_start
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
 
 
-class MeanTeacherConfig(LabeledStartSection):
+class MeanTeacherConfig(LabeledStartSection, EmaSection):
     """Mean Teacher: consistency with the student's own momentum copy, ramped up.
 
     The keys of the labeled-only start (``steps``, ``student_init``, ``teacher_run``,
@@ -56,13 +55,6 @@ class MeanTeacherConfig(LabeledStartSection):
     name: Literal["mean_teacher"] = "mean_teacher"
     momentum: float = Field(0.99, ge=0, lt=1)
     """The teacher: teacher <- m * teacher + (1 - m) * student, per ``momentum_unit``."""
-    momentum_unit: Literal["step", "epoch"] = "step"
-    """What the momenta (``momentum``, ``teacher_stage_momentum``) mean: the share kept over
-    one step or over one epoch; converted to the update rate of ``ema_schedule``."""
-    ema_schedule: Literal["step", "epoch"] = "step"
-    """Momentum updates after every step or once per epoch."""
-    ema_buffers: Literal["average", "copy"] = "average"
-    """Batch-norm running statistics of the teacher: averaged like parameters, or copied."""
     beta: float = Field(1.0, ge=0)
     """Weight of the consistency loss (after the ramp-up)."""
     rampup_steps: int | None = Field(None, ge=0)
@@ -72,6 +64,10 @@ class MeanTeacherConfig(LabeledStartSection):
     view of the same geometry; ``same``: both see the strong view."""
     teacher_stage_momentum: float = Field(0.95, ge=0, lt=1)
     """Momentum of the labeled-only stage's copy (the student's start), per ``momentum_unit``."""
+
+    def start_ema(self) -> EmaSettings:
+        """The labeled-only stage keeps its copy by the same rules as the teacher (``momentum_unit``, ...)."""
+        return self.ema(self.teacher_stage_momentum)
 
     def rampup(self, steps: int) -> int:
         """The ramp-up length in steps, for a stage of ``steps`` steps."""
@@ -156,22 +152,8 @@ def run_mean_teacher(session: RunSession) -> RecipeOutcome:
     method: MeanTeacherConfig = session.config.method
     train = session.config.train
     session.require_unlabeled()
-    start: Path | None = None
-    if method.student_init == "labeled":
-        if method.teacher_run is not None:
-            labeled_stage = finished_stage(method.teacher_run, session)
-        else:
-            labeled_stage = train_labeled_stage(
-                session,
-                "teacher",
-                momentum=method.teacher_stage_momentum,
-                unit=method.momentum_unit,
-                schedule=method.ema_schedule,
-                buffers=method.ema_buffers,
-                steps=method.teacher_steps or train.steps,
-                batch_size=method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size),
-            )
-        start = labeled_stage.weights("ema")
+    labeled_stage = labeled_start(session, method)
+    start = labeled_stage.weights("ema") if labeled_stage is not None else None
     rampup = method.rampup(method.steps or train.steps)
     student = fit_one_stage(session, method, MeanTeacherStrategy(method, rampup), start, rampup=rampup)
     return RecipeOutcome("ema", {"ema": student.weights("ema"), "raw": student.weights("raw")})

@@ -33,7 +33,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from pseudoseg.config import MethodSection, TrainConfig
+from pseudoseg.config import TrainConfig
 from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.ema import ModelEMA, retained_share, update_momentum
 from pseudoseg.engine.labels import probabilities, pseudo_targets
@@ -44,14 +44,13 @@ from pseudoseg.engine.trainer import stage_seed
 from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.stages import finished_stage
-from pseudoseg.methods.stages import SupervisedConfig, train_labeled_stage
+from pseudoseg.methods.stages import EmaSection, LabeledStart, finished_stage, train_labeled_stage
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
 
 
-class MomentumConfig(MethodSection):
+class MomentumConfig(EmaSection):
     """Online pseudo labeling with momentum networks (Method A)."""
 
     name: Literal["momentum"] = "momentum"
@@ -73,15 +72,11 @@ class MomentumConfig(MethodSection):
     """Online teacher update: teacher <- m * teacher + (1 - m) * student, per ``momentum_unit``."""
     student_momentum: float = Field(0.99, ge=0, lt=1)
     """Momentum of the student's own copy (the released model), per ``momentum_unit``."""
-    momentum_unit: Literal["epoch", "step"] = "epoch"
-    """What the three momenta mean: the share kept over one epoch (the paper's numbers:
-    0.95 / 0.99 / 0.99) or over one step. They are converted to the update rate of
-    ``ema_schedule`` (per-epoch m over E steps is m^(1/E) per step), so a recipe means the
-    same at any batch size and data set size."""
-    ema_schedule: Literal["step", "epoch"] = "step"
-    """All momentum updates after every step (default) or once per epoch (the authors' code)."""
-    ema_buffers: Literal["average", "copy"] = "average"
-    """Batch-norm running statistics: averaged like parameters, or copied."""
+    momentum_unit: Literal["step", "epoch"] = "epoch"
+    """What the three momenta mean: the share kept over one epoch (the default here: the
+    paper's numbers, 0.95 / 0.99 / 0.99) or over one step. They are converted to the update
+    rate of ``ema_schedule`` (per-epoch m over E steps is m^(1/E) per step), so a recipe means
+    the same at any batch size and data set size."""
     teacher_follows: Literal["auto", "from_start", "once_caught_up"] = "auto"
     """``mode: online``: when the online teacher starts following the student.
     ``from_start`` (the paper); ``once_caught_up``: from the first validation at which the
@@ -234,21 +229,16 @@ class MomentumStudentStrategy(Strategy):
         return probabilities(self.context.frozen_forward(self.teacher, images))
 
 
-def teacher_stage_settings(method: MomentumConfig, train: TrainConfig) -> tuple[SupervisedConfig, int, int]:
-    """The teacher stage as a supervised run: its method section, steps and batch size
+def teacher_start(method: MomentumConfig, train: TrainConfig) -> LabeledStart:
+    """The teacher stage: ``teacher_steps`` (default ``train.steps``) of ``teacher_batch_size``
+    (default the student's labeled + unlabeled batch), its copy kept at ``teacher_stage_momentum``
     (the grid's supervised row is exactly this stage, shared by the semi-supervised rows)."""
-    supervised = SupervisedConfig(
-        ema_momentum=method.teacher_stage_momentum,
-        momentum_unit=method.momentum_unit,
-        ema_schedule=method.ema_schedule,
-        ema_buffers=method.ema_buffers,
-    )
-    return supervised, method.teacher_steps or train.steps, method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size)
+    steps, batch_size = method.teacher_steps or train.steps, method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size)
+    return LabeledStart(method.ema(method.teacher_stage_momentum), steps, batch_size)
 
 
 def _labeled_stage(base: RunConfig) -> LabeledStage:
-    supervised, steps, batch_size = teacher_stage_settings(base.method, base.train)
-    return LabeledStage(supervised.model_dump(mode="json"), steps, batch_size)
+    return teacher_start(base.method, base.train).as_grid_row()
 
 
 def _momentum_rows(base: RunConfig) -> list[GridRow]:
@@ -298,17 +288,7 @@ def run_momentum(session: RunSession) -> RecipeOutcome:
     if method.teacher_run is not None:
         teacher_stage = finished_stage(method.teacher_run, session)
     else:
-        supervised, steps, batch_size = teacher_stage_settings(method, train)
-        teacher_stage = train_labeled_stage(
-            session,
-            "teacher",
-            momentum=supervised.ema_momentum,
-            unit=supervised.momentum_unit,
-            schedule=supervised.ema_schedule,
-            buffers=supervised.ema_buffers,
-            steps=steps,
-            batch_size=batch_size,
-        )
+        teacher_stage = train_labeled_stage(session, "teacher", teacher_start(method, train))
     teacher_weights = teacher_stage.weights("ema" if method.teacher == "momentum" else "raw")
     strategy = MomentumStudentStrategy(method, teacher_weights)
     _explain_teacher(session, strategy)
@@ -380,4 +360,4 @@ def _explain_teacher(session: RunSession, strategy: MomentumStudentStrategy) -> 
         )
 
 
-__all__ = ["MOMENTUM_GRID", "MomentumConfig", "MomentumStudentStrategy", "networks_coincide", "pseudo_targets", "run_momentum", "sigmoid_rampup", "teacher_stage_settings", "teacher_waits_for_student"]
+__all__ = ["MOMENTUM_GRID", "MomentumConfig", "MomentumStudentStrategy", "networks_coincide", "pseudo_targets", "run_momentum", "sigmoid_rampup", "teacher_start", "teacher_waits_for_student"]

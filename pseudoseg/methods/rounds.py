@@ -87,7 +87,7 @@ import torch
 
 from pydantic import Field
 
-from pseudoseg.config import MethodSection
+from pseudoseg.config import MethodSection, TrainConfig
 from pseudoseg.engine.distributed import barrier
 from pseudoseg.engine.labels import harden
 from pseudoseg.engine.strategy import Batch, Forward, StageSpec, Strategy, Views
@@ -97,8 +97,7 @@ from pseudoseg.fileio import write_json, write_text
 from pseudoseg.methods.label_store import PseudoLabelStore, label_agreement
 from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.stages import finished_stage
-from pseudoseg.methods.stages import SupervisedConfig, train_labeled_stage
+from pseudoseg.methods.stages import LabeledStart, SupervisedConfig, finished_stage, train_labeled_stage
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
@@ -293,8 +292,15 @@ class _Relabelling:
 # --------------------------------------------------------------------------- grid
 
 
+def rounds_start(method: RoundsConfig, train: TrainConfig) -> LabeledStart:
+    """Round 0, the labeled-only stage M0: the supervised defaults, ``teacher_steps`` (default
+    ``train.steps``) of ``train.batch_size`` (the grid's supervised row is exactly this stage)."""
+    defaults = SupervisedConfig()
+    return LabeledStart(defaults.ema(defaults.ema_momentum), method.teacher_steps or train.steps, train.batch_size)
+
+
 def _grid_labeled_stage(base: RunConfig) -> LabeledStage:
-    return LabeledStage(SupervisedConfig().model_dump(mode="json"), base.method.teacher_steps or base.train.steps, base.train.batch_size)
+    return rounds_start(base.method, base.train).as_grid_row()
 
 
 def _rounds_rows(base: RunConfig) -> list[GridRow]:
@@ -457,17 +463,7 @@ def _labeled_stage(session: RunSession) -> StageResult:
     method: RoundsConfig = session.config.method
     if method.teacher_run is not None:
         return finished_stage(method.teacher_run, session)
-    defaults = SupervisedConfig()
-    return train_labeled_stage(
-        session,
-        "round_0",
-        momentum=defaults.ema_momentum,
-        unit=defaults.momentum_unit,
-        schedule=defaults.ema_schedule,
-        buffers=defaults.ema_buffers,
-        steps=method.teacher_steps or session.config.train.steps,
-        batch_size=session.config.train.batch_size,
-    )
+    return train_labeled_stage(session, "round_0", rounds_start(method, session.config.train))
 
 
 def _round_spec(session: RunSession, inputs: _RoundInputs, labels: PseudoLabelStore, *, m0: Path) -> StageSpec:

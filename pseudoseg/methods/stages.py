@@ -4,7 +4,8 @@ and the labeled-only start of the single-stage baselines (FixMatch, UniMatch, CP
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,48 +17,91 @@ from pseudoseg.engine.ema import ModelEMA, update_momentum
 from pseudoseg.engine.strategy import StageContext, StageSpec, Strategy
 from pseudoseg.engine.trainer import StageResult, stage_result_from_done
 from pseudoseg.errors import UserError
-from pseudoseg.methods.registry import GridRow, Rows
+from pseudoseg.methods.registry import GridRow, LabeledStage, Rows
 from pseudoseg.methods.session import RunSession
 
 if TYPE_CHECKING:
-    from pseudoseg.config import RunConfig
+    from pseudoseg.config import RunConfig, TrainConfig
 
 SUPERVISED_STAGE_NAMES: tuple[str, ...] = ("supervised", "teacher", "round_0")
 """Stage folders that hold a supervised stage on the labeled split (searched in this order)."""
 
 
-class SupervisedConfig(MethodSection):
+@dataclass(frozen=True)
+class EmaSettings:
+    """How a momentum copy is kept: ``copy <- m * copy + (1 - m) * network``."""
+
+    momentum: float
+    unit: str = "step"
+    """What ``momentum`` means: the share kept over one ``step`` or over one ``epoch``."""
+    schedule: str = "step"
+    """When the copy is updated: after every ``step`` or at the end of every ``epoch``."""
+    buffers: str = "average"
+    """Batch-norm running statistics: ``average`` (like the weights) or ``copy``."""
+
+    def describe(self) -> dict[str, Any]:
+        """The keys a stage records (a resume with other settings is refused)."""
+        return {"momentum": self.momentum, "momentum_unit": self.unit, "schedule": self.schedule, "buffers": self.buffers}
+
+
+@dataclass(frozen=True)
+class LabeledStart:
+    """A labeled-only stage: supervised training on L, keeping a momentum copy (every method's start)."""
+
+    ema: EmaSettings
+    steps: int
+    batch_size: int
+
+    def as_grid_row(self) -> LabeledStage:
+        """The same stage as the grid's ``supervised`` row, which the semi-supervised rows reuse."""
+        supervised = SupervisedConfig(ema_momentum=self.ema.momentum, momentum_unit=self.ema.unit, ema_schedule=self.ema.schedule, ema_buffers=self.ema.buffers)
+        return LabeledStage(supervised.model_dump(mode="json"), self.steps, self.batch_size)
+
+
+class EmaSection(MethodSection):
+    """The keys of a method that keeps momentum copies: what its momenta mean and how the copies follow."""
+
+    momentum_unit: Literal["step", "epoch"] = "step"
+    """What the momenta mean: the share of a copy kept over one step or over one epoch (the
+    momentum paper's numbers). Converted to the update rate of ``ema_schedule`` (per-epoch m
+    over E steps is m^(1/E) per step), so a recipe means the same at any batch and data set size."""
+    ema_schedule: Literal["step", "epoch"] = "step"
+    """Momentum updates after every step, or once per epoch (the momentum authors' code)."""
+    ema_buffers: Literal["average", "copy"] = "average"
+    """Batch-norm running statistics of the copies: averaged like parameters, or copied."""
+
+    def ema(self, momentum: float) -> EmaSettings:
+        """A copy of ``momentum`` kept by this section's rules."""
+        return EmaSettings(momentum, self.momentum_unit, self.ema_schedule, self.ema_buffers)
+
+
+class SupervisedConfig(EmaSection):
     """Train on the labeled split only (``data.labeled_fraction: 1.0`` for the
     fully supervised upper bound), keeping a momentum copy."""
 
     name: Literal["supervised"] = "supervised"
     ema_momentum: float = Field(0.95, ge=0, lt=1)
     """Momentum of the kept copy: ema <- m * ema + (1 - m) * network, per ``momentum_unit``."""
-    momentum_unit: Literal["step", "epoch"] = "step"
-    """What the momentum means: the share of the copy kept over one step (default:
-    a copy of the last ~1/(1-m) steps, whatever the data set's size) or over one epoch
-    (the momentum paper's numbers, for its teacher stage). Converted to the update rate
-    of ``ema_schedule``: per-epoch m over E steps is m^(1/E) per step."""
-    ema_schedule: Literal["step", "epoch"] = "step"
-    """Update the momentum copy after every step or at the end of every epoch."""
-    ema_buffers: Literal["average", "copy"] = "average"
-    """Batch-norm running statistics: averaged like parameters, or copied."""
+
+    def labeled_start(self, train: TrainConfig) -> LabeledStart:
+        """The stage this section trains: ``train.steps`` steps of ``train.batch_size``."""
+        return LabeledStart(self.ema(self.ema_momentum), train.steps, train.batch_size)
 
 
 class SupervisedStrategy(Strategy):
-    def __init__(self, momentum: float, *, unit: str = "epoch", schedule: str = "step", buffers: str = "average") -> None:
-        self.momentum = momentum
-        self.unit = unit
-        self.schedule = schedule
-        self.buffers = buffers
+    """Supervised training on L, keeping a momentum copy of the network (``ema``)."""
+
+    def __init__(self, ema: EmaSettings) -> None:
+        self.settings = ema
 
     def setup(self, context: StageContext) -> None:
         super().setup(context)
-        momentum = update_momentum(self.momentum, unit=self.unit, schedule=self.schedule, steps_per_epoch=context.steps_per_epoch)
-        self.ema = ModelEMA(context.student, momentum, buffers=self.buffers)
+        ema = self.settings
+        momentum = update_momentum(ema.momentum, unit=ema.unit, schedule=ema.schedule, steps_per_epoch=context.steps_per_epoch)
+        self.ema = ModelEMA(context.student, momentum, buffers=ema.buffers)
 
     def after_step(self, step: int, epoch_ended: bool) -> None:
-        if self.schedule == "step" or epoch_ended:
+        if self.settings.schedule == "step" or epoch_ended:
             self.ema.update()
 
     def networks(self) -> dict[str, nn.Module]:
@@ -67,33 +111,27 @@ class SupervisedStrategy(Strategy):
 def train_labeled_stage(
     session: RunSession,
     name: str,
+    start: LabeledStart,
     *,
-    momentum: float,
-    unit: str,
-    schedule: str,
-    buffers: str,
-    steps: int,
-    batch_size: int,
-    strategy: type[SupervisedStrategy] = SupervisedStrategy,
+    strategy: Callable[..., SupervisedStrategy] = SupervisedStrategy,
     settings: Mapping[str, Any] | None = None,
 ) -> StageResult:
-    """A supervised stage on L (shared by every method that starts from a labeled-only model).
+    """The labeled-only stage every method starts from, trained in ``<run_dir>/<name>``.
 
     ``strategy``: a variant of supervised training on L (BCP's copy-paste pre-training),
-    built with the momentum keys and ``settings``, which also define the stage (a resume
+    built with the copy's settings and ``settings``, which also define the stage (a resume
     with other settings is refused)."""
     settings = dict(settings or {})
     spec = StageSpec(
         name=name,
-        strategy=strategy(momentum, unit=unit, schedule=schedule, buffers=buffers, **settings),
-        steps=steps,
-        batch_size=batch_size,
+        strategy=strategy(start.ema, **settings),
+        steps=start.steps,
+        batch_size=start.batch_size,
         labeled=session.labeled,
         validation=session.validation,
-        describe={"strategy": "supervised", "momentum": momentum, "momentum_unit": unit, "schedule": schedule, "buffers": buffers, **settings},
+        describe={"strategy": "supervised", **start.ema.describe(), **settings},
     )
     return session.fit(spec)
-
 
 
 def finished_stage(run_dir: Path, session: RunSession) -> StageResult:
@@ -143,6 +181,15 @@ class LabeledStartSection(MethodSection):
     teacher_stage_momentum: float = Field(0.99, ge=0, lt=1)
     """Momentum per step of the labeled-only stage's copy (the stage's start)."""
 
+    def start_ema(self) -> EmaSettings:
+        """How the labeled-only stage keeps its copy (per step, updated every step)."""
+        return EmaSettings(self.teacher_stage_momentum)
+
+    def labeled_start(self, train: TrainConfig) -> LabeledStart:
+        """The labeled-only stage: ``teacher_steps`` (default ``train.steps``) of ``teacher_batch_size``
+        (default the labeled + unlabeled batch of the semi-supervised stage)."""
+        return LabeledStart(self.start_ema(), self.teacher_steps or train.steps, self.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size))
+
     @model_validator(mode="after")
     def _teacher_run_needs_a_labeled_start(self) -> LabeledStartSection:
         if self.teacher_run is not None and self.student_init != "labeled":
@@ -151,7 +198,7 @@ class LabeledStartSection(MethodSection):
 
 
 def labeled_start(
-    session: RunSession, method: LabeledStartSection, *, strategy: type[SupervisedStrategy] = SupervisedStrategy, settings: Mapping[str, Any] | None = None
+    session: RunSession, method: LabeledStartSection, *, strategy: Callable[..., SupervisedStrategy] = SupervisedStrategy, settings: Mapping[str, Any] | None = None
 ) -> StageResult | None:
     """The labeled-only stage a :class:`LabeledStartSection` method starts from (``teacher_run``'s,
     or trained in ``<run_dir>/teacher``), or None for a fresh start. ``strategy`` and
@@ -161,19 +208,7 @@ def labeled_start(
         return None
     if method.teacher_run is not None:
         return finished_stage(method.teacher_run, session)
-    train = session.config.train
-    return train_labeled_stage(
-        session,
-        "teacher",
-        momentum=method.teacher_stage_momentum,
-        unit="step",
-        schedule="step",
-        buffers="average",
-        steps=method.teacher_steps or train.steps,
-        batch_size=method.teacher_batch_size or (train.batch_size + train.unlabeled_batch_size),
-        strategy=strategy,
-        settings=settings,
-    )
+    return train_labeled_stage(session, "teacher", method.labeled_start(session.config.train), strategy=strategy, settings=settings)
 
 
 def fit_one_stage(session: RunSession, method: MethodSection, strategy: Strategy, init: Path | None, **describe: Any) -> StageResult:
@@ -216,4 +251,17 @@ def baseline_rows(row: str, section: dict[str, Any]) -> dict[str, Rows]:
     return {"momentum": momentum, "rounds": rounds}
 
 
-__all__ = ["LabeledStartSection", "SUPERVISED_STAGE_NAMES", "SupervisedConfig", "SupervisedStrategy", "baseline_rows", "finished_stage", "fit_one_stage", "labeled_start", "train_labeled_stage"]
+__all__ = [
+    "SUPERVISED_STAGE_NAMES",
+    "EmaSection",
+    "EmaSettings",
+    "LabeledStart",
+    "LabeledStartSection",
+    "SupervisedConfig",
+    "SupervisedStrategy",
+    "baseline_rows",
+    "finished_stage",
+    "fit_one_stage",
+    "labeled_start",
+    "train_labeled_stage",
+]

@@ -21,17 +21,7 @@ from pseudoseg.methods.stages import SupervisedConfig, train_labeled_stage
 )
 def run_supervised(session: RunSession) -> RecipeOutcome:
     method: SupervisedConfig = session.config.method
-    train = session.config.train
-    result = train_labeled_stage(
-        session,
-        "supervised",
-        momentum=method.ema_momentum,
-        unit=method.momentum_unit,
-        schedule=method.ema_schedule,
-        buffers=method.ema_buffers,
-        steps=train.steps,
-        batch_size=train.batch_size,
-    )
+    result = train_labeled_stage(session, "supervised", method.labeled_start(session.config.train))
     return RecipeOutcome("ema", {"ema": result.weights("ema"), "raw": result.weights("raw")})
 
 

@@ -138,18 +138,7 @@ def list_cases(dataset: NnUNetDataset, images_dir: str, labels_dir: str | None, 
             problems.append(f"{images_folder}: no {dataset.file_ending} images")
         return []
 
-    labels: dict[str, Path] = {}
-    labels_folder = dataset.root / labels_dir if labels_dir else None
-    if labels_folder is not None and labels_folder.is_dir():
-        for path in sorted(labels_folder.iterdir()):
-            if path.name.startswith(".") or not path.is_file() or not path.name.lower().endswith(ending):
-                continue
-            case_id = path.name[: -len(ending)]
-            if case_id not in by_case:
-                problems.append(f"{path}: label has no image in {images_folder}")
-                continue
-            labels[case_id] = path
-
+    labels = _labels_by_case(dataset, labels_dir, images_folder, set(by_case), problems)
     cases = []
     for case_id in sorted(by_case):
         channels = by_case[case_id]
@@ -160,6 +149,24 @@ def list_cases(dataset: NnUNetDataset, images_dir: str, labels_dir: str | None, 
             continue
         cases.append(RawCase(case_id, tuple(channels[c] for c in range(n_channels)), labels.get(case_id)))
     return cases
+
+
+def _labels_by_case(dataset: NnUNetDataset, labels_dir: str | None, images_folder: Path, cases: set[str], problems: list[str]) -> dict[str, Path]:
+    """Case id -> label file of ``labels_dir``; a label of no case in ``cases`` (the images of ``images_folder``) is a problem."""
+    ending = dataset.file_ending.lower()
+    labels_folder = dataset.root / labels_dir if labels_dir else None
+    if labels_folder is None or not labels_folder.is_dir():
+        return {}
+    labels: dict[str, Path] = {}
+    for path in sorted(labels_folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or not path.name.lower().endswith(ending):
+            continue
+        case_id = path.name[: -len(ending)]
+        if case_id not in cases:
+            problems.append(f"{path}: label has no image in {images_folder}")
+            continue
+        labels[case_id] = path
+    return labels
 
 
 def check_num_training(dataset: NnUNetDataset, cases: list[RawCase], problems: list[str]) -> None:

@@ -116,6 +116,22 @@ def discover_cases(
         raise UserError(f"{labels_folder}: label folder not found")
 
     labels = _list_volumes(labels_folder) if labels_folder.is_dir() else {}
+    images = _images_by_case(images_folder, labels)
+    for case_id, path in labels.items():
+        if case_id not in images:
+            raise UserError(f"{path}: label has no image in {images_folder}")
+    cases = []
+    for case_id in sorted(images):
+        label = labels.get(case_id)
+        if label is None and require_labels:
+            raise UserError(f"{images[case_id]}: image has no label in {labels_folder}")
+        cases.append(VolumeCase(case_id=case_id, image_path=images[case_id], label_path=label))
+    return cases
+
+
+def _images_by_case(images_folder: Path, labels: dict[str, Path]) -> dict[str, Path]:
+    """Case id -> image file of ``images_folder``; ``<case>_0000`` counts as ``<case>`` unless a label of
+    that very name exists. Refuses duplicate cases, an empty folder and further channels (``_0001``)."""
     images: dict[str, Path] = {}
     channel_zero: set[str] = set()  # case ids that came from an nnU-Net "_0000" name
     for stem, path in _list_volumes(images_folder).items():
@@ -133,17 +149,7 @@ def discover_cases(
         match = _CHANNEL_SUFFIX.match(case_id)
         if match and match["case"] in channel_zero and case_id not in labels:
             raise UserError(f"{path}: multi-channel images (nnU-Net channel _{match['channel']}) are not supported")
-
-    for case_id, path in labels.items():
-        if case_id not in images:
-            raise UserError(f"{path}: label has no image in {images_folder}")
-    cases = []
-    for case_id in sorted(images):
-        label = labels.get(case_id)
-        if label is None and require_labels:
-            raise UserError(f"{images[case_id]}: image has no label in {labels_folder}")
-        cases.append(VolumeCase(case_id=case_id, image_path=images[case_id], label_path=label))
-    return cases
+    return images
 
 
 def volume_cases(

@@ -313,8 +313,8 @@ def _ordered_range(value: tuple[float, float]) -> tuple[float, float]:
 class StrongAugmentConfig(_Section):
     """The strong augmentation of weak-to-strong methods (FixMatch, UniMatch): colour
     jitter, random greyscale and Gaussian blur, each with a probability (the UniMatch
-    code's settings). Saturation, hue and greyscale apply to colour images
-    (``data.kind: folders``) only: the channels of volumes are slices or modalities."""
+    code's settings). Saturation, hue and greyscale apply to colour images (2-D
+    formats) only: the channels of volumes are slices or modalities."""
 
     brightness: float = Field(0.5, ge=0, le=1)
     """Colour jitter: intensities multiplied by a factor in [1 - b, 1 + b]."""

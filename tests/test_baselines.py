@@ -258,6 +258,52 @@ def test_cps_each_network_learns_the_others_hard_decisions(channels: int, cross_
     assert float(loss) == pytest.approx(float(sup + 1.5 * cps), abs=1e-5)
 
 
+@pytest.mark.parametrize("cross_on", ["unlabeled", "all"])
+def test_cps_cutmix_crosses_the_mixed_images_with_the_others_decisions_mixed_alike(cross_on: str) -> None:
+    strategy = CPSStrategy(CPSConfig(cps_weight=1.5, cross_on=cross_on, cutmix=True))
+    assert strategy.views == Views(strong=1, cutmix=True, strong_augment=False)
+    strategy.context = _context(1)
+    masks = one_hot(torch.randint(0, 2, (2, 4, 4)), 1)
+    unlabeled = torch.rand(2, 3, 4, 4)
+    # the mix pastes the right half of image 1 into image 0 (and keeps image 1)
+    mix = SimpleNamespace(apply=lambda x: torch.stack([torch.cat([x[0][..., :2], x[1][..., 2:]], -1), x[1]]))
+    batch = Batch(images=torch.rand(2, 3, 4, 4), masks=masks, unlabeled=unlabeled, strong=(mix.apply(unlabeled),), mixes=(mix,))
+    heads = {None: torch.randn(3, 1), "peer": torch.randn(3, 1)}
+    passes = []
+
+    def forward(images: torch.Tensor, network: str | None = None) -> torch.Tensor:
+        passes.append(network)
+        return torch.einsum("bchw,ck->bkhw", images, heads[network])
+
+    loss, logs = strategy.loss(batch, forward, 0)
+    assert passes == [None, "peer"]  # labeled, unmixed and mixed images in one pass per network
+    criterion = strategy.context.criterion
+    hard = lambda images, network: harden(probabilities(forward(images, network)), strict=True)  # noqa: E731
+    mixed = batch.strong[0]
+    cps = criterion(forward(mixed), mix.apply(hard(unlabeled, "peer"))) + criterion(forward(mixed, "peer"), mix.apply(hard(unlabeled, None)))
+    if cross_on == "all":  # the labeled images too, unmixed; the unmixed unlabeled ones are left to the mixed
+        cps = criterion(forward(batch.images), hard(batch.images, "peer")) + criterion(forward(batch.images, "peer"), hard(batch.images, None)) + cps
+    sup = criterion(forward(batch.images), masks) + criterion(forward(batch.images, "peer"), masks)
+    assert float(logs["loss_cps"]) == pytest.approx(float(cps), abs=1e-5)
+    assert float(loss) == pytest.approx(float(sup + 1.5 * cps), abs=1e-5)
+
+
+def test_a_cutmix_only_view_keeps_the_weak_views_pixels() -> None:
+    config = config_from_dict({"data": {"train": "x", "image_size": 16}, "train": {"augment": {"cutmix": {"probability": 1.0}}}})
+    images = np.random.default_rng(0).integers(0, 255, size=(4, 3, 16, 16), dtype=np.uint8)
+    pool = SimpleNamespace(images=SimpleNamespace(read=lambda index: images[index]))
+    normalizer = InputNormalizer("imagenet", 3, torch.device("cpu"))
+    assembler = BatchAssembler(config, pool, normalizer, dist=DistInfo(), device=torch.device("cpu"), channels=1)
+    out = {}
+    for strong_augment in (True, False):
+        augmenter = BatchAugmenter(config.train.augment, 3)
+        out[strong_augment] = assembler.unlabeled(np.arange(4), augmenter, Views(strong=1, cutmix=True, strong_augment=strong_augment))
+    plain, jittered = out[False], out[True]
+    assert torch.equal(plain["unlabeled"], jittered["unlabeled"])  # the same draws either way
+    assert torch.equal(plain["strong"][0], plain["mixes"][0].apply(plain["unlabeled"]))  # mixed, nothing else
+    assert not torch.equal(jittered["strong"][0], jittered["mixes"][0].apply(jittered["unlabeled"]))
+
+
 # --------------------------------------------------------------------------- tiny runs
 
 
@@ -272,9 +318,11 @@ def _records(stage: Path, kind: str) -> list[dict]:
 TRAIN_KEYS = {"fixmatch": {"loss_sup", "loss_unsup", "confident"}, "unimatch": {"loss_sup", "loss_s1", "loss_s2", "loss_fp", "confident"}, "cps": {"loss_sup", "loss_sup_peer", "loss_cps"}}
 
 
-@pytest.mark.parametrize("name", ["fixmatch", "unimatch", "cps"])
+@pytest.mark.parametrize("name", ["fixmatch", "unimatch", "cps", "cps-cutmix"])
 def test_baseline_on_one_class_from_a_labeled_start(name: str, tiny_polyps: Path, tmp_path: Path) -> None:
-    raw = tiny_config(tmp_path, tiny_polyps, data={"test": None}, method={"name": name, "teacher_steps": 3, "steps": 4}, train={"val_every": 2})
+    name, cutmix = ("cps", True) if name == "cps-cutmix" else (name, False)
+    method = {"name": name, "teacher_steps": 3, "steps": 4, **({"cutmix": True} if cutmix else {})}
+    raw = tiny_config(tmp_path, tiny_polyps, data={"test": None}, method=method, train={"val_every": 2})
     result = _quiet(raw)
     run = Path(raw["run_dir"])
     networks = {"raw", "peer"} if name == "cps" else {"raw"}

@@ -83,7 +83,7 @@ class BatchAssembler:
             height, width = images.shape[-2:]
             views_out, mixes = [], []
             for params, cutmix in strong:
-                view = self.normalizer(augmenter.strong(images, params.select(part), colour=self.colour))
+                view = self.normalizer(augmenter.strong(images, params.select(part), colour=self.colour)) if views.strong_augment else out["unlabeled"]
                 mix = cutmix.select(part).boxes(height, width, self.device) if cutmix is not None else None
                 views_out.append(mix.apply(view) if mix is not None else view)
                 mixes.append(mix)

@@ -54,6 +54,10 @@ class Views:
     cutmix: bool = False
     """Each strong view CutMix-mixed within this process's share of the batch
     (``train.augment.cutmix``); ``Batch.mixes`` says how, to mix targets alike."""
+    strong_augment: bool = True
+    """``False``: the strong views keep the weak view's pixels and are only CutMix-mixed
+    (CPS + CutMix); their augmentation parameters are drawn all the same, so the random
+    stream does not depend on it."""
     stored_labels: ArrayStore | None = None
     """``Batch.unlabeled_targets``: pseudo labels on disk (indexed by pool index),
     read for each unlabeled batch and warped with the images."""

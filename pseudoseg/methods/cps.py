@@ -26,6 +26,13 @@ recipe, which relies on pretrained encoders to train in reasonable time.
 
 ``cross_on``: the images the cross supervision covers, the unlabeled ones
 (default) or the labeled and the unlabeled ones (``all``, the paper's).
+
+``cutmix`` (CPS + CutMix, the paper's headline variant): the unlabeled images
+are CutMix-mixed within the batch (``train.augment.cutmix``, no other
+augmentation), and each network learns, on the mixed images, the other's hard
+decisions on the unmixed ones mixed alike; the cross supervision of the
+unmixed unlabeled images is then dropped, as in the paper's code. All images
+go through each network in one pass (labeled, unmixed, mixed).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from torch import nn
 from pseudoseg.engine.checkpoint import load_weights_file
 from pseudoseg.engine.labels import harden, probabilities
 from pseudoseg.engine.losses import sigmoid_rampup
-from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy, Views
 from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, fit_one_stage, labeled_start
@@ -61,6 +68,9 @@ class CPSConfig(LabeledStartSection):
     cross_on: Literal["unlabeled", "all"] = "unlabeled"
     """Images the cross supervision covers: the unlabeled ones, or the labeled and unlabeled ones
     (``all``, the paper's)."""
+    cutmix: bool = False
+    """CPS + CutMix (the paper's headline variant): the cross supervision of the unlabeled images
+    on CutMix-mixed copies (``train.augment.cutmix``), the other network's decisions mixed alike."""
 
 
 class CPSStrategy(Strategy):
@@ -71,6 +81,7 @@ class CPSStrategy(Strategy):
 
     def __init__(self, method: CPSConfig, peer_weights: Path | None = None) -> None:
         self.method = method
+        self.views = Views(strong=1, cutmix=True, strong_augment=False) if method.cutmix else Views()
         self.peer_weights = peer_weights
         """Where the peer starts (a weights file), or None: a fresh initialisation."""
 
@@ -86,17 +97,22 @@ class CPSStrategy(Strategy):
         return {"peer": self.peer}
 
     def loss(self, batch: Batch, forward: Forward, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        labeled = batch.images.shape[0]
-        inputs = torch.cat([batch.images, batch.unlabeled])
+        labeled, unmixed = batch.images.shape[0], batch.images.shape[0] + batch.unlabeled.shape[0]
+        inputs = torch.cat([batch.images, batch.unlabeled, *batch.strong])  # one pass per network
         first, second = forward(inputs), forward(inputs, network="peer")
         criterion = self.context.criterion
         loss_sup = criterion(first[:labeled], batch.masks)
         loss_sup_peer = criterion(second[:labeled], batch.masks)
-        crossed = slice(0 if self.method.cross_on == "all" else labeled, None)
         with torch.no_grad():
-            from_first = harden(probabilities(first[crossed]), strict=True)
-            from_second = harden(probabilities(second[crossed]), strict=True)
-        loss_cps = criterion(first[crossed], from_second) + criterion(second[crossed], from_first)
+            from_first = harden(probabilities(first[:unmixed]), strict=True)
+            from_second = harden(probabilities(second[:unmixed]), strict=True)
+        # unmixed images crossed: the labeled ones with cross_on: all, the unlabeled ones unless CutMix replaces them
+        plain = slice(0 if self.method.cross_on == "all" else labeled, labeled if self.method.cutmix else unmixed)
+        terms = [criterion(first[plain], from_second[plain]), criterion(second[plain], from_first[plain])] if plain.start < plain.stop else []
+        if self.method.cutmix:
+            mix = batch.mixes[0]
+            terms += [criterion(first[unmixed:], mix.apply(from_second[labeled:])), criterion(second[unmixed:], mix.apply(from_first[labeled:]))]
+        loss_cps = sum(terms)
         weight = self.method.cps_weight * sigmoid_rampup(step, self.method.rampup_steps)
         loss = loss_sup + loss_sup_peer + weight * loss_cps
         return loss, {"loss_sup": loss_sup.detach(), "loss_sup_peer": loss_sup_peer.detach(), "loss_cps": loss_cps.detach()}

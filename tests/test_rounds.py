@@ -28,8 +28,13 @@ DIAGNOSTICS = ("agreement_dice", "agreement_dice_pooled", "changed_fraction", "p
 # --------------------------------------------------------------------------- schedule
 
 
-def plans(rows: list[tuple[int, int, int, int, int]]) -> list[RoundPlan]:
-    return [RoundPlan(*row) for row in rows]
+def plans(rows: list[tuple]) -> list[RoundPlan]:
+    """(round, trained subset(s), relabelled subset, init_from, labels_from: one per trained subset)."""
+
+    def many(value: int | tuple[int, ...]) -> tuple[int, ...]:
+        return value if isinstance(value, tuple) else (value,)
+
+    return [RoundPlan(r, many(trained), relabel, init, many(labels)) for r, trained, relabel, init, labels in rows]
 
 
 def test_atso_schedule_two_subsets() -> None:
@@ -38,10 +43,18 @@ def test_atso_schedule_two_subsets() -> None:
     assert atso_schedule(3, 2, init="continue") == plans([(1, 0, 1, 0, 0), (2, 1, 0, 1, 1), (3, 0, 1, 2, 2)])
 
 
-def test_atso_schedule_three_subsets() -> None:
-    # U2 keeps M0's labels until round 2 relabels it; round 3 is the first to train on it
-    assert atso_schedule(6, 3) == plans([(1, 0, 1, 0, 0), (2, 1, 2, 0, 1), (3, 2, 0, 0, 2), (4, 0, 1, 0, 3), (5, 1, 2, 0, 4), (6, 2, 0, 0, 5)])
+def test_atso_schedule_three_subsets_trains_on_the_other_two() -> None:
+    # round r relabels U(r mod 3) and trains on the other two, each with its current labels
+    assert atso_schedule(4, 3) == plans(
+        [(1, (0, 2), 1, 0, (0, 0)), (2, (0, 1), 2, 0, (0, 1)), (3, (1, 2), 0, 0, (1, 2)), (4, (0, 2), 1, 0, (3, 2))]
+    )
     assert [p.init_from for p in atso_schedule(4, 3, init="continue")] == [0, 1, 2, 3]
+
+
+def test_atso_schedule_three_subsets_one_at_a_time() -> None:
+    # train_on: one: U2 keeps M0's labels until round 2 relabels it; round 3 is the first to train on it
+    assert atso_schedule(6, 3, train_on="one") == plans([(1, 0, 1, 0, 0), (2, 1, 2, 0, 1), (3, 2, 0, 0, 2), (4, 0, 1, 0, 3), (5, 1, 2, 0, 4), (6, 2, 0, 0, 5)])
+    assert atso_schedule(5, 2, train_on="one") == atso_schedule(5, 2)  # two subsets: the same schedule
 
 
 def test_atso_schedule_from_the_initial_weights() -> None:
@@ -54,14 +67,17 @@ def test_tso_schedule_is_self_learning() -> None:
     assert tso_schedule(3) == plans([(1, 0, 0, 0, 0), (2, 0, 0, 1, 1), (3, 0, 0, 2, 2)])
 
 
+@pytest.mark.parametrize("train_on", ["others", "one"])
 @pytest.mark.parametrize("subsets", [2, 3, 4])
 @pytest.mark.parametrize("init", ["labeled", "initial", "continue"])
-def test_atso_never_relabels_what_it_trained_on(subsets: int, init: str) -> None:
-    schedule = atso_schedule(9, subsets, init=init)
-    trained = {0: None, **{p.round: p.train_subset for p in schedule}}
+def test_atso_never_relabels_what_it_trained_on(subsets: int, init: str, train_on: str) -> None:
+    schedule = atso_schedule(9, subsets, init=init, train_on=train_on)
+    trained = {0: (), **{p.round: p.train_subsets for p in schedule}}
     for plan in schedule:
-        assert plan.relabel_subset != plan.train_subset
-        assert trained[plan.labels_from] != plan.train_subset  # labels never come from a model fitted to those images
+        assert plan.relabel_subset not in plan.train_subsets
+        assert len(plan.train_subsets) == (subsets - 1 if train_on == "others" else 1)
+        for subset, producer in zip(plan.train_subsets, plan.labels_from):
+            assert subset not in trained[producer]  # labels never come from a model fitted to those images
     with pytest.raises(ValueError):
         atso_schedule(0, 2)
 
@@ -341,3 +357,46 @@ def test_resume_after_kill_matches_uninterrupted(atso_volumes: tuple[Path, dict]
             assert torch.equal(ours[key], theirs[key]), (r, key)
         np.testing.assert_array_equal(np.load(run / "labels" / f"round_{r}.npy"), np.load(reference / "labels" / f"round_{r}.npy"))
     assert read_rounds(run) == read_rounds(reference)
+
+
+def test_atso_with_three_subsets_trains_each_round_on_the_other_two(tiny_polyps: Path, cache: Path, tmp_path: Path) -> None:
+    run = tmp_path / "atso-k3"
+    raw = rounds_config(run, folder_data(tiny_polyps, cache), name="atso", subsets=3, rounds=3)
+    train(config_from_dict(raw), show_progress=False, log=lambda _: None)
+    parts = json.loads((run / "labels" / "subsets.json").read_text())
+    sizes, cases = parts["sizes"], parts["subsets"]
+    records = read_rounds(run)[1:]
+    for record in records:
+        held_out = record["relabel_subset"]
+        others = [k for k in range(3) if k != held_out]
+        assert record["train_subsets"] == others and record["n_train_unlabeled"] == sum(sizes[k] for k in others)
+        assert record["n_relabelled"] == sizes[held_out]
+        # the label file of each subset trained on, rendered by a model that never trained on it
+        for subset, by in zip(record["train_subsets"], record["labels_rendered_by"]):
+            producer = round_of(by)
+            assert producer == 0 or subset not in records[producer - 1]["train_subsets"]
+    done = json.loads((run / "round_3" / "done.json").read_text())["describe"]
+    assert done["train_subsets"] == [1, 2] and done["labels_files"] == ["labels/round_1.npy", "labels/round_2.npy"]
+    assert sum(map(len, cases)) == sum(sizes) > 0
+
+
+def test_label_files_read_as_one_give_each_index_its_own_files_labels(tmp_path: Path) -> None:
+    from pseudoseg.data.store import ArrayStore
+    from pseudoseg.methods.label_store import LabelFiles, PseudoLabelStore
+
+    def label_file(name: str, indices: list[int], offset: int) -> PseudoLabelStore:
+        store = ArrayStore.create(tmp_path / name, len(indices), (2, 2))
+        store.write(0, np.stack([np.full((2, 2), index + offset, dtype=np.uint8) for index in indices]))
+        store.close()
+        return PseudoLabelStore(tmp_path / name, indices)
+
+    # b.npy also covers 4, an index of the part a.npy labels now: a's labels count there
+    a, b = label_file("a.npy", [1, 4, 7], 0), label_file("b.npy", [2, 3, 4, 9], 100)
+    both = LabelFiles([(a, np.array([1, 4, 7])), (b, np.array([2, 3, 9]))])
+    asked = np.array([9, 1, 4, 3, 7, 2])
+    got = both.targets(asked, torch.device("cpu"))
+    expected = [index + (100 if index in (2, 3, 9) else 0) for index in asked]
+    assert got.shape == (6, 1, 2, 2) and torch.round(got[:, 0, 0, 0] * 255).tolist() == expected
+    with pytest.raises(KeyError):
+        both.targets(np.array([1, 5]), torch.device("cpu"))
+    both.close()

@@ -28,9 +28,16 @@ from pseudoseg.engine.labels import probabilities
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
     from pseudoseg.data.augment import CutMix
-    from pseudoseg.data.store import ArrayStore
     from pseudoseg.engine.distributed import DistInfo
     from pseudoseg.engine.losses import SegmentationLoss
+
+
+class StoredLabels(Protocol):
+    """Pseudo labels on disk, read by pool index (:class:`pseudoseg.methods.label_store.PseudoLabelStore`)."""
+
+    def targets(self, pool_indices: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Training targets ``float [n, K, S, S]`` of the given pool indices."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class Views:
     """``False``: the strong views keep the weak view's pixels and are only CutMix-mixed
     (CPS + CutMix); their augmentation parameters are drawn all the same, so the random
     stream does not depend on it."""
-    stored_labels: ArrayStore | None = None
+    stored_labels: StoredLabels | None = None
     """``Batch.unlabeled_targets``: pseudo labels on disk (indexed by pool index),
     read for each unlabeled batch and warped with the images."""
 

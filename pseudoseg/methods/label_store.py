@@ -126,6 +126,32 @@ class PseudoLabelStore:
         self.__init__(state["path"], state["indices"], channels=state.get("channels", 1))
 
 
+class LabelFiles:
+    """Label files read as one, each for its own part of U (a round that trains on several
+    subsets, whose current labels come from different files): the labels of a pool index come
+    from the file of the part that holds it. Parts are disjoint; a file may serve several."""
+
+    def __init__(self, parts: Sequence[tuple[PseudoLabelStore, np.ndarray]]) -> None:
+        self.parts = tuple((store, np.sort(np.asarray(members, dtype=np.int64))) for store, members in parts)
+
+    def targets(self, pool_indices: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Training targets ``float [n, K, S, S]``, as :meth:`PseudoLabelStore.targets`, in the order asked."""
+        pool_indices = np.asarray(pool_indices, dtype=np.int64)
+        pieces, positions = [], []
+        for store, members in self.parts:
+            mine = np.flatnonzero(np.isin(pool_indices, members))
+            if len(mine):
+                pieces.append(store.targets(pool_indices[mine], device))
+                positions.append(mine)
+        if sum(map(len, positions)) != len(pool_indices):
+            raise KeyError(f"no pseudo label part holds some of the pool indices {pool_indices.tolist()[:8]}")
+        return torch.cat(pieces)[torch.from_numpy(np.argsort(np.concatenate(positions), kind="stable")).to(device)]
+
+    def close(self) -> None:
+        for store in {id(store): store for store, _ in self.parts}.values():
+            store.close()
+
+
 def _sorted_unique(indices: Sequence[int] | np.ndarray) -> np.ndarray:
     array = np.asarray(indices, dtype=np.int64).reshape(-1)
     if len(array) > 1 and not bool((np.diff(array) > 0).all()):
@@ -311,4 +337,4 @@ def label_agreement(
     }
 
 
-__all__ = ["LabelFormat", "LabelKind", "Labeler", "PseudoLabelStore", "encode_labels", "label_agreement", "render_pseudo_labels"]
+__all__ = ["LabelFiles", "LabelFormat", "LabelKind", "Labeler", "PseudoLabelStore", "encode_labels", "label_agreement", "render_pseudo_labels"]

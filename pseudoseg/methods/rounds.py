@@ -47,7 +47,7 @@ Run directory, besides the usual files::
     report/rounds.png     those diagnostics against the round
 
 Each ``rounds.jsonl`` record holds the provenance of the round, as planned
-(``train_subset``, ``relabel_subset``, ``init_from``, ``labels_from``) and as
+(``train_subsets``, ``relabel_subset``, ``init_from``, ``labels_from``) and as
 actually used (``init_weights``, ``labels_file``, ``labels_rendered_by``,
 ``weights``, ``relabelled_by``), and its diagnostics, all Dice at 0.5 ("per
 image": averaged over images or slices like validation, 1 when both are
@@ -90,11 +90,11 @@ from pydantic import Field
 from pseudoseg.config import MethodSection, TrainConfig
 from pseudoseg.engine.distributed import barrier
 from pseudoseg.engine.labels import harden
-from pseudoseg.engine.strategy import Batch, Forward, StageSpec, Strategy, Views
+from pseudoseg.engine.strategy import Batch, Forward, StageSpec, StoredLabels, Strategy, Views
 from pseudoseg.engine.trainer import StageResult, read_metrics
 from pseudoseg.errors import UserError
 from pseudoseg.fileio import write_json, write_text
-from pseudoseg.methods.label_store import PseudoLabelStore, label_agreement
+from pseudoseg.methods.label_store import LabelFiles, PseudoLabelStore, label_agreement
 from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import LabeledStart, SupervisedConfig, finished_stage, train_labeled_stage
@@ -111,6 +111,11 @@ class RoundsConfig(MethodSection):
     """ATSO: number K of disjoint unlabeled subsets."""
     rounds: int = Field(4, ge=1)
     """Rounds R after the labeled-only model."""
+    train_on: Literal["others", "one"] = "others"
+    """ATSO with K >= 3: what a round fine-tunes on. ``others``: every subset but the one it
+    relabels afterwards (K - 1 subsets, each with its current labels), the paper's two halves
+    generalised; ``one``: the single subset after the held-out one, leaving K - 2 idle. The
+    same with K = 2."""
     round_steps: int = Field(200, ge=1)
     """Training steps of every round. The released model of TSO and of ``init:
     continue`` has had M0 + R x round_steps steps; of ``init: labeled``, M0 +
@@ -142,22 +147,27 @@ class RoundPlan:
 
     round: int
     """1-based round number r."""
-    train_subset: int
-    """Subset of U fine-tuned on (with its current labels)."""
+    train_subsets: tuple[int, ...]
+    """Subsets of U fine-tuned on (each with its current labels)."""
     relabel_subset: int
     """Subset of U relabelled by this round's model afterwards."""
     init_from: int | None
     """Round whose model this round starts from (``None``: M0's initial weights)."""
-    labels_from: int
-    """Round whose model rendered the labels this round trains on."""
+    labels_from: tuple[int, ...]
+    """Per subset trained on: the round whose model rendered its labels."""
 
 
-def atso_schedule(rounds: int, subsets: int, *, init: Literal["labeled", "initial", "continue"] = "labeled") -> list[RoundPlan]:
-    """The ATSO rounds: round r trains on subset (r - 1) mod K and relabels subset r mod K.
+def atso_schedule(
+    rounds: int, subsets: int, *, init: Literal["labeled", "initial", "continue"] = "labeled", train_on: Literal["others", "one"] = "others"
+) -> list[RoundPlan]:
+    """The ATSO rounds: round r relabels subset r mod K and, before, trains on every other
+    subset (``train_on="others"``) or on subset (r - 1) mod K alone (``"one"``).
 
-    All subsets start with M0's labels. With K = 2: round 1 trains on U0
+    All subsets start with M0's labels. With K = 2 (both alike): round 1 trains on U0
     (labels of M0) and relabels U1; round 2 trains on U1 (labels of M1) and
-    relabels U0; round 3 trains on U0 (labels of M2); and so on.
+    relabels U0; round 3 trains on U0 (labels of M2); and so on. With K = 3 and
+    ``others``: round 1 trains on U0 and U2 (labels of M0) and relabels U1; round 2
+    on U0 (M0) and U1 (M1), relabels U2; round 3 on U1 (M1) and U2 (M2), relabels U0.
 
     Args:
         rounds: R >= 1.
@@ -165,18 +175,23 @@ def atso_schedule(rounds: int, subsets: int, *, init: Literal["labeled", "initia
         init: ``labeled``: every round starts from M0; ``initial``: from the
             weights M0 started from (``init_from`` None); ``continue``: from
             the previous round's model.
+        train_on: see above.
     """
     if rounds < 1 or subsets < 1:
         raise ValueError(f"need rounds >= 1 and subsets >= 1, got rounds={rounds}, subsets={subsets}")
     starts = {"labeled": lambda r: 0, "initial": lambda r: None, "continue": lambda r: r - 1}
     if init not in starts:
         raise ValueError(f"init must be one of {', '.join(starts)}, got {init!r}")
+    if train_on not in ("others", "one"):
+        raise ValueError(f"train_on must be others or one, got {train_on!r}")
     producer = [0] * subsets  # which round's model rendered each subset's current labels
     plans = []
     for r in range(1, rounds + 1):
-        k = (r - 1) % subsets
         relabel = r % subsets
-        plans.append(RoundPlan(r, k, relabel, starts[init](r), producer[k]))
+        trained = ((r - 1) % subsets,)
+        if train_on == "others" and subsets > 2:
+            trained = tuple(k for k in range(subsets) if k != relabel)
+        plans.append(RoundPlan(r, trained, relabel, starts[init](r), tuple(producer[k] for k in trained)))
         producer[relabel] = r
     return plans
 
@@ -228,7 +243,7 @@ class RoundStrategy(Strategy):
 
     uses_unlabeled = True
 
-    def __init__(self, labels: PseudoLabelStore, *, kind: Literal["hard", "soft"] = "hard", beta: float = 1.0) -> None:
+    def __init__(self, labels: StoredLabels, *, kind: Literal["hard", "soft"] = "hard", beta: float = 1.0) -> None:
         self.views = Views(stored_labels=labels)
         self.kind = kind
         self.beta = beta
@@ -273,12 +288,28 @@ class _RoundInputs:
     """What a round fine-tunes on and from."""
 
     plan: RoundPlan
-    used: _LabelFile
-    """The current labels of the subset it trains on."""
+    used: tuple[_LabelFile, ...]
+    """The current labels of each subset it trains on."""
     start: Path | None
     """The weights it starts from (None: the run's fresh initialisation, which M0 started from)."""
     unlabeled: np.ndarray
-    """The pool indices of the subset it trains on."""
+    """The pool indices of the subsets it trains on, sorted."""
+
+    def open_labels(self, subsets: list[np.ndarray]) -> PseudoLabelStore | LabelFiles:
+        """The labels it trains on, opened: one file, or each subset's from its current file."""
+        if len(self.used) == 1:
+            return self.used[0].open()
+        opened = {used.path: used.open() for used in self.used}  # M0's file serves every subset it still labels
+        return LabelFiles([(opened[used.path], subsets[k]) for k, used in zip(self.plan.train_subsets, self.used)])
+
+    def provenance(self, run_dir: Path) -> dict[str, Any]:
+        """The label files it trains on and who rendered them (one subset: a file and a name, as
+        rounds always recorded them; several: lists)."""
+        files = [_relative(used.path, run_dir) for used in self.used]
+        by = [used.rendered_by for used in self.used]
+        if len(self.used) == 1:
+            return {"train_subset": self.plan.train_subsets[0], "labels_file": files[0], "labels_rendered_by": by[0]}
+        return {"train_subsets": list(self.plan.train_subsets), "labels_files": files, "labels_rendered_by": by}
 
 
 @dataclass(frozen=True)
@@ -379,7 +410,7 @@ def run_atso(session: RunSession) -> RecipeOutcome:
             "subset at a time, not ATSO's break-up (init: labeled or initial); rounds.jsonl flags it (own_labels)"
         )
     subsets = split_subsets(session.unlabeled, session.pool.groups, method.subsets, seed=session.config.split_seed)
-    return run_rounds(session, atso_schedule(method.rounds, method.subsets, init=method.init), subsets, init=method.init)
+    return run_rounds(session, atso_schedule(method.rounds, method.subsets, init=method.init, train_on=method.train_on), subsets, init=method.init)
 
 
 @register(
@@ -426,12 +457,13 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
         _plot(run_dir, log)
 
     for plan in plans:
-        used = current[plan.train_subset]
-        if used.round != plan.labels_from:  # the files on disk must tell the plan's story
-            raise RuntimeError(f"round {plan.round}: subset {plan.train_subset} holds labels of round {used.round}, the schedule says {plan.labels_from}")
+        used = tuple(current[k] for k in plan.train_subsets)
+        for k, file, planned in zip(plan.train_subsets, used, plan.labels_from):
+            if file.round != planned:  # the files on disk must tell the plan's story
+                raise RuntimeError(f"round {plan.round}: subset {k} holds labels of round {file.round}, the schedule says {planned}")
         start = None if plan.init_from is None else weights[plan.init_from]
-        inputs = _RoundInputs(plan, used, start, subsets[plan.train_subset])
-        labels = used.open()
+        inputs = _RoundInputs(plan, used, start, np.sort(np.concatenate([subsets[k] for k in plan.train_subsets])))
+        labels = inputs.open_labels(subsets)
         spec = _round_spec(session, inputs, labels, m0=weights[0])
         try:
             stages[plan.round] = session.fit(spec)
@@ -447,7 +479,7 @@ def run_rounds(session: RunSession, plans: list[RoundPlan], subsets: list[np.nda
         fresh = _ensure_labels(session, plan.round, weights[plan.round], subsets[plan.relabel_subset])
         current[plan.relabel_subset] = fresh
         if dist.is_main and plan.round not in log:
-            own_labels = any(ancestor is stages[plan.labels_from] for ancestor in stages[plan.round].lineage)
+            own_labels = any(ancestor is stages[producer] for producer in plan.labels_from for ancestor in stages[plan.round].lineage)
             record = _round_record(session, inputs, stages[plan.round], _Relabelling(previous, fresh), current, subsets)
             log.add({**record, "init": init, "own_labels": own_labels})
             _plot(run_dir, log)
@@ -466,12 +498,12 @@ def _labeled_stage(session: RunSession) -> StageResult:
     return train_labeled_stage(session, "round_0", rounds_start(method, session.config.train))
 
 
-def _round_spec(session: RunSession, inputs: _RoundInputs, labels: PseudoLabelStore, *, m0: Path) -> StageSpec:
-    """Round ``inputs.plan.round``: fine-tune ``inputs.start`` on L and the subset ``inputs.unlabeled``
-    with its ``labels`` (the label file ``inputs.used``, opened)."""
+def _round_spec(session: RunSession, inputs: _RoundInputs, labels: StoredLabels, *, m0: Path) -> StageSpec:
+    """Round ``inputs.plan.round``: fine-tune ``inputs.start`` on L and the subsets ``inputs.unlabeled``
+    with their ``labels`` (the label files ``inputs.used``, opened)."""
     config, run_dir = session.config, Path(session.run_dir)
     method: RoundsConfig = config.method
-    plan, used, start = inputs.plan, inputs.used, inputs.start
+    plan, start = inputs.plan, inputs.start
     return StageSpec(
         name=f"round_{plan.round}",
         strategy=RoundStrategy(labels, kind=method.labels, beta=method.beta),
@@ -486,9 +518,7 @@ def _round_spec(session: RunSession, inputs: _RoundInputs, labels: PseudoLabelSt
         describe={
             "strategy": method.name,
             "round": plan.round,
-            "train_subset": plan.train_subset,
-            "labels_file": _relative(used.path, run_dir),
-            "labels_rendered_by": used.rendered_by,
+            **inputs.provenance(run_dir),
             "init_weights": _relative(start, run_dir) if start is not None else INITIAL_WEIGHTS,
             "labels": method.labels,
             "beta": method.beta,
@@ -640,7 +670,7 @@ def _round_record(
 ) -> dict[str, Any]:
     """Provenance of what the round actually used, and how its new labels compare."""
     run_dir = Path(session.run_dir)
-    plan, used, init = inputs.plan, inputs.used, inputs.start
+    plan, init = inputs.plan, inputs.start
     previous, fresh = relabelling.previous, relabelling.fresh
     new, old = fresh.open(), previous.open()
     try:
@@ -654,8 +684,7 @@ def _round_record(
         **asdict(plan),
         "method": session.config.method.name,
         "init_weights": _relative(init, run_dir) if init is not None else INITIAL_WEIGHTS,
-        "labels_file": _relative(used.path, run_dir),
-        "labels_rendered_by": used.rendered_by,
+        **inputs.provenance(run_dir),
         "n_train_unlabeled": len(inputs.unlabeled),
         "weights": _relative(stage.weights("raw"), run_dir),
         "relabelled_file": _relative(fresh.path, run_dir),

@@ -304,6 +304,33 @@ def test_a_cutmix_only_view_keeps_the_weak_views_pixels() -> None:
     assert not torch.equal(jittered["strong"][0], jittered["mixes"][0].apply(jittered["unlabeled"]))
 
 
+@pytest.mark.parametrize("name", ["fixmatch", "unimatch"])
+def test_official_passes_keep_the_strong_views_out_of_the_weak_views_labels(name: str) -> None:
+    """In training mode batch norm normalises a pass by its own statistics: with ``passes: official``
+    the weak view's confident decisions do not change when the strong views of the batch do."""
+    from pseudoseg.methods.unimatch import UniMatchConfig, UniMatchStrategy
+
+    torch.manual_seed(0)
+    network = build_model(ModelConfig(name="unet", channels=(4, 8), num_res_units=1), 3, 1).train()
+    unlabeled, images = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    masks = one_hot(torch.randint(0, 2, (2, 16, 16)), 1)
+    mixes = tuple(SimpleNamespace(apply=lambda x: x) for _ in range(2))
+
+    def confident(passes: str, strong_scale: float) -> float:
+        if name == "fixmatch":
+            strategy = FixMatchStrategy(FixMatchConfig(threshold=0.6, passes=passes))
+        else:
+            strategy = UniMatchStrategy(UniMatchConfig(threshold=0.6, passes=passes))
+        strategy.context = SimpleNamespace(**vars(_context()), student=network, spec=SimpleNamespace(unlabeled_batch_size=2), dist=DistInfo())
+        strategy.generator = torch.Generator().manual_seed(1)
+        strong = tuple(torch.rand(2, 3, 16, 16) * strong_scale for _ in range(strategy.views.strong))
+        batch = Batch(images=images, masks=masks, unlabeled=unlabeled, strong=strong, mixes=mixes[: len(strong)])
+        return float(strategy.loss(batch, lambda images, network_name=None: network(images), 0)[1]["confident"])
+
+    assert confident("official", 1.0) == confident("official", 50.0)
+    assert confident("joint", 1.0) != confident("joint", 50.0)  # one pass: the strong views move the weak view's statistics
+
+
 # --------------------------------------------------------------------------- tiny runs
 
 
@@ -318,10 +345,13 @@ def _records(stage: Path, kind: str) -> list[dict]:
 TRAIN_KEYS = {"fixmatch": {"loss_sup", "loss_unsup", "confident"}, "unimatch": {"loss_sup", "loss_s1", "loss_s2", "loss_fp", "confident"}, "cps": {"loss_sup", "loss_sup_peer", "loss_cps"}}
 
 
-@pytest.mark.parametrize("name", ["fixmatch", "unimatch", "cps", "cps-cutmix"])
+VARIANTS = {"cps-cutmix": ("cps", {"cutmix": True}), "fixmatch-official": ("fixmatch", {"passes": "official"}), "unimatch-official": ("unimatch", {"passes": "official"})}
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "unimatch", "cps", *VARIANTS])
 def test_baseline_on_one_class_from_a_labeled_start(name: str, tiny_polyps: Path, tmp_path: Path) -> None:
-    name, cutmix = ("cps", True) if name == "cps-cutmix" else (name, False)
-    method = {"name": name, "teacher_steps": 3, "steps": 4, **({"cutmix": True} if cutmix else {})}
+    name, settings = VARIANTS.get(name, (name, {}))
+    method = {"name": name, "teacher_steps": 3, "steps": 4, **settings}
     raw = tiny_config(tmp_path, tiny_polyps, data={"test": None}, method=method, train={"val_every": 2})
     result = _quiet(raw)
     run = Path(raw["run_dir"])

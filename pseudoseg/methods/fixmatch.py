@@ -17,8 +17,10 @@ al., CVPR 2023) and its code's settings; ``beta`` is the paper's lambda_u = 1,
 and the loss against the pseudo labels is the run's ``train.loss`` on the
 confident pixels only (per image, see :mod:`pseudoseg.engine.losses`). The
 labeled, weak and strong images go through the network in one batch, in
-training mode, as in the paper's implementation; the weak view's prediction
-is not differentiated.
+training mode (``passes: joint``), or, as the official UniMatch code runs
+FixMatch, the labeled and weak images in one pass and the strong view in a
+second (``passes: official``); the weak view's prediction is not
+differentiated.
 
 By default the stage starts from the momentum copy of a labeled-only stage
 (``student_init: labeled``, or the seed's supervised run in the grids:
@@ -42,15 +44,13 @@ from pseudoseg.engine.labels import weak_to_strong_targets
 from pseudoseg.engine.strategy import Batch, Forward, Strategy, Views, student_predictions
 from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, fit_one_stage, labeled_start
+from pseudoseg.methods.stages import WeakToStrongSection, baseline_rows, fit_one_stage, labeled_start
 
 
-class FixMatchConfig(LabeledStartSection):
+class FixMatchConfig(WeakToStrongSection):
     """FixMatch for segmentation: confident weak-view decisions as targets of a strong, CutMix-mixed view."""
 
     name: Literal["fixmatch"] = "fixmatch"
-    threshold: float = Field(0.95, ge=0, lt=1)
-    """Confidence (probability of the decided class) a weak-view pixel needs to count."""
     beta: float = Field(1.0, ge=0)
     """Weight of the loss on the strong view (the paper's lambda_u)."""
     cutmix: bool = True
@@ -69,7 +69,10 @@ class FixMatchStrategy(Strategy):
 
     def loss(self, batch: Batch, forward: Forward, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labeled, unlabeled = batch.images.shape[0], batch.unlabeled.shape[0]
-        logits = forward(torch.cat([batch.images, batch.unlabeled, batch.strong[0]]))
+        if self.method.passes == "official":  # the strong view apart: it does not enter the weak view's batch statistics
+            logits = torch.cat([forward(torch.cat([batch.images, batch.unlabeled])), forward(batch.strong[0])])
+        else:
+            logits = forward(torch.cat([batch.images, batch.unlabeled, batch.strong[0]]))
         criterion = self.context.criterion
         loss_sup = criterion(logits[:labeled], batch.masks)
         target, valid = weak_to_strong_targets(logits[labeled : labeled + unlabeled], self.method.threshold, batch.mixes[0])

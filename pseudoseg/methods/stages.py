@@ -197,6 +197,19 @@ class LabeledStartSection(MethodSection):
         return self
 
 
+class WeakToStrongSection(LabeledStartSection):
+    """Keys of the weak-to-strong methods (FixMatch, UniMatch): the confidence a weak-view decision
+    needs, and how the views go through the network."""
+
+    threshold: float = Field(0.95, ge=0, lt=1)
+    """Confidence (probability of the decided class) a weak-view pixel needs to count."""
+    passes: Literal["joint", "official"] = "joint"
+    """``joint``: labeled, weak and strong images in one training-mode pass (batch-norm statistics
+    over all of them); ``official``: labeled and weak images in one pass, the strong views in a
+    second, as the official UniMatch code (and its FixMatch), so the weak view's pseudo labels do
+    not depend on the strong views in the batch."""
+
+
 def labeled_start(
     session: RunSession, method: LabeledStartSection, *, strategy: Callable[..., SupervisedStrategy] = SupervisedStrategy, settings: Mapping[str, Any] | None = None
 ) -> StageResult | None:
@@ -257,6 +270,7 @@ __all__ = [
     "EmaSettings",
     "LabeledStart",
     "LabeledStartSection",
+    "WeakToStrongSection",
     "SupervisedConfig",
     "SupervisedStrategy",
     "baseline_rows",

@@ -21,8 +21,9 @@ in the paper); the halving only scales the step (none of it under Adam). The
 losses against the pseudo labels are the run's ``train.loss`` on the
 confident pixels (the paper's medical code: Dice). All five batches
 (labeled, weak, two strong, the weak one for the perturbed stream) go through
-the network in one pass in training mode; the dropout applies to the last
-rows only, and its masks are drawn for the global batch from the strategy's
+the network in one pass in training mode (``passes: joint``), or, as the
+official code, the two strong views in a second pass (``passes: official``);
+the dropout applies to the last rows only, and its masks are drawn for the global batch from the strategy's
 own generator (checkpointed), so a resumed run drops the same channels.
 Where the paper draws the images pasted by CutMix from a second unlabeled
 batch, here they are images of the same batch (the partner's pseudo labels
@@ -45,16 +46,14 @@ from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy, Vi
 from pseudoseg.engine.trainer import stage_seed
 from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.stages import LabeledStartSection, baseline_rows, fit_one_stage, labeled_start
+from pseudoseg.methods.stages import WeakToStrongSection, baseline_rows, fit_one_stage, labeled_start
 from pseudoseg.models.features import FeatureDropout, perturbed_encoder_features
 
 
-class UniMatchConfig(LabeledStartSection):
+class UniMatchConfig(WeakToStrongSection):
     """UniMatch: two strong CutMix views and a feature-perturbed stream learn the weak view's confident decisions."""
 
     name: Literal["unimatch"] = "unimatch"
-    threshold: float = Field(0.95, ge=0, lt=1)
-    """Confidence (probability of the decided class) a weak-view pixel needs to count."""
     strong_weight: float = Field(0.25, ge=0)
     """Weight of each strong view's loss (the paper: mu / 2 = 0.25)."""
     perturbation_weight: float = Field(0.5, ge=0)
@@ -81,17 +80,21 @@ class UniMatchStrategy(Strategy):
     def loss(self, batch: Batch, forward: Forward, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         method = self.method
         labeled, unlabeled = batch.images.shape[0], batch.unlabeled.shape[0]
-        inputs = torch.cat([batch.images, batch.unlabeled, *batch.strong, batch.unlabeled])
-        perturbed = slice(labeled + 3 * unlabeled, None)  # the last rows: the weak view again
+        official = method.passes == "official"
+        # joint: labeled, weak, both strong views and the perturbed weak view in one pass; official: the
+        # strong views in a second pass, outside the weak view's batch statistics (the official code)
+        first = [batch.images, batch.unlabeled] if official else [batch.images, batch.unlabeled, *batch.strong]
+        perturbed = slice(labeled + len(first[1:]) * unlabeled, None)  # the last rows: the weak view again
         dropout = FeatureDropout(
             method.feature_dropout, self.generator, rows=perturbed, total=self.context.spec.unlabeled_batch_size, share=self.context.dist.shard()
         )
         with perturbed_encoder_features(self.context.student, dropout):
-            logits = forward(inputs)
+            logits = forward(torch.cat([*first, batch.unlabeled]))
+        strong_logits = forward(torch.cat(batch.strong)) if official else logits[labeled + unlabeled : labeled + 3 * unlabeled]
         criterion = self.context.criterion
         loss_sup = criterion(logits[:labeled], batch.masks)
         weak = logits[labeled : labeled + unlabeled]
-        strong = [logits[labeled + (k + 1) * unlabeled : labeled + (k + 2) * unlabeled] for k in range(2)]
+        strong = [strong_logits[k * unlabeled : (k + 1) * unlabeled] for k in range(2)]
         losses = []
         for view, mix in zip(strong, batch.mixes):
             target, valid = weak_to_strong_targets(weak, method.threshold, mix)

@@ -561,3 +561,15 @@ def test_killed_student_stage_resumes_to_identical_weights(workdir: Path, tiny_p
         return [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_metrics(path)]
 
     assert without_timing(stage / "metrics.jsonl") == without_timing(reference / "metrics.jsonl")
+
+
+def test_probability_mse_sums_or_averages_over_the_channels() -> None:
+    from pseudoseg.engine.losses import probability_mse
+
+    logits = torch.randn(2, 3, 4, 4)
+    target = torch.softmax(torch.randn(2, 3, 4, 4), dim=1)
+    squared = (torch.softmax(logits, dim=1) - target) ** 2
+    assert float(probability_mse(logits, target)) == pytest.approx(float(squared.sum(1).mean()), abs=1e-6)
+    assert float(probability_mse(logits, target, channels="mean")) == pytest.approx(float(squared.mean()), abs=1e-6)
+    one, half = torch.randn(2, 1, 4, 4), torch.rand(2, 1, 4, 4)  # one sigmoid channel: the same either way
+    assert torch.equal(probability_mse(one, half), probability_mse(one, half, channels="mean"))

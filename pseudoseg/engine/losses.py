@@ -66,12 +66,14 @@ def masked_mean_per_image(values: torch.Tensor, valid: torch.Tensor | None) -> t
     return ((values.flatten(1) * valid).sum(1) / valid.sum(1).clamp_min(1.0)).mean()
 
 
-def probability_mse(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def probability_mse(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, *, channels: str = "sum") -> torch.Tensor:
     """Mean Teacher's consistency: the squared error between the probabilities of ``logits``
-    and the target probabilities, summed over the channels of a pixel, then averaged per image
-    (:func:`masked_mean_per_image`)."""
+    and the target probabilities, summed (``channels="sum"``) or averaged (``"mean"``, the
+    common medical implementations') over the channels of a pixel, then averaged per image
+    (:func:`masked_mean_per_image`). One sigmoid channel: the two agree."""
     squared = (probabilities(logits) - target) ** 2
-    return masked_mean_per_image(squared.sum(dim=1, keepdim=True), valid)
+    per_pixel = squared.sum(dim=1, keepdim=True) if channels == "sum" else squared.mean(dim=1, keepdim=True)
+    return masked_mean_per_image(per_pixel, valid)
 
 
 def sigmoid_rampup(step: int, length: int) -> float:

@@ -56,7 +56,12 @@ class MeanTeacherConfig(LabeledStartSection, EmaSection):
     momentum: float = Field(0.99, ge=0, lt=1)
     """The teacher: teacher <- m * teacher + (1 - m) * student, per ``momentum_unit``."""
     beta: float = Field(1.0, ge=0)
-    """Weight of the consistency loss (after the ramp-up)."""
+    """Weight of the consistency loss (after the ramp-up). The common medical implementations
+    (SSL4MIS) use 0.1 with ``consistency_channels: mean``, a tenth of the default's weight for one
+    class and less for several."""
+    consistency_channels: Literal["sum", "mean"] = "sum"
+    """The squared error of a pixel's probabilities summed over its channels, or averaged (SSL4MIS);
+    the same for one class (one sigmoid channel)."""
     rampup_steps: int | None = Field(None, ge=0)
     """Sigmoid ramp-up of ``beta`` over this many steps (0: none); None: a quarter of the stage."""
     views: Literal["weak_strong", "same"] = "weak_strong"
@@ -98,7 +103,7 @@ class MeanTeacherStrategy(Strategy):
         logits = forward(torch.cat([batch.images, batch.unlabeled_strong]))
         labeled = batch.images.shape[0]
         loss_sup = self.context.criterion(logits[:labeled], batch.masks)
-        loss_unsup = probability_mse(logits[labeled:], target)
+        loss_unsup = probability_mse(logits[labeled:], target, channels=self.method.consistency_channels)
         weight = self.method.beta * sigmoid_rampup(step, self.rampup_steps)
         return loss_sup + weight * loss_unsup, {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach()}
 

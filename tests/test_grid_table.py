@@ -76,3 +76,20 @@ def test_round_diagnostics_are_means_over_the_rounds(tmp_path: Path, capsys: pyt
         (a / f"seed{seed}" / "tso" / "rounds.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
     _script().main([f"{a}:tso", "--columns", "rounds/gain,rounds/pseudo_dice"])
     assert capsys.readouterr().out.splitlines()[2] == "| tso | 0, 1 | 0.050 ± 0.212 | 0.600 ± 0.000 | 100 | 100 | 16+4 | 1/2 |"  # seeds: -0.1, +0.2
+
+
+def test_online_teacher_share_reads_the_teacher_against_the_stage_start(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    share = load_benchmark("online_teacher_share")
+    for seed, (start, teacher) in enumerate([(0.8, [0.78, 0.72]), (0.5, [0.5, 0.45])]):
+        stage = tmp_path / f"seed{seed}" / "student"
+        stage.mkdir(parents=True)
+        records = [{"kind": "val", "step": 0, "start/dice": start}, {"kind": "train", "step": 50, "loss": 1.0}]
+        records += [{"kind": "val", "step": 50 * (k + 1), "raw/dice": 0.1, "teacher/dice": dice} for k, dice in enumerate(teacher)]
+        (stage / "metrics.jsonl").write_text("\n".join(json.dumps(record) for record in records) + "\n")
+    assert share.main([str(tmp_path / "seed0"), str(tmp_path / "seed1")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("teacher stage 0.800; online teacher 50: 0.780 (98 %), 100: 0.720 (90 %); lowest 90 %")
+    assert out[-1] == "lowest share over 2 run(s): 90 %"
+    with pytest.raises(SystemExit, match="no online teacher validations"):
+        (tmp_path / "seed0" / "student" / "metrics.jsonl").write_text(json.dumps({"kind": "val", "step": 0, "start/dice": 0.8}) + "\n")
+        share.main([str(tmp_path / "seed0")])

@@ -31,6 +31,28 @@ def _write_json_output(path: Optional[Path], payload: dict) -> None:
         write_json(path, payload)
 
 
+def _json_to_stdout(path: Optional[Path], payload: dict) -> bool:
+    """``--json -``: the payload on standard output (and nothing else), for a listing command."""
+    if path is None or str(path) != "-":
+        return False
+    import json
+
+    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    return True
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]):
+    """A listing's rich table, its cells folded rather than cut."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def _amp(value: str) -> str:
     if value not in ("auto", "bf16", "fp16", "off"):
         raise UserError(f"--amp: expected auto, bf16, fp16 or off, got {value!r}")
@@ -99,19 +121,10 @@ def data_formats(
         doc = (type(source).__doc__ or "").strip().splitlines()
         formats.append({"name": name, "geometry": source.geometry, "source": source_origin(name), "class": f"{type(source).__module__}.{type(source).__qualname__}", "summary": doc[0].replace("``", "") if doc else ""})
     payload = {"formats": formats}
-    if json_out is not None and str(json_out) == "-":
-        import json
-
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    if _json_to_stdout(json_out, payload):
         return
-    from rich.table import Table
-
-    table = Table(title="data formats (data.kind)", title_justify="left")
-    for column in ("name", "geometry", "reads", "from"):
-        table.add_column(column, overflow="fold")
-    for entry in formats:
-        table.add_row(entry["name"], entry["geometry"], entry["summary"], entry["source"])
-    wide_console().print(table)
+    rows = [(entry["name"], entry["geometry"], entry["summary"], entry["source"]) for entry in formats]
+    wide_console().print(_table("data formats (data.kind)", ("name", "geometry", "reads", "from"), rows))
     _write_json_output(json_out, payload)
 
 
@@ -344,27 +357,16 @@ def methods(
         ],
         "grid_families": [{"name": family.name, "summary": family.summary, "methods": list(family.methods), "reference": family.reference} for family in families.values()],
     }
-    if json_out is not None and str(json_out) == "-":
-        import json
-
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    if _json_to_stdout(json_out, payload):
         return
-    from rich.table import Table
-
-    table = Table(title="methods (method.name)", title_justify="left")
-    for column in ("name", "summary", "grid", "from"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for info in found:
         grids = [name for name, family in families.items() if info.name in family.methods] + [f"+{name}" for name in info.rows]
-        table.add_row(info.name, info.summary, ", ".join(grids), info.source)
+        rows.append((info.name, info.summary, ", ".join(grids), info.source))
     console = wide_console()
-    console.print(table)
-    grids = Table(title="grid families (pseudoseg grid --family)", title_justify="left")
-    for column in ("family", "base method", "compares"):
-        grids.add_column(column, overflow="fold")
-    for family in families.values():
-        grids.add_row(family.name, " / ".join(family.methods), family.summary)
-    console.print(grids)
+    console.print(_table("methods (method.name)", ("name", "summary", "grid", "from"), rows))
+    family_rows = [(family.name, " / ".join(family.methods), family.summary) for family in families.values()]
+    console.print(_table("grid families (pseudoseg grid --family)", ("family", "base method", "compares"), family_rows))
     _write_json_output(json_out, payload)
 
 

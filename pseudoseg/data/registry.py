@@ -19,9 +19,9 @@ registered sources, or one registered source). ``register_source`` only marks
 a class; nothing is added to shared state at import time. A plug-in that fails
 to import or to register is a one-line error naming it.
 
-This module imports nothing else of pseudoseg's, so the configuration can
-validate ``data.kind`` against it without importing the readers (which import
-the configuration); :func:`pseudoseg.data.sources.data_source` is the typed way in.
+This module imports none of pseudoseg's readers (only its errors and plug-in
+loader), so the configuration can validate ``data.kind`` against it without
+importing the readers (which import the configuration); :func:`pseudoseg.data.sources.data_source` is the typed way in.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import functools
 import importlib
 import types
 from collections.abc import Callable, Mapping
-from importlib import metadata
 from typing import Any, TypeVar
 
 from pseudoseg.errors import UserError
+from pseudoseg.plugins import load_plugins
 
 ENTRY_POINT_GROUP = "pseudoseg.data_sources"
 """The entry-point group through which installed distributions add data formats."""
@@ -96,11 +96,6 @@ def _marked(module: types.ModuleType | type) -> list[type]:
     return [value for value in vars(module).values() if isinstance(value, type) and vars(value).get(_MARK) and value.__module__ == module.__name__]
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 @functools.cache
 def _build() -> tuple[Mapping[str, Any], Mapping[str, str]]:
     sources: dict[str, Any] = {}
@@ -117,16 +112,13 @@ def _build() -> tuple[Mapping[str, Any], Mapping[str, str]]:
 
     for module in BUILT_IN_MODULES:
         add(_marked(importlib.import_module(module)), "built in")
-    for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda entry: entry.name):
-        dist = entry.dist
-        origin = f"{dist.name} {dist.version}" if dist is not None else "plug-in"
-        try:
-            found = _marked(entry.load())
-            if not found:
-                raise ValueError("registers no data source (decorate a DataSource subclass with pseudoseg.data.registry.register_source)")
-            add(found, origin)
-        except Exception as exc:  # whatever a plug-in raises, the user reads which one broke
-            raise UserError(f"plug-in data source {entry.name!r} ({entry.value}, from {origin}): {_one_line(exc)}") from None
+
+    def add_plugin(found: Any, origin: str) -> int:
+        classes = _marked(found)
+        add(classes, origin)
+        return len(classes)
+
+    load_plugins(ENTRY_POINT_GROUP, "data source", add_plugin, hint="decorate a DataSource subclass with pseudoseg.data.registry.register_source")
     return types.MappingProxyType(sources), types.MappingProxyType(origins)
 
 

@@ -34,11 +34,12 @@ import pkgutil
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from pseudoseg.errors import UserError
+from pseudoseg.plugins import load_plugins
 
 if TYPE_CHECKING:
     from pseudoseg.config import MethodSection, RunConfig
@@ -246,11 +247,6 @@ def _registrations(found: Any) -> list[MethodInfo]:
     return list(getattr(found, _MARK, ()))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def _built_in_modules() -> list[str]:
     """The modules of this package, the default method's first, then by name (the order methods are listed in)."""
     package = __name__.rsplit(".", 1)[0]
@@ -271,16 +267,13 @@ def _registry() -> _Registry:
 
     for module in _built_in_modules():
         add(_registrations(importlib.import_module(module)), BUILT_IN)
-    for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda entry: entry.name):
-        dist = entry.dist
-        source = f"{dist.name} {dist.version}" if dist is not None else "plug-in"
-        try:
-            infos = _registrations(entry.load())
-            if not infos:
-                raise ValueError("registers no method (decorate a recipe with pseudoseg.methods.register)")
-            add(infos, source)
-        except Exception as exc:  # whatever a plug-in raises, the user reads which one broke
-            raise UserError(f"plug-in method {entry.name!r} ({entry.value}, from {source}): {_one_line(exc)}") from None
+
+    def add_plugin(found: Any, source: str) -> int:
+        infos = _registrations(found)
+        add(infos, source)
+        return len(infos)
+
+    load_plugins(ENTRY_POINT_GROUP, "method", add_plugin, hint="decorate a recipe with pseudoseg.methods.register")
     families: dict[str, GridFamily] = {}
     for info in methods.values():
         for family in info.families:

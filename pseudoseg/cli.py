@@ -318,7 +318,7 @@ def grid(
     variants: Annotated[Optional[str], typer.Option(help="Comma-separated rows to run (default: all; the supervised row always runs).")] = None,
 ) -> None:
     """Run a method's experiment grid over seeds and write the side-by-side table."""
-    from pseudoseg.grid import run_grid
+    from pseudoseg.grid import GridRequest, run_grid
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
@@ -327,7 +327,8 @@ def grid(
     if not seed_list:
         raise UserError("--seeds: no seed given")
     rows = [name.strip() for name in variants.split(",") if name.strip()] if variants else None
-    summary = run_grid(config, out, seeds=seed_list, family=family, overrides=set_ or [], method=method, patience=patience, variants=rows, log=wide_console().print)
+    request = GridRequest(config, out, tuple(seed_list), family, tuple(set_ or ()), method, patience, tuple(rows) if rows is not None else None)
+    summary = run_grid(request, log=wide_console().print)
     _write_json_output(json_out, summary)
 
 

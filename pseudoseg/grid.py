@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,33 +132,43 @@ def _grid_notes(machines: dict[str, dict[int, dict[str, Any]]], reports: dict[st
     return notes
 
 
-def run_grid(
-    config_path: Path,
-    out: Path,
-    *,
-    seeds: list[int],
-    family: str | None,
-    overrides: list[str],
-    method: str | None = None,
-    patience: int = 5,
-    variants: list[str] | None = None,
-    log: Callable[[Any], None] = console_print,
-) -> dict[str, Any]:
-    """Train every variant of ``family`` (None: the base configuration's method's family), or the named
-    ``variants``, for each seed and write the tables.
+@dataclass(frozen=True)
+class GridRequest:
+    """What ``pseudoseg grid`` is asked to run."""
+
+    config: Path
+    """The base configuration (a file or a recipe's name)."""
+    out: Path
+    """The grid's folder: one run per row and seed, and the tables."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    family: str | None = None
+    """The grid family; None: the one of the base configuration's method."""
+    overrides: tuple[str, ...] = ()
+    """``key=value`` changes of the base configuration (``--set``)."""
+    method: str | None = None
+    """Replace the base configuration's method section by this method's defaults first
+    (:func:`~pseudoseg.run_config.switch_method`)."""
+    patience: int = 5
+    """Supervised rows stop after this many validations without improvement."""
+    variants: tuple[str, ...] | None = None
+    """The rows to run (None: all; the supervised row always runs)."""
+
+
+def run_grid(request: GridRequest, *, log: Callable[[Any], None] = console_print) -> dict[str, Any]:
+    """Train every row of ``request.family`` (or the named ``variants``) for each seed and write the tables.
 
     The seed's ``supervised`` run is trained first whenever a semi-supervised
-    variant is run, since they start from it. ``method``: the base configuration's
-    method section is first replaced by that method's (:func:`~pseudoseg.run_config.switch_method`)."""
+    variant is run, since they start from it."""
     from pseudoseg.runner import train
 
-    raw_base, origin = _base_config(config_path, method, overrides, log)
+    raw_base, origin = _base_config(request.config, request.method, list(request.overrides), log)
     base = config_from_dict(raw_base, origin=origin)
     if base.data.test is None:
         raise UserError(f"{origin}: data.test is required for a grid (the table is on the test sets)")
-    chosen: GridFamily = grid_family(family, base)
-    chosen_variants = _chosen_variants(grid_variants(base, chosen.name, patience=patience), variants, chosen.name)
-    out = Path(out)
+    chosen: GridFamily = grid_family(request.family, base)
+    variants = list(request.variants) if request.variants is not None else None
+    chosen_variants = _chosen_variants(grid_variants(base, chosen.name, patience=request.patience), variants, chosen.name)
+    out, seeds = Path(request.out), list(request.seeds)
     cache_dir = str(base.data.cache_dir or out / "cache")
     results: dict[str, list[Any]] = {name: [] for name, _ in chosen_variants}
     runs: dict[str, dict[str, str]] = {}

@@ -119,12 +119,13 @@ def test_set_method_name_with_another_methods_keys_suggests_method(cvc_like, mon
 
 
 def test_grid_takes_a_recipe_by_name_and_a_method(cvc_like, monkeypatch) -> None:
-    from pseudoseg.grid import run_grid
+    from pseudoseg.grid import GridRequest, run_grid
 
     monkeypatch.chdir(cvc_like)
     lines: list[str] = []
     overrides = [text for text in TINY if text != "--set"] + ["method.teacher_steps=2", "method.rounds=1", "method.round_steps=2"]
-    summary = run_grid(Path("polyp_momentum_cvc"), Path("grid"), seeds=[0], family=None, overrides=overrides, method="tso", patience=1, variants=["tso"], log=lambda line: lines.append(str(line)))
+    request = GridRequest(Path("polyp_momentum_cvc"), Path("grid"), seeds=(0,), overrides=tuple(overrides), method="tso", patience=1, variants=("tso",))
+    summary = run_grid(request, log=lambda line: lines.append(str(line)))
     assert lines[0].startswith("--method tso: method section of momentum replaced by tso's defaults; kept teacher_steps")
     assert summary["family"] == "rounds" and set(summary["runs"]) == {"supervised", "tso"}
     assert yaml.safe_load((cvc_like / "grid" / "seed0" / "tso" / "config.yaml").read_text())["method"]["name"] == "tso"

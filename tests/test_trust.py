@@ -102,14 +102,14 @@ def test_fine_tuning_has_its_own_learning_rate_protocol(tiny_ct: Path, tmp_path:
 
 def test_every_row_starts_from_the_supervised_rows_model(tiny_polyps: Path, tmp_path: Path) -> None:
     """One M0: the grid's semi-supervised rows start from (or must beat) the network the supervised row reports."""
-    from pseudoseg.grid import run_grid
+    from pseudoseg.grid import GridRequest, run_grid
 
     config = write_config(
         tmp_path / "base.yaml",
         tiny_config(tmp_path, tiny_polyps, data={"image_size": 16}, train={"steps": 4, "val_every": 2, "num_threads": 1}, method={"name": "atso", "rounds": 1, "round_steps": 2}),
     )
     out = tmp_path / "grid"
-    run_grid(config, out, seeds=[0], family="rounds", overrides=[], variants=["tso", "atso", "atso-initial", "fixmatch", "mean-teacher"], log=lambda _: None)
+    run_grid(GridRequest(config, out, seeds=(0,), family="rounds", variants=("tso", "atso", "atso-initial", "fixmatch", "mean-teacher")), log=lambda _: None)
     raw = tiny_config(tmp_path, tiny_polyps, data={"image_size": 16})
     supervised = out / "seed0" / "supervised"
     m0 = supervised / json.loads((supervised / "model.json").read_text())["networks"]["ema"]

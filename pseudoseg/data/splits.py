@@ -212,7 +212,15 @@ def _units(ids: Sequence[str], groups: Mapping[str, str] | None) -> dict[str, li
 
 
 def _part_sizes(n_units: int, labeled_fraction: float, val_fraction: float, validation: str) -> tuple[int, int]:
-    """How many units validate and how many are labeled (:func:`make_split`'s rules)."""
+    """How many of ``n_units`` validate and how many are labeled, the rest being unlabeled.
+
+    ``extra``: ``round(val_fraction * n)`` validate (at least one when ``val_fraction > 0``
+    and there are two units or more, always leaving one for training); of the rest,
+    ``round(labeled_fraction * rest)`` are labeled (at least one). ``from_labeled``:
+    ``round(labeled_fraction * n)`` are the masks the run uses (at least two when
+    ``val_fraction > 0``); ``round(val_fraction * budget)`` of them validate (at least one,
+    leaving at least one labeled), the rest of the budget is labeled. Rounding is half-up.
+    """
     if validation not in VALIDATION_FROM:
         raise ValueError(f"validation must be one of {VALIDATION_FROM}, got {validation!r}")
     validates = val_fraction > 0 and n_units > 1  # a single unit must stay in training
@@ -239,32 +247,11 @@ def make_split(
     The units drawn are the groups (``groups`` maps each id to its group, e.g.
     a CT slice to its patient case) or, without ``groups``, the ids themselves.
     Units are sorted first, so the result does not depend on the order of
-    ``ids``. One permutation is drawn from ``numpy.random.default_rng(seed)``:
-
-    ``validation="extra"`` (validation drawn beside the labeled set):
-
-    1. its first ``round(val_fraction * n)`` units are the validation set
-       (at least one when ``val_fraction > 0`` and there are two units or more,
-       always leaving one for training);
-    2. of the rest, the first ``round(labeled_fraction * rest)`` are labeled
-       (at least one) and the others unlabeled.
-
-    Because validation is taken first and does not look at ``labeled_fraction``,
-    runs with the same seed and ``val_fraction`` select checkpoints on the same
-    images whatever their labeled fraction, e.g. a 20 % run and its fully
-    supervised (``labeled_fraction=1.0``, U empty) upper bound. Example: 100 ids
-    with ``labeled_fraction=0.2, val_fraction=0.1`` give 10 validation, 18
-    labeled and 72 unlabeled: 28 masks used.
-
-    ``validation="from_labeled"`` (validation carved out of the labeled budget):
-    the first ``round(labeled_fraction * n)`` units are the masks the run uses (at
-    least two when ``val_fraction > 0``); the first ``round(val_fraction * budget)``
-    of them validate (at least one, leaving at least one labeled), the rest of the
-    budget is labeled, every other unit unlabeled. Example: 100 ids with
-    ``labeled_fraction=0.2, val_fraction=0.2`` give 4 validation, 16 labeled and
-    80 unlabeled: 20 masks used.
-
-    Rounding is half-up.
+    ``ids``. One permutation is drawn from ``numpy.random.default_rng(seed)``; its
+    first units validate, the next are labeled, the rest unlabeled, in the sizes
+    :func:`_part_sizes` gives for ``validation`` (``extra``: validation drawn beside
+    the labeled set, the same images whatever ``labeled_fraction``; ``from_labeled``:
+    carved out of the labeled budget). docs/data.md (Splits) works both through.
 
     Raises:
         UserError: for a fraction out of range (``labeled_fraction`` in (0, 1],

@@ -14,7 +14,7 @@ from pseudoseg.config import DataConfig
 from pseudoseg.run_config import config_from_dict
 from pseudoseg.data.pool import load_pool
 from pseudoseg.data.preprocessing import Preprocessing
-from pseudoseg.data.volumes import VolumeCase, case_slices, percentile_bounds, percentile_to_uint8, window_to_uint8
+from pseudoseg.data.volumes import SliceSettings, VolumeCase, case_slices, percentile_bounds, percentile_to_uint8, window_to_uint8
 from pseudoseg.errors import UserError
 from pseudoseg.inference import Predictor
 from pseudoseg.runner import train
@@ -74,13 +74,13 @@ def test_percentiles_make_the_slices_independent_of_the_files_scale(tmp_path: Pa
     uint8_case = VolumeCase("a", _save(tmp_path / "a.nii.gz", image), _save(tmp_path / "la.nii.gz", label))
     # the same scan stored as float32 on another scale (x 4: exact in binary floating point)
     float_case = VolumeCase("b", _save(tmp_path / "b.nii.gz", image.astype(np.float32) * 4), uint8_case.label_path)
-    slices, masks = case_slices(uint8_case, intensity="percentile", size=20)
+    slices, masks = case_slices(uint8_case, SliceSettings(intensity="percentile", size=20))
     expected = percentile_to_uint8(image, (0.5, 99.5))
     np.testing.assert_array_equal(slices[:, 0], np.moveaxis(expected, 2, 0))  # per case, not per slice
-    np.testing.assert_array_equal(case_slices(float_case, intensity="percentile", size=20)[0], slices)
+    np.testing.assert_array_equal(case_slices(float_case, SliceSettings(intensity="percentile", size=20))[0], slices)
     np.testing.assert_array_equal(masks, np.moveaxis(label, 2, 0))
     # the window in HU of the default does not: the float file saturates
-    assert not np.array_equal(case_slices(float_case, size=20)[0], case_slices(uint8_case, size=20)[0])
+    assert not np.array_equal(case_slices(float_case, SliceSettings(size=20))[0], case_slices(uint8_case, SliceSettings(size=20))[0])
     low_high = percentile_bounds(image, (0.5, 99.5))
     assert low_high[1] < 255  # the outlier voxel is clipped, not the top of the range
     np.testing.assert_array_equal(slices[:, 0], np.moveaxis(window_to_uint8(image, low_high), 2, 0))
@@ -91,7 +91,7 @@ def test_percentiles_are_taken_per_channel(tmp_path: Path) -> None:
     image, _ = _mri_case(rng)
     other = 1000.0 - 4.0 * image.astype(np.float32)  # a second channel: other scale, inverted contrast
     case = VolumeCase("c", _save(tmp_path / "c_0000.nii.gz", image), None, (_save(tmp_path / "c_0001.nii.gz", other),))
-    slices, _ = case_slices(case, intensity="percentile", size=20, with_labels=False)
+    slices, _ = case_slices(case, SliceSettings(intensity="percentile", size=20), with_labels=False)
     assert slices.shape == (5, 2, 20, 20)
     np.testing.assert_array_equal(slices[:, 0], np.moveaxis(percentile_to_uint8(image, (0.5, 99.5)), 2, 0))
     np.testing.assert_array_equal(slices[:, 1], np.moveaxis(percentile_to_uint8(other, (0.5, 99.5)), 2, 0))
@@ -102,7 +102,7 @@ def test_a_constant_case_gives_zero_slices(tmp_path: Path) -> None:
     case = VolumeCase("flat", _save(tmp_path / "flat.nii.gz", np.full((8, 8, 3), 5.0, np.float32)), None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        slices, _ = case_slices(case, intensity="percentile", size=16, with_labels=False)
+        slices, _ = case_slices(case, SliceSettings(intensity="percentile", size=16), with_labels=False)
     assert slices.shape == (3, 1, 16, 16) and not slices.any()
 
 
@@ -146,7 +146,7 @@ def test_preprocessing_slices_a_case_as_configured(tmp_path: Path) -> None:
     case = VolumeCase("a", _save(tmp_path / "a.nii.gz", image), _save(tmp_path / "la.nii.gz", label))
     pre = Preprocessing.from_data(DataConfig(kind="volumes", train=tmp_path, intensity="percentile", percentiles=(2.0, 98.0), image_size=16, context=1))
     slices, masks = pre.volume_slices(case, with_labels=True)
-    expected, expected_masks = case_slices(case, intensity="percentile", percentiles=(2.0, 98.0), size=16, context=1)
+    expected, expected_masks = case_slices(case, SliceSettings(intensity="percentile", percentiles=(2.0, 98.0), size=16, context=1))
     np.testing.assert_array_equal(slices, expected)
     np.testing.assert_array_equal(masks, expected_masks)
 
@@ -177,7 +177,7 @@ def test_the_pool_cache_is_not_shared_between_window_and_percentiles(tmp_path: P
     assert len(list(cache.iterdir())) == 2
     load_pool(DataConfig(kind="volumes", train=root, image_size=16, intensity="percentile", percentiles=(1.0, 99.0)), cache)
     assert len(list(cache.iterdir())) == 3
-    first, _ = case_slices(VolumeCase("mri_0", root / "imagesTr" / "mri_0.nii.gz", None), intensity="percentile", size=16, with_labels=False)
+    first, _ = case_slices(VolumeCase("mri_0", root / "imagesTr" / "mri_0.nii.gz", None), SliceSettings(intensity="percentile", size=16), with_labels=False)
     np.testing.assert_array_equal(pool.images.read(list(range(len(first)))), first)
 
 

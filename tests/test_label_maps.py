@@ -21,7 +21,7 @@ from pseudoseg.data.folders import read_mask
 from pseudoseg.data.pool import load_pool
 from pseudoseg.data.resize import resize_mask
 from pseudoseg.synth.ct import generate_ct_dataset
-from pseudoseg.data.volumes import VolumeCase, case_slices, discover_cases
+from pseudoseg.data.volumes import SliceSettings, VolumeCase, case_slices, discover_cases
 from pseudoseg.errors import UserError
 from tests.conftest import run_cli
 
@@ -217,25 +217,25 @@ def _three_class_case(root: Path, values: tuple[int, int] = (1, 2), shape=(24, 2
 def test_three_class_label_volumes(tmp_path: Path) -> None:
     case, labels = _three_class_case(tmp_path, values=(3, 7))
     classes = ClassSet(("organ", "lesion"), ((3,), (7,)))
-    _, native = case_slices(case, size=24, classes=classes)
+    _, native = case_slices(case, SliceSettings(size=24, classes=classes))
     assert native.shape == (5, 24, 24) and native.dtype == np.uint8
     canonical = labels[::-1, ::-1, :]  # LPS -> RAS; in-plane 24 x 20 resized to 24 x 24
     expected = np.zeros_like(canonical)
     expected[canonical == 3], expected[canonical == 7] = 1, 2
     resized = F.interpolate(torch.from_numpy(np.moveaxis(expected, 2, 0)[:, None]).float(), size=(24, 24), mode="nearest-exact")[:, 0]
     np.testing.assert_array_equal(native, resized.numpy().astype(np.uint8))
-    _, small = case_slices(case, size=12, classes=classes)
+    _, small = case_slices(case, SliceSettings(size=12, classes=classes))
     assert set(np.unique(small)) == {0, 1, 2}
-    _, union = case_slices(case, size=12)  # no class set: every non-zero voxel, as before
+    _, union = case_slices(case, SliceSettings(size=12))  # no class set: every non-zero voxel, as before
     np.testing.assert_array_equal(union, (small > 0).astype(np.uint8))
     with pytest.raises(UserError, match=re.escape(f"{case.label_path}: label value 7 is not one of the classes' values (0, 3)")):
-        case_slices(case, classes=ClassSet(("organ",), ((3,),)))
+        case_slices(case, SliceSettings(classes=ClassSet(("organ",), ((3,),))))
 
 
 @pytest.mark.parametrize("size", [9, 16, 40])
 def test_volume_resize_of_one_class_is_todays_rule(tmp_path: Path, size: int) -> None:
     case, labels = _three_class_case(tmp_path)
-    _, resized = case_slices(case, size=size, classes=ClassSet(("organ",), ((1, 2),)))
+    _, resized = case_slices(case, SliceSettings(size=size, classes=ClassSet(("organ",), ((1, 2),))))
     indicator = np.moveaxis((labels > 0)[::-1, ::-1, :], 2, 0)[:, None].astype(np.float32)
     today = F.interpolate(torch.from_numpy(indicator.copy()), size=(size, size), mode="nearest-exact")[:, 0] > 0.5
     np.testing.assert_array_equal(resized, today.numpy().astype(np.uint8))

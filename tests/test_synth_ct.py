@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pseudoseg.synth.ct import GENERATOR_VERSION, generate_ct_dataset
-from pseudoseg.data.volumes import case_slices, discover_cases, voxel_spacing
+from pseudoseg.data.volumes import SliceSettings, case_slices, discover_cases, voxel_spacing
 from pseudoseg.errors import UserError
 from pseudoseg.evaluation.volume_metrics import volume_dice
 
@@ -87,7 +87,7 @@ def test_thresholding_alone_does_not_solve_it(dataset: tuple[Path, dict]) -> Non
     # Even with a per-case oracle threshold on the windowed slices, the
     # distractor organ and the aorta keep Dice well below a learned model's.
     for case in discover_cases(out):
-        images, labels = case_slices(case, size=40)
+        images, labels = case_slices(case, SliceSettings(size=40))
         best = max(volume_dice(images[:, 0] >= t, labels) for t in range(60, 256, 5))
         assert best < 0.85, case.case_id
 

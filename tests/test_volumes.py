@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pseudoseg.data.volumes import (
+    SliceSettings,
     VolumeCase,
     case_slices,
     discover_cases,
@@ -178,7 +179,7 @@ def _ct_case(tmp_path: Path, shape: tuple[int, int, int], affine: np.ndarray, *,
 
 def test_case_slices_axial_canonical_slices_at_native_size(tmp_path: Path) -> None:
     case, image, labels = _ct_case(tmp_path, (12, 12, 5), LPS)
-    images, masks = case_slices(case, size=12)
+    images, masks = case_slices(case, SliceSettings(size=12))
     assert images.shape == (5, 1, 12, 12) and images.dtype == np.uint8
     assert masks.shape == (5, 12, 12) and masks.dtype == np.uint8
     # LPS -> RAS flips the first two axes; the slice axis stays last.
@@ -191,7 +192,7 @@ def test_case_slices_axial_canonical_slices_at_native_size(tmp_path: Path) -> No
 def test_case_slices_slices_along_the_superior_axis_of_a_permuted_file(tmp_path: Path) -> None:
     # File axis 0 is superior (3 mm), so it becomes the slice axis.
     case, image, _ = _ct_case(tmp_path, (6, 10, 10), PERMUTED)
-    images, masks = case_slices(case, size=10)
+    images, masks = case_slices(case, SliceSettings(size=10))
     assert images.shape == (6, 1, 10, 10) and masks.shape == (6, 10, 10)
     # canonical[x, y, z] = file[z, -x, y]: file axis 1 points left (flipped), axis 2 anterior.
     canonical = np.transpose(image, (1, 2, 0))[::-1, :, :]
@@ -200,8 +201,8 @@ def test_case_slices_slices_along_the_superior_axis_of_a_permuted_file(tmp_path:
 
 def test_case_slices_context_channels_replicate_edges(tmp_path: Path) -> None:
     case, _, _ = _ct_case(tmp_path, (16, 16, 6), LPS)
-    single, _ = case_slices(case, size=8)
-    images, _ = case_slices(case, size=8, context=2, with_labels=False)
+    single, _ = case_slices(case, SliceSettings(size=8))
+    images, _ = case_slices(case, SliceSettings(size=8, context=2), with_labels=False)
     assert images.shape == (6, 5, 8, 8)
     np.testing.assert_array_equal(images[:, 2], single[:, 0])  # centre channel
     np.testing.assert_array_equal(images[3, 0], single[1, 0])
@@ -218,13 +219,13 @@ def test_case_slices_resized_labels_stay_binary(tmp_path: Path) -> None:
     labels[4:10, 4:12, 1:3] = 1
     labels[12:18, 10:16, 1:3] = 2
     case, _, _ = _ct_case(tmp_path, (20, 20, 4), LPS, labels=labels)
-    images, masks = case_slices(case, size=32)
+    images, masks = case_slices(case, SliceSettings(size=32))
     assert images.shape == (4, 1, 32, 32)
     assert set(np.unique(masks)) == {0, 1}
     assert not masks[0].any() and not masks[3].any()
     # Area is preserved up to the nearest-neighbour grid: 2 x (48 + 36) px at 20 -> x (32/20)^2.
     assert abs(int(masks[1].sum()) - 84 * (32 / 20) ** 2) < 0.1 * 84 * (32 / 20) ** 2
-    _, only_two = case_slices(case, size=20, foreground=(2,))
+    _, only_two = case_slices(case, SliceSettings(size=20), foreground=(2,))
     np.testing.assert_array_equal(only_two[1], (labels[::-1, ::-1, 1] == 2).astype(np.uint8))
 
 
@@ -253,7 +254,7 @@ def test_slices_to_volume_is_exact_at_native_size(tmp_path: Path, affine: np.nda
     labels[2:9, 3:12, 5:10] = 1
     labels[10:13, 1:4, 0:3] = 1  # asymmetric, so a wrong flip or transpose cannot pass
     case, _, _ = _ct_case(tmp_path, shape, affine, labels=labels)
-    _, masks = case_slices(case, size=14)
+    _, masks = case_slices(case, SliceSettings(size=14))
     restored = slices_to_volume(masks.astype(np.float32), load_volume(case.image_path, read_data=False))
     assert restored.shape == shape and restored.dtype == np.float32
     np.testing.assert_array_equal(restored, labels)
@@ -269,7 +270,7 @@ def test_slices_to_volume_after_resizing_differs_only_at_boundaries(
     labels = _sphere(shape, (shape[0] * 0.45, shape[1] * 0.55, shape[2] * 0.5), 10.5).astype(np.uint8)
     labels |= _sphere(shape, (shape[0] * 0.6, shape[1] * 0.2, shape[2] * 0.7), 4.5).astype(np.uint8)
     case, _, _ = _ct_case(tmp_path, shape, affine, labels=labels)
-    _, masks = case_slices(case, size=size)
+    _, masks = case_slices(case, SliceSettings(size=size))
     restored = slices_to_volume(masks.astype(np.float32), load_volume(case.image_path)) > 0.5
     target = labels.astype(bool)
     assert volume_dice(restored, target) > 0.9

@@ -82,18 +82,10 @@ class Preprocessing:
 
     def volume_slices(self, case: VolumeCase, *, with_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """A case's slices as this network takes them (see :func:`pseudoseg.data.volumes.case_slices`)."""
-        from pseudoseg.data.volumes import case_slices
+        from pseudoseg.data.volumes import SliceSettings, case_slices
 
-        return case_slices(
-            case,
-            window=self.window,
-            intensity=self.intensity,
-            percentiles=self.percentiles,
-            size=self.image_size,
-            context=self.context,
-            with_labels=with_labels,
-            classes=self.classes,
-        )
+        settings = SliceSettings(self.window, self.intensity, self.percentiles, self.image_size, self.context, self.classes)
+        return case_slices(case, settings, with_labels=with_labels)
 
 
 class InputNormalizer:

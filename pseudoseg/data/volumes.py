@@ -334,19 +334,35 @@ def _to_uint8(unit: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class SliceSettings:
+    """How :func:`case_slices` turns a case into a 2-D network's input (``data.*`` of volumes)."""
+
+    window: tuple[float, float] = (-100.0, 240.0)
+    """``intensity="window"``: the intensity window in HU (abdominal soft tissue by default)."""
+    intensity: str = "window"
+    """``"window"`` (CT: a fixed window in physical units) or ``"percentile"`` (MRI and other
+    unitless scales: per case and channel)."""
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    """``intensity="percentile"``: the low and high percentiles (in %) clipped to and mapped onto 0 and 255."""
+    size: int = 128
+    """Working size of the network."""
+    context: int = 0
+    """Neighbouring slices on each side given as extra channels (2.5-D input); at the first and
+    last slice the edge slice is repeated."""
+    classes: ClassSet | None = None
+    """The run's classes; with label values, each voxel's value is mapped to its class index, an
+    unknown value being an error."""
+
+
 def case_slices(
     case: VolumeCase,
+    settings: SliceSettings = SliceSettings(),
     *,
-    window: tuple[float, float] = (-100.0, 240.0),
-    intensity: str = "window",
-    percentiles: tuple[float, float] = (0.5, 99.5),
-    size: int = 128,
-    context: int = 0,
     with_labels: bool = True,
     foreground: Sequence[int] | None = None,
-    classes: ClassSet | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """All axial slices of a case, normalised and resized for a 2-D network.
+    """All axial slices of a case, normalised and resized for a 2-D network (``settings``).
 
     The volume is reoriented to the closest canonical (RAS+) orientation and
     sliced along its last (superior) axis. Intensities are mapped onto 0..255,
@@ -358,26 +374,10 @@ def case_slices(
     by class with nearest-neighbour interpolation, each pixel taking the class
     of the largest resized indicator
     (:func:`pseudoseg.data.classes.resize_class_indices`; for one class: the
-    resized indicator > 0.5).
-
-    Args:
-        case: the case to read.
-        window: ``intensity="window"``: the intensity window in HU (abdominal
-            soft tissue by default).
-        intensity: ``"window"`` (CT: a fixed window in physical units) or
-            ``"percentile"`` (MRI and other unitless scales: per case and channel).
-        percentiles: ``intensity="percentile"``: the low and high percentiles
-            (in %) clipped to and mapped onto 0 and 255.
-        size: working size of the network.
-        context: number of neighbouring slices on each side given as extra
-            channels (2.5-D input); at the first and last slice the edge slice
-            is repeated.
-        with_labels: read the label volume too (the case must have one).
-        foreground: label values that count as the one foreground class; by
-            default every non-zero value (so liver + tumour labels give the
-            whole organ). Not together with a ``classes`` that has values.
-        classes: the run's classes; with label values, each voxel's value is
-            mapped to its class index, an unknown value being an error.
+    resized indicator > 0.5). ``with_labels``: read the label volume too (the
+    case must have one); ``foreground``: label values that count as the one
+    foreground class (default every non-zero value; not with a ``classes`` that
+    has values).
 
     Returns:
         ``(images, labels)``: ``uint8 [Z, C*(2*context+1), size, size]`` for a
@@ -391,6 +391,8 @@ def case_slices(
             not integer classes or not values of ``classes``; naming the window
             when its bounds are reversed.
     """
+    window, intensity, percentiles = settings.window, settings.intensity, settings.percentiles
+    size, context, classes = settings.size, settings.context, settings.classes
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     if context < 0:
@@ -683,18 +685,11 @@ class VolumeSource(DataSource):
         folder_of = dict(zip((case.case_id for case in cases), case_sources))
         fingerprint = [[file_fingerprint(path) for path in case.channel_paths] + ([file_fingerprint(case.label_path)] if case.label_path else []) for case in cases]
 
+        settings = SliceSettings(tuple(data.window), data.intensity, tuple(data.percentiles), data.image_size, data.context, data.class_set)
+
         def samples() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for case in cases:
-                images, labels = case_slices(
-                    case,
-                    window=data.window,
-                    intensity=data.intensity,
-                    percentiles=data.percentiles,
-                    size=data.image_size,
-                    context=data.context,
-                    with_labels=labeled[case.case_id],
-                    classes=data.class_set,
-                )
+                images, labels = case_slices(case, settings, with_labels=labeled[case.case_id])
                 yield images, labels if labeled[case.case_id] else np.zeros((len(images), data.image_size, data.image_size), dtype=np.uint8)
 
         return PoolSource(ids, groups, [labeled[group] for group in groups], [folder_of[group] for group in groups], fingerprint, samples)

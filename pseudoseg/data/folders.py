@@ -14,6 +14,9 @@ split drawn from it would not be reproducible.
 Masks come in many encodings (0/255 and 0/1 PNGs, 1-bit PNGs, 16-bit PNG/TIFF,
 RGB JPEGs with compression noise); :func:`read_mask` turns all of them into the
 same boolean array so that nothing downstream has to care.
+
+:class:`FolderSource` is the data format ``data.kind: folders``
+(:mod:`pseudoseg.data.sources`): this layout, or an nnU-Net raw data set of images.
 """
 
 from __future__ import annotations

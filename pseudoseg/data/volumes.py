@@ -13,6 +13,9 @@ Networks in pseudoseg are 2-D; CT and MRI data sets are 3-D. This module is the 
   probability maps, and :func:`write_label_volume` stores the thresholded result
   with the header of the input file, so the prediction overlays the scan in any
   viewer.
+* :class:`VolumeSource` is the data format ``data.kind: volumes``
+  (:mod:`pseudoseg.data.sources`): the training pool of slices, the leak check
+  of the test volumes and ``pseudoseg data check``.
 
 Orientation convention: slices are taken along the last axis of the volume
 reoriented to the closest canonical (RAS+) orientation, so "axial" means the

@@ -29,10 +29,10 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from pseudoseg.data.check_report import VALUES_SHOWN, CheckReport, attempt, check_label_values, note_labels
+from pseudoseg.data.check_report import CheckReport, attempt, check_label_values, note_labels
 from pseudoseg.data.classes import ClassSet
 from pseudoseg.data.registry import register_source
-from pseudoseg.data.sources import ImagePair, ImageSource, check_pair_shapes
+from pseudoseg.data.sources import ImagePair, ImageSource
 from pseudoseg.errors import UserError
 
 if TYPE_CHECKING:
@@ -564,26 +564,13 @@ class FolderSource(ImageSource):
             check_label_values(report, dataset, report.mask_values)
         self.check_unlabeled_and_test(report, data, [pair.image for pair in pairs])
 
-    def check_pair(self, report: CheckReport, pair: ImagePair) -> None:
-        # the file's own channels and values, before decoding repeats grayscale or maps values to classes
-        try:
-            raw = _read_array(pair.image)
-            image = read_pair_image(pair)
-        except UserError as exc:
-            report.problems.append(str(exc))
-            return
-        report.sizes[image.shape[:2]] += 1
-        report.channels[len(pair.channels) if len(pair.channels) > 1 else (1 if raw.ndim == 2 else raw.shape[2])] += 1
-        if pair.mask is None:
-            report.unlabeled += 1
-            return
-        try:
-            raw_mask = _read_array(pair.mask, palette_indices=report.classes.values is not None)
-            report.mask_values.update(np.unique(raw_mask).tolist()[: 4 * VALUES_SHOWN])
-            mask = read_mask(pair.mask, report.classes)
-            check_pair_shapes(pair, image, mask)
-        except UserError as exc:
-            report.problems.append(str(exc))
-            report.unreadable_masks += 1
-            return
-        report.add_mask(mask)
+    def stored_channels(self, pair: ImagePair, image: np.ndarray) -> int:
+        # the file's own channels, before decoding repeats grayscale
+        if len(pair.channels) > 1:
+            return len(pair.channels)
+        raw = _read_array(pair.image)
+        return 1 if raw.ndim == 2 else raw.shape[2]
+
+    def stored_values(self, pair: ImagePair, classes: ClassSet) -> list[int] | None:
+        # the file's own values, before they are mapped to classes (palette indices for label maps)
+        return np.unique(_read_array(pair.mask, palette_indices=classes.values is not None)).tolist()

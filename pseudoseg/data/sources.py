@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from pseudoseg.data.check_report import attempt
+from pseudoseg.data.check_report import VALUES_SHOWN, attempt
 from pseudoseg.data.classes import ClassSet
 from pseudoseg.data.registry import registered_source
 from pseudoseg.data.resize import resize_image, resize_mask
@@ -262,23 +262,37 @@ class ImageSource(DataSource):
         if shared:
             report.problems.append(f"{data.test}: {overlap_line(shared, self.unit)}")
 
+    def stored_channels(self, pair: ImagePair, image: np.ndarray) -> int:
+        """The image's channels as stored, for ``pseudoseg data check`` (``image``: as decoded)."""
+        return image.shape[2]
+
+    def stored_values(self, pair: ImagePair, classes: ClassSet) -> list[int] | None:
+        """The mask's values as stored, for ``pseudoseg data check``; None: its decoded class indices."""
+        return None
+
     def check_pair(self, report: CheckReport, pair: ImagePair) -> None:
         """Record one image (and its mask) as training reads it."""
         try:
             image = self.read_image(pair)
+            channels = self.stored_channels(pair, image)
         except UserError as exc:
             report.problems.append(str(exc))
             return
         report.sizes[image.shape[:2]] += 1
-        report.channels[image.shape[2]] += 1
+        report.channels[channels] += 1
         if pair.mask is None:
             report.unlabeled += 1
             return
         try:
-            _, mask = self.read_pair(pair, report.classes)
+            # the stored values first: those of a mask that then fails to decode are reported too
+            stored = self.stored_values(pair, report.classes)
+            report.mask_values.update((stored or [])[: 4 * VALUES_SHOWN])
+            mask = self.read_mask(pair, report.classes)
+            check_pair_shapes(pair, image, mask)
         except UserError as exc:
             report.problems.append(str(exc))
             report.unreadable_masks += 1
             return
-        report.mask_values.update(np.unique(mask).tolist())
+        if stored is None:
+            report.mask_values.update(np.unique(mask).tolist())
         report.add_mask(mask)

@@ -46,6 +46,7 @@ class BatchAssembler:
         self.device = device
         self.channels = channels
         self.colour = data_source(config.data.kind).colour  # volumes' channels are slices or modalities: no colour jitter
+        self.in_channels = config.data.in_channels
 
     def labeled(self, indices: np.ndarray, augmenter: BatchAugmenter) -> tuple[torch.Tensor, torch.Tensor]:
         """Augmented, normalised images ``[b, C, S, S]`` and their targets ``[b, K, S, S]`` (one-hot, hard)."""
@@ -66,7 +67,7 @@ class BatchAssembler:
         # every draw is for the global batch, in a fixed order (Views): the generator's
         # state after a step does not depend on the number of processes
         geometry = augmenter.sample_geometry(n, affine=self.config.train.augment.unlabeled_affine)
-        photometry = augmenter.sample_photometry(n, self.config.data.in_channels) if views.photometric else None
+        photometry = augmenter.sample_photometry(n, self.in_channels) if views.photometric else None
         strong = [(augmenter.sample_strong(n), augmenter.sample_cutmix(n) if views.cutmix else None) for _ in range(views.strong)]
         mine = indices[part]
         images = self.normalizer.to_unit(self.pool.images.read(mine))

@@ -52,7 +52,7 @@ from pseudoseg.engine.trainer import StageContext, StageSpec, Trainer
 from pseudoseg.fileio import write_json
 from pseudoseg.methods.momentum import MomentumStudentStrategy
 from pseudoseg.methods.stages import EmaSettings, SupervisedStrategy
-from pseudoseg.models import build_model, describe_architecture
+from pseudoseg.models import NetworkRecipe
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -241,12 +241,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         config = make_config(args, run_dir)
-        architecture = describe_architecture(config.model, 3)
-        trainer = Trainer(config, None, run_dir, dist=DistInfo(), architecture=architecture, build_network=lambda: build_model(config.model, 3), show_progress=False)  # type: ignore[arg-type]
+        trainer = Trainer(config, None, run_dir, dist=DistInfo(), network=NetworkRecipe.from_config(config.model, 3), show_progress=False)  # type: ignore[arg-type]
         device = trainer.device
         torch.manual_seed(0)
         teacher_weights = run_dir / "teacher.safetensors"
-        save_weights(teacher_weights, trainer.build_network(), {"architecture": architecture})
+        save_weights(teacher_weights, trainer.build_network(), {"architecture": trainer.architecture})
         total = args.labeled + args.unlabeled
         online = build_runner(
             f"{args.mode} student ({args.labeled}+{args.unlabeled})",

@@ -106,25 +106,23 @@ def load(model: str | Path, *, network: str | None = None, device: str = "auto",
 
 
 def evaluate(
-    model: str | Path,
+    model: str | Path | Predictor,
     test: str | Path,
     *,
     network: str | None = None,
     threshold: float = 0.5,
     pranet_metrics: bool = True,
-    device: str = "auto",
-    amp: str = "auto",
 ) -> dict[str, Any]:
     """Score a trained model on test sets, in both metric conventions (``pseudoseg evaluate``).
 
     Args:
-        model: a run directory, its ``model.json``, or a weights file.
+        model: a run directory, its ``model.json`` or a weights file (loaded by :func:`load` with
+            its defaults), or a model :func:`load` returned (to choose its device or precision).
         test: a parent of test sets (``TestDataset/<name>/images``) or one set; for
             volumes a folder with ``imagesTs/`` and ``labelsTs/``.
-        network: which network of a run (default: the released one).
+        network: which network of a run (default: the released one), when ``model`` is a path.
         threshold: probability threshold of the masks.
         pranet_metrics: also the PraNet convention (pysodmetrics, native resolution).
-        device, amp: as for :func:`load`.
 
     Returns:
         ``{"model", "network", "sets": {set: {metric: value, "n": images}}, "mean": {metric: value}}``,
@@ -135,6 +133,7 @@ def evaluate(
         >>> scores = pseudoseg.evaluate("runs/polyp-momentum-synthetic", "data/synthetic-polyps/TestDataset")
         >>> round(scores["mean"]["dice@0.5"], 3)
         0.5...
+        >>> on_cpu = pseudoseg.evaluate(pseudoseg.load("runs/polyp-momentum-synthetic", device="cpu", amp="off"), "data/synthetic-polyps/TestDataset")
     """
     from pseudoseg.config import EvalConfig
     from pseudoseg.errors import UserError
@@ -143,9 +142,14 @@ def evaluate(
 
     if not 0 < threshold < 1:
         raise UserError(f"threshold: must be in (0, 1), got {threshold}")
-    predictor = load(model, network=network, device=device, amp=amp)
+    if isinstance(model, (str, Path)):
+        predictor, source = load(model, network=network), str(model)
+    elif network is not None:
+        raise UserError("network: choose the network when loading the model (pseudoseg.load(model, network=...))")
+    else:
+        predictor, source = model, model.name
     results = run_evaluate({predictor.name: predictor}, Path(test), EvalConfig(threshold=threshold, pranet_metrics=pranet_metrics))[predictor.name]
-    return {"model": str(model), "network": predictor.name, "sets": results, "mean": mean_over_sets(results)}
+    return {"model": source, "network": predictor.name, "sets": results, "mean": mean_over_sets(results)}
 
 
 def __getattr__(name: str) -> Any:

@@ -75,15 +75,15 @@ def data_synth(
     if lesions and kind != "ct":
         raise UserError(f"--lesions: only for --kind ct, got --kind {kind}")
     if kind == "polyp":
-        from pseudoseg.synth.polyp import generate_polyp_dataset
+        from pseudoseg.synth.polyp import PolypSetSpec, generate_polyp_dataset
 
         with task_bars("generating") as bars:
-            summary = generate_polyp_dataset(out, size=size, seed=seed, overwrite=overwrite, progress=bars, **counts)
+            summary = generate_polyp_dataset(out, PolypSetSpec(size=size, seed=seed, **counts), overwrite=overwrite, progress=bars)
     elif kind == "ct":
-        from pseudoseg.synth.ct import generate_ct_dataset
+        from pseudoseg.synth.ct import CtSetSpec, generate_ct_dataset
 
         with task_bars("generating") as bars:
-            summary = generate_ct_dataset(out, seed=seed, lesions=lesions, overwrite=overwrite, progress=bars, **counts)
+            summary = generate_ct_dataset(out, CtSetSpec(seed=seed, lesions=lesions, **counts), overwrite=overwrite, progress=bars)
     else:
         raise UserError(f"--kind: expected polyp or ct, got {kind!r}")
     brief = {key: summary[key] for key in ("counts", "numTraining", "numTest", "seed", "size", "shape", "labels") if key in summary}
@@ -143,13 +143,12 @@ def data_check(
 
     Exit code 0 when it would train, 2 otherwise.
     """
-    from pseudoseg.data.check import check_dataset, parse_classes_option
+    from pseudoseg.data.check import FolderNames, check_dataset, parse_classes_option
 
     report = check_dataset(
         path,
         kind=None if kind == "auto" else kind,
-        images_dir=images_dir,
-        masks_dir=masks_dir,
+        folders=FolderNames(images_dir, masks_dir),
         unlabeled=tuple(unlabeled or ()),
         test=test,
         classes=None if classes is None else parse_classes_option(classes),
@@ -223,11 +222,11 @@ def evaluate(
     from pseudoseg.evaluation.evaluate import evaluate as run_evaluate
     from pseudoseg.evaluation.metrics import conventions_for
     from pseudoseg.evaluation.report import mean_over_sets, render_table, write_report
-    from pseudoseg.inference import Predictor
+    from pseudoseg.inference import PredictionOptions, Predictor
 
     if not 0 < threshold < 1:
         raise UserError(f"--threshold: must be in (0, 1), got {threshold}")
-    predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network, tta=tta, largest_component=largest_component)
+    predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network, options=PredictionOptions(tta, largest_component))
     with task_bars("evaluating") as bars:
         results = run_evaluate({predictor.name: predictor}, test, EvalConfig(threshold=threshold, pranet_metrics=pranet), progress=bars)[predictor.name]
     classes = predictor.preprocessing.classes
@@ -241,7 +240,7 @@ def evaluate(
         extra = {"model": str(model), "network": predictor.name, "machine": machine, "tta": tta, "largest_component": largest_component}
         if not classes.is_binary:
             extra["classes"] = classes.to_json()
-        paths = write_report(results, out, title=f"{model} ({predictor.name})", extra=extra, notes=[f"Evaluated on {machine_line(machine)}."], conventions=conventions)
+        paths = write_report(results, out / "metrics", title=f"{model} ({predictor.name})", extra=extra, notes=[f"Evaluated on {machine_line(machine)}."], conventions=conventions)
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
     _write_json_output(json_out, {"model": str(model), "network": predictor.name, "sets": results, "mean": mean_over_sets(results), "conventions": conventions})
 
@@ -268,12 +267,12 @@ def predict(
 
     MODEL may also be an exported ONNX model (pseudoseg export), run by ONNX Runtime.
     """
-    from pseudoseg.inference import Predictor
+    from pseudoseg.inference import PredictionOptions, Predictor
     from pseudoseg.predict import predict_paths
 
     if not 0 < threshold < 1:
         raise UserError(f"--threshold: must be in (0, 1), got {threshold}")
-    predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network, tta=tta, largest_component=largest_component)
+    predictor = Predictor.load(model, device=device, amp=_amp(amp), network=network, options=PredictionOptions(tta, largest_component))
     written = predict_paths(predictor, inputs, out, threshold=threshold, probabilities=probabilities, overlay=overlay)
     wide_console().print(f"wrote {len(written)} predictions to {out}")
 

@@ -18,7 +18,7 @@ import copy
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -476,6 +476,10 @@ class MethodSection(_Section):
     Sections live with their method (``pseudoseg/methods/<method>.py``) and are
     registered with it (:func:`pseudoseg.methods.register`).
     """
+
+    uses_unlabeled: ClassVar[bool] = True
+    """Whether its methods train on unlabeled images (the run's first line then reports
+    pseudo-label scoring); a labeled-only section sets it to False."""
 
 
 class RunSettings(_Section):

@@ -17,6 +17,7 @@ options of a predictor (docs/deployment.md).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,14 +77,20 @@ def keep_largest_components(index: torch.Tensor, classes: int) -> torch.Tensor:
     return torch.as_tensor(transform(index[None]))[0]
 
 
-class Predictor:
-    """Probabilities and label maps of a trained model.
+@dataclass(frozen=True)
+class PredictionOptions:
+    """What a :class:`Predictor` does beyond one forward pass (``--tta``, ``--largest-component``)."""
 
-    ``tta``: average the probabilities of the image and its mirrored views (every
-    combination of the in-plane flips; a volume's slices are flipped in-plane) after
-    flipping them back. ``largest_component``: keep each class's largest connected
-    component in the label maps (:meth:`labels`), in 2-D for images and in 3-D for volumes.
-    """
+    tta: bool = False
+    """Average the probabilities of the image and its mirrored views (every combination of the
+    in-plane flips; a volume's slices are flipped in-plane) after flipping them back."""
+    largest_component: bool = False
+    """Keep each class's largest connected component in the label maps (:meth:`Predictor.labels`),
+    in 2-D for images and in 3-D for volumes."""
+
+
+class Predictor:
+    """Probabilities and label maps of a trained model, refined as ``options`` say."""
 
     def __init__(
         self,
@@ -93,30 +100,29 @@ class Predictor:
         device: torch.device,
         amp_dtype: torch.dtype | None,
         name: str = "model",
-        tta: bool = False,
-        largest_component: bool = False,
+        options: PredictionOptions = PredictionOptions(),
     ) -> None:
-        self._settings(preprocessing, device, amp_dtype, name, tta, largest_component)
+        self._settings(preprocessing, device, amp_dtype, name, options)
         self.model = InferenceModel(networks, self.normalizer).to(device).eval()
 
-    def _settings(self, preprocessing: Preprocessing, device: torch.device, amp_dtype: torch.dtype | None, name: str, tta: bool, largest_component: bool) -> None:
+    def _settings(self, preprocessing: Preprocessing, device: torch.device, amp_dtype: torch.dtype | None, name: str, options: PredictionOptions) -> None:
         self.preprocessing = preprocessing
         self.device = device
         self.amp_dtype = amp_dtype
         self.name = name
-        self.tta = tta
-        self.largest_component = largest_component
+        self.tta = options.tta
+        self.largest_component = options.largest_component
         self.normalizer = InputNormalizer(preprocessing.normalize, preprocessing.in_channels, device)
 
     @classmethod
-    def load(cls, path: Path, *, device: str = "auto", amp: str = "auto", network: str | None = None, tta: bool = False, largest_component: bool = False) -> Predictor:
+    def load(cls, path: Path, *, device: str = "auto", amp: str = "auto", network: str | None = None, options: PredictionOptions = PredictionOptions()) -> Predictor:
         """From a weights file, a ``model.json``, a run directory (``network``: which of its networks)
         or an exported ONNX model (``<name>.onnx`` with its ``<name>.json``)."""
         path = Path(path)
         if path.suffix == ".onnx":
             if network is not None:
                 raise UserError(f"{path}: an exported model holds one network; --network does not apply")
-            return OnnxPredictor.open(path, device=device, tta=tta, largest_component=largest_component)
+            return OnnxPredictor.open(path, device=device, options=options)
         torch_device = resolve_device(device)
         amp_dtype = resolve_amp(amp, torch_device)
         if path.is_dir():
@@ -145,7 +151,7 @@ class Predictor:
         if len(preprocessings) != 1 or "null" in preprocessings:
             raise UserError(f"{path}: weights without (or with differing) preprocessing metadata")
         preprocessing = Preprocessing.from_json(loaded[0][1]["preprocessing"])
-        return cls([net for net, _ in loaded], preprocessing, device=torch_device, amp_dtype=amp_dtype, name=chosen, tta=tta, largest_component=largest_component)
+        return cls([net for net, _ in loaded], preprocessing, device=torch_device, amp_dtype=amp_dtype, name=chosen, options=options)
 
     @torch.no_grad()
     def probabilities(self, records: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -194,19 +200,19 @@ class OnnxPredictor(Predictor):
     beside it (:func:`pseudoseg.export.read_sidecar`) holds the preprocessing and the classes.
     """
 
-    def __init__(self, session, preprocessing: Preprocessing, *, name: str, tta: bool, largest_component: bool) -> None:
-        self._settings(preprocessing, torch.device("cpu"), None, name, tta, largest_component)
+    def __init__(self, session, preprocessing: Preprocessing, *, name: str, options: PredictionOptions) -> None:
+        self._settings(preprocessing, torch.device("cpu"), None, name, options)
         self.session = session
         self.input_name = session.get_inputs()[0].name
 
     @classmethod
-    def open(cls, path: Path, *, device: str, tta: bool, largest_component: bool) -> OnnxPredictor:
+    def open(cls, path: Path, *, device: str, options: PredictionOptions) -> OnnxPredictor:
         from pseudoseg.export import open_onnx_session, read_sidecar
 
         if device not in ("auto", "cpu"):
             raise UserError(f"--device {device}: an exported ONNX model runs on the CPU here (ONNX Runtime's CPU provider)")
         sidecar = read_sidecar(path)
-        return cls(open_onnx_session(path), Preprocessing.from_json(sidecar["preprocessing"]), name=path.stem, tta=tta, largest_component=largest_component)
+        return cls(open_onnx_session(path), Preprocessing.from_json(sidecar["preprocessing"]), name=path.stem, options=options)
 
     def forward(self, unit: torch.Tensor) -> torch.Tensor:
         (prob,) = self.session.run(None, {self.input_name: unit.cpu().numpy().astype(np.float32)})

@@ -42,7 +42,7 @@ from pseudoseg.progress import console_print, task_bars
 from pseudoseg.fileio import disk_errors, is_temporary_name, remove_temporary_files, write_json, write_text
 from pseudoseg.methods.registry import get_method
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.models import build_model, describe_architecture
+from pseudoseg.models import NetworkRecipe
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
@@ -292,10 +292,8 @@ def _train(config: RunConfig, *, show_progress: bool, log: Callable[[Any], None]
         log = _silent
     log(split_line(config, split, pool, _indices(pool, split.unlabeled), run_dir))
     in_channels, out_channels = config.data.in_channels, config.data.class_set.channels
-    architecture = describe_architecture(config.model, in_channels, out_channels)
-    trainer = Trainer(
-        config, pool, run_dir, dist=dist, architecture=architecture, build_network=lambda: build_model(config.model, in_channels, out_channels), show_progress=show_progress
-    )
+    network = NetworkRecipe.from_config(config.model, in_channels, out_channels)
+    trainer = Trainer(config, pool, run_dir, dist=dist, network=network, show_progress=show_progress)
     indices = {part: _indices(pool, getattr(split, part)) for part in ("labeled", "unlabeled", "validation")}
     session = RunSession(config=config, run_dir=run_dir, pool=pool, split=split, trainer=trainer, log=log, **indices)
     outcome = get_method(config.method.name).recipe(session)
@@ -389,7 +387,7 @@ def evaluate_run(run_dir: Path, config: RunConfig, *, show_progress: bool = True
     if extra.get("budget", {}).get("kept_start"):
         notes.append("**Kept start**: the released model is the start of its stage (no checkpoint trained from it scored higher on validation).")
     conventions = conventions_for(classes, config.data.geometry)
-    write_report(results[released], report_dir, stem="metrics", title=f"{config.method.name} ({released})", extra=extra, notes=notes, conventions=conventions)
+    write_report(results[released], report_dir / "metrics", title=f"{config.method.name} ({released})", extra=extra, notes=notes, conventions=conventions)
     write_json(report_dir / "networks.json", finite_or_none({"released": released, "networks": results, **provenance}))
     for line in notes:
         if line.startswith("**Collapse**"):

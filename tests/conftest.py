@@ -16,10 +16,10 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_polyps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 40-image PraNet-layout synthetic polyp set (48 px), with 4 images per test domain."""
-    from pseudoseg.synth.polyp import generate_polyp_dataset
+    from pseudoseg.synth.polyp import PolypSetSpec, generate_polyp_dataset
 
     root = tmp_path_factory.mktemp("polyps") / "data"
-    generate_polyp_dataset(root, n_train=40, n_test=4, size=48, seed=0)
+    generate_polyp_dataset(root, PolypSetSpec(n_train=40, n_test=4, size=48, seed=0))
     return root
 
 

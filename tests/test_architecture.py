@@ -1,6 +1,6 @@
 """The layers point one way: no import cycle among pseudoseg's modules (module-level,
 function-level and type-checking imports alike), no method module imports another, and the
-engine imports nothing from the methods."""
+engine imports nothing from the methods; functions stay short and take few arguments."""
 
 from __future__ import annotations
 
@@ -130,3 +130,46 @@ def test_a_data_format_is_found_by_the_registry_not_by_name() -> None:
             if isinstance(node, ast.Compare) and isinstance(node.left, ast.Attribute) and node.left.attr == "kind":
                 words = [c.value for c in node.comparators if isinstance(c, ast.Constant)]
                 assert not {"folders", "volumes"} & set(words), f"{name}:{node.lineno} compares .kind with a format's name"
+
+
+def _functions() -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    """Every function and method of the package, named ``module:line name``."""
+    found = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found.append((f"{name}:{node.lineno} {node.name}", node))
+    return found
+
+
+def _is_command(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A command-line command: its parameters are the command's options, declared for typer, never
+    passed by a caller (``@app.command()``, ``@data_app.command("check")``, ...)."""
+    return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr in ("command", "callback") for d in node.decorator_list)
+
+
+def _arguments(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    args = node.args
+    names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+    return [n for n in names if n not in ("self", "cls")]
+
+
+def test_the_argument_counter_counts_keyword_options() -> None:
+    tree = ast.parse("def f(self, a, b, *, c=1, d=2, e=3, f=4, g=5): ...\n@app.command()\ndef cmd(a, b, c, d, e, f, g): ...")
+    first, command = tree.body
+    assert len(_arguments(first)) == 7 and not _is_command(first) and _is_command(command)
+
+
+def test_no_function_takes_more_than_six_arguments() -> None:
+    too_many = [f"{where} ({len(_arguments(node))})" for where, node in _functions() if len(_arguments(node)) > 6 and not _is_command(node)]
+    assert too_many == []
+
+
+def test_no_function_is_longer_than_sixty_lines() -> None:
+    # generators aside: Python generators, and the synthetic data generators (pseudoseg.synth),
+    # whose image recipes read as one drawing each and whose draws the data sets' bytes depend on
+    def is_generator(where: str, node: ast.AST) -> bool:
+        return where.startswith("pseudoseg.synth") or any(isinstance(inner, (ast.Yield, ast.YieldFrom)) for inner in ast.walk(node))
+
+    too_long = [f"{where} ({node.end_lineno - node.lineno + 1})" for where, node in _functions() if node.end_lineno - node.lineno + 1 > 60 and not is_generator(where, node)]
+    assert too_long == []

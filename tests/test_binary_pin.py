@@ -59,10 +59,10 @@ def test_binary_momentum_run_is_unchanged(tiny_polyps: Path, tmp_path: Path) -> 
 
 
 def test_binary_atso_run_is_unchanged(tmp_path: Path) -> None:
-    from pseudoseg.synth.ct import generate_ct_dataset
+    from pseudoseg.synth.ct import CtSetSpec, generate_ct_dataset
 
     ct = tmp_path / "ct"
-    generate_ct_dataset(ct, n_train=6, n_test=2, shape=(16, 16, 8), seed=0)
+    generate_ct_dataset(ct, CtSetSpec(n_train=6, n_test=2, shape=(16, 16, 8), seed=0))
     config = {
         "run_dir": str(tmp_path / "atso"),
         "seed": 0,

@@ -15,6 +15,7 @@ from pseudoseg.run_config import RunConfig, load_config
 from pseudoseg.engine.distributed import DistInfo
 from pseudoseg.engine.trainer import Trainer
 from pseudoseg.errors import UserError
+from pseudoseg.models import NetworkRecipe
 
 
 def _sections_of(annotation: Any) -> list[type[BaseModel]]:
@@ -119,7 +120,7 @@ def test_an_unknown_data_format_is_one_line_naming_the_registered_ones(tmp_path:
 
 
 def _trainer(config: RunConfig, tmp_path: Path) -> Trainer:
-    return Trainer(config, None, tmp_path, dist=DistInfo(), architecture={}, build_network=lambda: torch.nn.Identity())
+    return Trainer(config, None, tmp_path, dist=DistInfo(), network=NetworkRecipe({}, torch.nn.Identity))
 
 
 def _autocast_dtype(trainer: Trainer) -> torch.dtype:

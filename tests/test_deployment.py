@@ -72,10 +72,10 @@ def test_unknown_config_says_how_to_list_recipes(tmp_path, monkeypatch, capsys) 
 @pytest.fixture(scope="module")
 def cvc_like(tmp_path_factory) -> Path:
     """A folder laid out as the CVC-ClinicDB recipe expects (data/cvc-clinicdb/...), from the synthetic polyps."""
-    from pseudoseg.synth.polyp import generate_polyp_dataset
+    from pseudoseg.synth.polyp import PolypSetSpec, generate_polyp_dataset
 
     cwd = tmp_path_factory.mktemp("user")
-    generate_polyp_dataset(cwd / "data" / "cvc-clinicdb", n_train=24, n_test=2, size=32, seed=0)
+    generate_polyp_dataset(cwd / "data" / "cvc-clinicdb", PolypSetSpec(n_train=24, n_test=2, size=32, seed=0))
     return cwd
 
 
@@ -147,10 +147,10 @@ def polyp_run(tmp_path_factory, tiny_polyps) -> Path:
 
 @pytest.fixture(scope="module")
 def ct_data(tmp_path_factory) -> Path:
-    from pseudoseg.synth.ct import generate_ct_dataset
+    from pseudoseg.synth.ct import CtSetSpec, generate_ct_dataset
 
     root = tmp_path_factory.mktemp("ct") / "data"
-    generate_ct_dataset(root, n_train=6, n_test=2, shape=(24, 24, 10), seed=0, lesions=True)
+    generate_ct_dataset(root, CtSetSpec(n_train=6, n_test=2, shape=(24, 24, 10), seed=0, lesions=True))
     return root
 
 
@@ -262,11 +262,11 @@ def _read_labels(path: Path) -> np.ndarray:
 
 
 def test_tta_averages_the_flipped_views_flipped_back(polyp_run) -> None:
-    from pseudoseg.inference import Predictor, flip_views
+    from pseudoseg.inference import PredictionOptions, Predictor, flip_views
 
     assert flip_views(2) == [(), (2,), (3,), (2, 3)]
     plain = Predictor.load(polyp_run, device="cpu", amp="off")
-    augmented = Predictor.load(polyp_run, device="cpu", amp="off", tta=True)
+    augmented = Predictor.load(polyp_run, device="cpu", amp="off", options=PredictionOptions(tta=True))
     records = np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
     unit = torch.from_numpy(records).float() / 255
     by_hand = sum(plain.forward(unit.flip(axes)).flip(axes) for axes in [(), (2,), (3,), (2, 3)]) / 4

@@ -20,7 +20,7 @@ from pseudoseg.data.classes import ClassSet, class_set_from_mapping, classes_fro
 from pseudoseg.data.folders import read_mask
 from pseudoseg.data.pool import load_pool
 from pseudoseg.data.resize import resize_mask
-from pseudoseg.synth.ct import generate_ct_dataset
+from pseudoseg.synth.ct import CtSetSpec, generate_ct_dataset
 from pseudoseg.data.volumes import SliceSettings, VolumeCase, case_slices, discover_cases
 from pseudoseg.errors import UserError
 from tests.conftest import run_cli
@@ -247,7 +247,7 @@ def test_volume_resize_of_one_class_is_todays_rule(tmp_path: Path, size: int) ->
 @pytest.fixture(scope="module")
 def lesion_ct(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("lesions") / "ct"
-    generate_ct_dataset(root, n_train=3, n_test=1, shape=(32, 32, 8), seed=1, lesions=True)
+    generate_ct_dataset(root, CtSetSpec(n_train=3, n_test=1, shape=(32, 32, 8), seed=1, lesions=True))
     return root
 
 
@@ -333,7 +333,7 @@ def test_generator_lesions_are_a_second_class_inside_the_organ(tmp_path: Path, l
     manifest = json.loads((lesion_ct / "dataset.json").read_text())
     assert manifest["labels"] == {"0": "background", "1": "organ", "2": "lesion"} and manifest["lesions"] is True
     plain = tmp_path / "plain"
-    generate_ct_dataset(plain, n_train=3, n_test=1, shape=(32, 32, 8), seed=1)
+    generate_ct_dataset(plain, CtSetSpec(n_train=3, n_test=1, shape=(32, 32, 8), seed=1))
     assert json.loads((plain / "dataset.json").read_text())["labels"] == {"0": "background", "1": "organ"}
     for name in ("labelsTr/case_000.nii.gz", "labelsTr/case_002.nii.gz", "labelsTs/case_003.nii.gz"):
         with_lesions = np.asarray(nib.load(lesion_ct / name).dataobj)

@@ -97,10 +97,10 @@ def test_class_overlap_counts() -> None:
 
 @pytest.fixture(scope="module")
 def three_class_volumes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pseudoseg.synth.ct import generate_ct_dataset
+    from pseudoseg.synth.ct import CtSetSpec, generate_ct_dataset
 
     root = tmp_path_factory.mktemp("ct3") / "data"
-    generate_ct_dataset(root, n_train=8, n_test=2, shape=(24, 24, 8), seed=0, lesions=True)
+    generate_ct_dataset(root, CtSetSpec(n_train=8, n_test=2, shape=(24, 24, 8), seed=0, lesions=True))
     return root
 
 

@@ -288,7 +288,7 @@ def test_binary_reports_are_unchanged(tmp_path: Path) -> None:
             assert list(got[name]) == list(pinned[name])  # same columns in the same order
             assert got[name] == pytest.approx(pinned[name], rel=1e-12, abs=1e-12)
     # the report of a binary model: the same columns and legend as before classes
-    paths = write_report(folders, tmp_path / "report", conventions=conventions_for(ClassSet.binary(), "images"))
+    paths = write_report(folders, tmp_path / "report" / "metrics", conventions=conventions_for(ClassSet.binary(), "images"))
     header = paths["csv"].read_text().splitlines()[0]
     assert header == "set,dice@0.5,iou@0.5,meanDice,meanIoU,wFmeasure,Smeasure,meanEmeasure,maxEmeasure,MAE,n"
     assert json.loads(paths["json"].read_text())["conventions"] == {c: METRIC_CONVENTIONS[c] for c in header.split(",")[1:-1]}
@@ -306,7 +306,7 @@ def test_reports_name_the_classes(tmp_path: Path) -> None:
     root = _label_volume_set(tmp_path / "test")
     per_set = evaluate({"m": band_predictor(TWO_CLASSES, kind="volumes", size=6)}, root, EvalConfig())["m"]
     conventions = conventions_for(TWO_CLASSES, "volumes")
-    paths = write_report(per_set, tmp_path / "report", conventions=conventions)
+    paths = write_report(per_set, tmp_path / "report" / "metrics", conventions=conventions)
     rows = list(csv.reader(paths["csv"].open()))
     assert rows[0][:4] == ["set", "dice", "dice/anterior", "dice/posterior"]
     assert rows[0][4:7] == ["hd95_mm", "hd95_mm/anterior", "hd95_mm/posterior"]

@@ -111,7 +111,7 @@ from pydantic import Field
 
 from pseudoseg.config import MethodSection
 from pseudoseg.engine.labels import probabilities
-from pseudoseg.methods import RecipeOutcome, StageSpec, Strategy, register
+from pseudoseg.methods import RecipeOutcome, Strategy, register
 
 
 class EntropyConfig(MethodSection):
@@ -140,18 +140,7 @@ class EntropyStrategy(Strategy):
 @register("entropy_min", section=EntropyConfig, summary="Entropy minimisation on unlabeled images (a plug-in).")
 def run_entropy_min(session):
     session.require_unlabeled()
-    train = session.config.train
-    spec = StageSpec(
-        name="entropy",
-        strategy=EntropyStrategy(session.config.method.weight),
-        steps=train.steps,
-        batch_size=train.batch_size,
-        unlabeled_batch_size=train.unlabeled_batch_size,
-        labeled=session.labeled,
-        unlabeled=session.unlabeled,
-        validation=session.validation,
-        describe={"strategy": "entropy_min", "weight": session.config.method.weight},
-    )
+    spec = session.semi_supervised_stage("entropy", EntropyStrategy(session.config.method.weight), steps=session.config.train.steps)
     result = session.fit(spec)
     return RecipeOutcome("raw", {"raw": result.weights("raw")})
 '''
@@ -295,8 +284,10 @@ def test_the_python_api_trains_loads_and_evaluates(tiny_polyps: Path, tmp_path: 
         pseudoseg.train(tmp_path / "api.yaml", overrides=["method.name=supervised"], log=lambda _: None)
     predictor = pseudoseg.load(result.run_dir, device="cpu", amp="off")
     assert predictor.name == "ema"
-    scores = pseudoseg.evaluate(result.run_dir, tiny_polyps / "TestDataset", network="raw", device="cpu", amp="off", pranet_metrics=False)
+    scores = pseudoseg.evaluate(pseudoseg.load(result.run_dir, network="raw", device="cpu", amp="off"), tiny_polyps / "TestDataset", pranet_metrics=False)
     assert scores["network"] == "raw" and set(scores["sets"]) == {"blur_noise", "colour_shift", "in_domain", "low_contrast", "small_lesions"}
     assert 0.0 <= scores["mean"]["dice@0.5"] <= 1.0 and scores["sets"]["in_domain"]["n"] == 4
+    with pytest.raises(UserError, match=r"network: choose the network when loading the model"):
+        pseudoseg.evaluate(predictor, tiny_polyps / "TestDataset", network="raw")
     with pytest.raises(UserError, match="config must be a YAML path, a dictionary or a RunConfig, got int"):
         pseudoseg.train(3)

@@ -51,7 +51,7 @@ def test_reserved_and_empty_set_names_are_rejected() -> None:
 
 def test_write_report_files(tmp_path: Path) -> None:
     per_set = {**PER_SET, "ETIS": {**PER_SET["ETIS"], "custom": float("nan")}}
-    paths = write_report(per_set, tmp_path / "out", title="FPN, 10% labels", extra={"checkpoint": "best.safetensors"})
+    paths = write_report(per_set, tmp_path / "out" / "metrics", title="FPN, 10% labels", extra={"checkpoint": "best.safetensors"})
     assert set(paths) == {"json", "csv", "md"}
     assert all(p.is_file() and p.parent == tmp_path / "out" and p.stem == "metrics" for p in paths.values())
     assert not list((tmp_path / "out").glob(".*.tmp"))  # no temporary left behind
@@ -82,14 +82,14 @@ def test_write_report_files(tmp_path: Path) -> None:
 
 
 def test_write_report_stem_and_errors(tmp_path: Path) -> None:
-    paths = write_report(PER_SET, tmp_path, stem="kvasir_only")
+    paths = write_report(PER_SET, tmp_path / "kvasir_only")
     assert paths["md"].name == "kvasir_only.md"
     with pytest.raises(ValueError, match="overwrite"):
-        write_report(PER_SET, tmp_path, extra={"sets": {}})
+        write_report(PER_SET, tmp_path / "metrics", extra={"sets": {}})
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("x")
     with pytest.raises(UserError, match="not_a_dir"):
-        write_report(PER_SET, blocker)
+        write_report(PER_SET, blocker / "metrics")
 
 
 def test_render_table_has_mean_row_with_three_decimals() -> None:

@@ -106,10 +106,10 @@ def test_split_subsets_keeps_cases_whole() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_ct(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pseudoseg.synth.ct import generate_ct_dataset
+    from pseudoseg.synth.ct import CtSetSpec, generate_ct_dataset
 
     root = tmp_path_factory.mktemp("ct") / "data"
-    generate_ct_dataset(root, n_train=6, n_test=1, shape=(16, 16, 8), seed=0)
+    generate_ct_dataset(root, CtSetSpec(n_train=6, n_test=1, shape=(16, 16, 8), seed=0))
     return root
 
 

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pseudoseg.synth.ct import GENERATOR_VERSION, generate_ct_dataset
+from pseudoseg.synth.ct import GENERATOR_VERSION, CtSetSpec, generate_ct_dataset
 from pseudoseg.data.volumes import SliceSettings, case_slices, discover_cases, voxel_spacing
 from pseudoseg.errors import UserError
 from pseudoseg.evaluation.volume_metrics import volume_dice
@@ -21,7 +21,7 @@ SHAPE = (40, 40, 16)
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("synth") / "ct"
     calls: list[tuple[int, int]] = []
-    summary = generate_ct_dataset(out, n_train=4, n_test=2, shape=SHAPE, seed=3, progress=lambda *a: calls.append(a))
+    summary = generate_ct_dataset(out, CtSetSpec(n_train=4, n_test=2, shape=SHAPE, seed=3), progress=lambda *a: calls.append(a))
     assert calls == [(i, 6) for i in range(1, 7)]
     return out, summary
 
@@ -95,11 +95,11 @@ def test_thresholding_alone_does_not_solve_it(dataset: tuple[Path, dict]) -> Non
 def test_deterministic_per_seed_and_per_case(tmp_path: Path, dataset: tuple[Path, dict]) -> None:
     out, _ = dataset
     again = tmp_path / "again"
-    generate_ct_dataset(again, n_train=2, n_test=0, shape=SHAPE, seed=3)
+    generate_ct_dataset(again, CtSetSpec(n_train=2, n_test=0, shape=SHAPE, seed=3))
     for name in ("imagesTr/case_000.nii.gz", "labelsTr/case_001.nii.gz"):
         assert (again / name).read_bytes() == (out / name).read_bytes()  # case i depends on (seed, i) only
     other = tmp_path / "other"
-    generate_ct_dataset(other, n_train=1, n_test=0, shape=SHAPE, seed=4)
+    generate_ct_dataset(other, CtSetSpec(n_train=1, n_test=0, shape=SHAPE, seed=4))
     a = np.asanyarray(nib.load(other / "imagesTr/case_000.nii.gz").dataobj)
     b = np.asanyarray(nib.load(out / "imagesTr/case_000.nii.gz").dataobj)
     assert not np.array_equal(a, b)
@@ -110,17 +110,17 @@ def test_refuses_to_clobber_unless_overwrite(tmp_path: Path) -> None:
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match=r"ct exists and is not empty"):
-        generate_ct_dataset(out, n_train=1, n_test=0, shape=SHAPE)
+        generate_ct_dataset(out, CtSetSpec(n_train=1, n_test=0, shape=SHAPE))
     assert _files(out) == ["keep.txt"]
-    generate_ct_dataset(out, n_train=1, n_test=0, shape=SHAPE, overwrite=True)
+    generate_ct_dataset(out, CtSetSpec(n_train=1, n_test=0, shape=SHAPE), overwrite=True)
     assert _files(out) == ["dataset.json", "imagesTr/case_000.nii.gz", "labelsTr/case_000.nii.gz"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct"]
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="file exists and is not a folder"):
-        generate_ct_dataset(tmp_path / "file", n_train=1, n_test=0, shape=SHAPE)
+        generate_ct_dataset(tmp_path / "file", CtSetSpec(n_train=1, n_test=0, shape=SHAPE))
     empty = tmp_path / "empty"
     empty.mkdir()
-    generate_ct_dataset(empty, n_train=1, n_test=1, shape=SHAPE)  # an empty folder is fine
+    generate_ct_dataset(empty, CtSetSpec(n_train=1, n_test=1, shape=SHAPE))  # an empty folder is fine
     assert len(_files(empty)) == 5
 
 
@@ -136,5 +136,5 @@ def test_refuses_to_clobber_unless_overwrite(tmp_path: Path) -> None:
 )
 def test_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        generate_ct_dataset(tmp_path / "ct", **{"shape": SHAPE, **kwargs})
+        generate_ct_dataset(tmp_path / "ct", CtSetSpec(**{"shape": SHAPE, **kwargs}))
     assert not any(tmp_path.iterdir())

@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from pseudoseg.synth.polyp import (
     DEFAULT_DOMAINS,
+    PolypSetSpec,
     generate_polyp_dataset,
     polyp_domain,
     render_polyp_sample,
@@ -165,7 +166,7 @@ def test_layout_stems_and_summary(tmp_path: Path) -> None:
     out = tmp_path / "synth"
     calls: list[tuple[int, int]] = []
     summary = generate_polyp_dataset(
-        out, n_train=3, n_test=2, size=32, seed=5, progress=lambda done, total: calls.append((done, total))
+        out, PolypSetSpec(n_train=3, n_test=2, size=32, seed=5), progress=lambda done, total: calls.append((done, total))
     )
     train = out / "TrainDataset"
     assert sorted(p.name for p in (train / "images").iterdir()) == [f"train_0000{i}.png" for i in range(3)]
@@ -192,13 +193,13 @@ def test_layout_stems_and_summary(tmp_path: Path) -> None:
 
 def test_same_seed_same_files_and_first_samples_independent_of_count(tmp_path: Path) -> None:
     small = tmp_path / "small"
-    generate_polyp_dataset(small, n_train=2, n_test=1, size=32, seed=3, domains=["in_domain"])
+    generate_polyp_dataset(small, PolypSetSpec(n_train=2, n_test=1, size=32, seed=3, domains=("in_domain",)))
     large = tmp_path / "large"
-    generate_polyp_dataset(large, n_train=4, n_test=3, size=32, seed=3, domains=["in_domain"])
+    generate_polyp_dataset(large, PolypSetSpec(n_train=4, n_test=3, size=32, seed=3, domains=("in_domain",)))
     small_files, large_files = _files(small), _files(large)
     assert small_files and all(large_files[name] == data for name, data in small_files.items())
     other = tmp_path / "other"
-    generate_polyp_dataset(other, n_train=2, n_test=1, size=32, seed=4, domains=["in_domain"])
+    generate_polyp_dataset(other, PolypSetSpec(n_train=2, n_test=1, size=32, seed=4, domains=("in_domain",)))
     other_files = _files(other)
     assert other_files.keys() == small_files.keys()
     assert all(other_files[n] != small_files[n] for n in small_files if "/images/" in n)
@@ -206,7 +207,7 @@ def test_same_seed_same_files_and_first_samples_independent_of_count(tmp_path: P
 
 def test_test_images_never_repeat_training_images(tmp_path: Path) -> None:
     out = tmp_path / "synth"
-    generate_polyp_dataset(out, n_train=6, n_test=6, size=32, seed=0, domains=["in_domain", "blur_noise"])
+    generate_polyp_dataset(out, PolypSetSpec(n_train=6, n_test=6, size=32, seed=0, domains=("in_domain", "blur_noise")))
     digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("images/*.png")]
     assert len(digests) == 18 and len(set(digests)) == 18
 
@@ -216,10 +217,10 @@ def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
     out.mkdir()
     (out / "keep.txt").write_text("old")
     with pytest.raises(UserError, match="synth.*not empty"):
-        generate_polyp_dataset(out, n_train=1, n_test=1, size=32, domains=["in_domain"])
+        generate_polyp_dataset(out, PolypSetSpec(n_train=1, n_test=1, size=32, domains=("in_domain",)))
     assert (out / "keep.txt").read_text() == "old"
 
-    generate_polyp_dataset(out, n_train=1, n_test=1, size=32, domains=["in_domain"], overwrite=True)
+    generate_polyp_dataset(out, PolypSetSpec(n_train=1, n_test=1, size=32, domains=("in_domain",)), overwrite=True)
     assert not (out / "keep.txt").exists()
     assert (out / "TrainDataset" / "images" / "train_00000.png").is_file()
     assert _siblings(tmp_path) == ["synth"]
@@ -228,7 +229,7 @@ def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
 def test_an_empty_existing_folder_is_used(tmp_path: Path) -> None:
     out = tmp_path / "synth"
     out.mkdir()
-    generate_polyp_dataset(out, n_train=1, n_test=1, size=32, domains=["in_domain"])
+    generate_polyp_dataset(out, PolypSetSpec(n_train=1, n_test=1, size=32, domains=("in_domain",)))
     assert (out / "dataset.json").is_file()
 
 
@@ -239,7 +240,7 @@ def test_interrupted_generation_leaves_old_folder_untouched(tmp_path: Path) -> N
 
     fresh = tmp_path / "fresh"
     with pytest.raises(KeyboardInterrupt):
-        generate_polyp_dataset(fresh, n_train=3, n_test=1, size=32, domains=["in_domain"], progress=stop)
+        generate_polyp_dataset(fresh, PolypSetSpec(n_train=3, n_test=1, size=32, domains=("in_domain",)), progress=stop)
     assert not fresh.exists()
     assert _siblings(tmp_path) == []
 
@@ -247,7 +248,7 @@ def test_interrupted_generation_leaves_old_folder_untouched(tmp_path: Path) -> N
     old.mkdir()
     (old / "keep.txt").write_text("old")
     with pytest.raises(KeyboardInterrupt):
-        generate_polyp_dataset(old, n_train=3, n_test=1, size=32, domains=["in_domain"], overwrite=True, progress=stop)
+        generate_polyp_dataset(old, PolypSetSpec(n_train=3, n_test=1, size=32, domains=("in_domain",)), overwrite=True, progress=stop)
     assert (old / "keep.txt").read_text() == "old"
     assert _siblings(tmp_path) == ["old"]
 
@@ -259,14 +260,14 @@ def test_interrupted_generation_leaves_old_folder_untouched(tmp_path: Path) -> N
         ({"n_test": -1}, "n_test must be an integer >= 1"),
         ({"size": 16}, "size must be an integer >= 32"),
         ({"seed": -2}, "seed must be a non-negative integer"),
-        ({"domains": ["in_domain", "fog"]}, "'fog'; known domains: in_domain, small_lesions"),
-        ({"domains": []}, "no test domains"),
-        ({"domains": ["in_domain", "in_domain"]}, "more than once"),
+        ({"domains": ("in_domain", "fog")}, "'fog'; known domains: in_domain, small_lesions"),
+        ({"domains": ()}, "no test domains"),
+        ({"domains": ("in_domain", "in_domain")}, "more than once"),
     ],
 )
 def test_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        generate_polyp_dataset(tmp_path / "synth", **kwargs)
+        generate_polyp_dataset(tmp_path / "synth", PolypSetSpec(**kwargs))
     assert not (tmp_path / "synth").exists()
 
 
@@ -274,12 +275,12 @@ def test_out_is_a_file(tmp_path: Path) -> None:
     target = tmp_path / "synth"
     target.write_text("not a folder")
     with pytest.raises(UserError, match="synth exists and is not a folder"):
-        generate_polyp_dataset(target, n_train=1, n_test=1, size=32, overwrite=True)
+        generate_polyp_dataset(target, PolypSetSpec(n_train=1, n_test=1, size=32), overwrite=True)
 
 
 def test_folder_permissions_follow_the_umask(tmp_path: Path) -> None:
     umask = os.umask(0o022)
     os.umask(umask)
     out = tmp_path / "synth"
-    generate_polyp_dataset(out, n_train=1, n_test=1, size=32, domains=["in_domain"])
+    generate_polyp_dataset(out, PolypSetSpec(n_train=1, n_test=1, size=32, domains=("in_domain",)))
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask

@@ -118,10 +118,10 @@ def test_selection_never_prefers_a_collapsed_checkpoint_over_a_real_one() -> Non
 @pytest.fixture(scope="module")
 def collapsed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A tiny CT run whose network predicts background everywhere (output bias -1e4), and its log."""
-    from pseudoseg.synth.ct import generate_ct_dataset
+    from pseudoseg.synth.ct import CtSetSpec, generate_ct_dataset
 
     root = tmp_path_factory.mktemp("ct")
-    generate_ct_dataset(root / "data", n_train=6, n_test=2, shape=(16, 16, 8), seed=0)
+    generate_ct_dataset(root / "data", CtSetSpec(n_train=6, n_test=2, shape=(16, 16, 8), seed=0))
     raw = {
         "run_dir": str(root / "run"),
         "data": {"kind": "volumes", "train": str(root / "data"), "test": str(root / "data"), "image_size": 16, "normalize": "unit", "val_fraction": 0.34},
@@ -129,6 +129,7 @@ def collapsed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         "train": {"steps": 4, "val_every": 2, "log_every": 2, "batch_size": 2, "amp": "off", "num_threads": 1},
         "method": {"name": "supervised"},
     }
+    import pseudoseg.models.factory as factory
     import pseudoseg.runner as runner
 
     def background_everywhere(*args, **kwargs) -> torch.nn.Module:
@@ -140,7 +141,7 @@ def collapsed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
     messages: list[str] = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runner, "build_model", background_everywhere)
+        patch.setattr(factory, "build_model", background_everywhere)  # the run's networks (NetworkRecipe.from_config)
         stderr = io.StringIO()
         with contextlib.redirect_stderr(stderr):
             runner.train(config_from_dict(raw), show_progress=False, log=lambda message: messages.append(str(message)))

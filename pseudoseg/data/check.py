@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pseudoseg.data.check_report import CheckReport, attempt
 from pseudoseg.data.classes import class_set_from_mapping, classes_from_dataset_json
@@ -26,12 +26,18 @@ def detect_kind(path: Path) -> str:
     return next((name for name in source_names() if data_source(name).recognises(Path(path))), "folders")
 
 
+class FolderNames(NamedTuple):
+    """The sub-folders of a 2-D data set in the folder layout (``data.images_dir``, ``data.masks_dir``)."""
+
+    images: str = "images"
+    masks: str = "masks"
+
+
 def check_dataset(
     path: Path,
     *,
     kind: str | None = None,
-    images_dir: str = "images",
-    masks_dir: str = "masks",
+    folders: FolderNames = FolderNames(),
     unlabeled: tuple[Path, ...] = (),
     test: Path | None = None,
     classes: Mapping[str, Any] | None = None,
@@ -39,7 +45,8 @@ def check_dataset(
     """Read the data set at ``path`` as ``pseudoseg train`` would and report on it.
 
     ``classes`` is a ``data.classes`` mapping (``{name: value or [values]}``);
-    without it the classes come from ``path/dataset.json``, else one binary class.
+    without it the classes come from ``path/dataset.json``, else one binary class. ``folders``:
+    the sub-folder names of the folder layout (other formats ignore them).
     """
     from pseudoseg.config import DataConfig
     from pseudoseg.data.nnunet import read_dataset_json
@@ -66,7 +73,7 @@ def check_dataset(
         report.use_classes(configured, "data.classes")
     else:
         attempt(report, lambda: _classes_of_dataset(report))
-    data = DataConfig(kind=kind, train=path, images_dir=images_dir, masks_dir=masks_dir, unlabeled=tuple(unlabeled), test=test, classes=dict(classes) if classes else None)
+    data = DataConfig(kind=kind, train=path, images_dir=folders.images, masks_dir=folders.masks, unlabeled=tuple(unlabeled), test=test, classes=dict(classes) if classes else None)
     format_.check(report, data)
     # masks that exist but cannot be read are problems of their own, not "nothing is labeled"
     if report.labeled == 0 and report.unreadable_masks == 0 and not any("nothing is labeled" in p for p in report.problems):

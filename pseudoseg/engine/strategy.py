@@ -15,7 +15,7 @@ loop, so methods and the loop depend on it, never the other way round.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -186,6 +186,11 @@ class StageSpec:
     every stage of a run that starts fresh starts from the same weights."""
     describe: dict[str, Any] = field(default_factory=dict)
     """Settings that define the stage; a resume with other settings is refused."""
+
+    def starting_from(self, init_weights: Path | None, *, baseline: Path | None = None, init_seed: int | None = None) -> StageSpec:
+        """The same stage, its student started from ``init_weights`` (None: a fresh initialisation,
+        drawn with ``init_seed``) and released only above ``baseline`` (see the fields)."""
+        return replace(self, init_weights=init_weights, baseline=baseline, init_seed=init_seed)
 
     @property
     def fine_tunes(self) -> bool:

@@ -53,6 +53,7 @@ from pseudoseg.progress import console_print, console_warn, progress_bar
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
+    from pseudoseg.models import NetworkRecipe
 
 __all__ = ["MetricsLog", "StageContext", "StageResult", "StageSpec", "Trainer", "network_seed", "read_metrics", "stage_result_from_done", "stage_seed", "weights_digest"]
 
@@ -166,16 +167,15 @@ class Trainer:
         run_dir: Path,
         *,
         dist: DistInfo,
-        architecture: dict[str, Any],
-        build_network: Callable[[], nn.Module],
+        network: NetworkRecipe,
         show_progress: bool = True,
     ) -> None:
         self.config = config
         self.pool = pool
         self.run_dir = Path(run_dir)
         self.dist = dist
-        self.architecture = architecture
-        self._build_network = build_network
+        self.architecture = network.architecture
+        self._build_network = network.build
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_amp(config.train.amp, self.device)
         self.normalizer = InputNormalizer(config.data.normalize, config.data.in_channels, self.device)

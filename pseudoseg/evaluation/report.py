@@ -191,18 +191,21 @@ def mean_over_sets(
     return {c: float(statistics.fmean(float(metrics[c]) for metrics in per_set.values())) for c in present}
 
 
+_DECIMALS = 3
+"""Decimals of the Markdown tables (the JSON and CSV keep full precision)."""
+
+
 def write_report(
     per_set: Mapping[str, Mapping[str, Any]],
-    out_dir: str | Path,
+    out: str | Path,
     *,
-    stem: str = "metrics",
     title: str = "",
     extra: Mapping[str, Any] | None = None,
     conventions: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
-    decimals: int = 3,
 ) -> dict[str, Path]:
-    """Write ``<stem>.json``, ``<stem>.csv`` and ``<stem>.md`` for one model's test-set metrics.
+    """Write ``<out>.json``, ``<out>.csv`` and ``<out>.md`` for one model's test-set metrics
+    (``out``: the files' path without a suffix, e.g. ``report/metrics``).
 
     * JSON: ``{"title", "conventions": {column: description}, "sets": {name:
       {column: value, "n": int}}, "mean": {column: value}, **extra}``; NaN is
@@ -210,7 +213,7 @@ def write_report(
     * CSV: a header ``set,<columns...>,n``, one row per set, then a ``mean``
       row (unweighted mean over sets, empty ``n``). Full precision.
     * Markdown: ``notes`` (lines under the title: machine, precision,
-      warnings), the table rounded to ``decimals`` and a legend that states
+      warnings), the table rounded to three decimals and a legend that states
       the convention of every column.
 
     ``conventions`` adds or overrides column descriptions for columns not in
@@ -231,8 +234,9 @@ def write_report(
     }
     csv_rows = [[name, *(metrics.get(c) for c in columns), metrics.get("n")] for name, metrics in per_set.items()]
     csv_rows.append([_MEAN_LABEL, *(mean.get(c) for c in columns), None])
-    lines = [*_md_heading(title, notes), *_md_sets_table(per_set, columns, mean, decimals), "", *_md_sets_legend(len(per_set), legend)]
-    return _write_files(Path(out_dir), stem, payload, _csv_text(["set", *columns, "n"], csv_rows), lines)
+    lines = [*_md_heading(title, notes), *_md_sets_table(per_set, columns, mean, _DECIMALS), "", *_md_sets_legend(len(per_set), legend)]
+    out = Path(out)
+    return _write_files(out.parent, out.name, payload, _csv_text(["set", *columns, "n"], csv_rows), lines)
 
 
 def _checked_extra(extra: Mapping[str, Any] | None) -> dict[str, Any]:

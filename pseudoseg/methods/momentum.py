@@ -39,7 +39,7 @@ from pseudoseg.engine.ema import ModelEMA, retained_share, update_momentum
 from pseudoseg.engine.labels import probabilities, pseudo_targets
 from pseudoseg.engine.losses import probability_mse, sigmoid_rampup
 from pseudoseg.engine.streams import batches_per_epoch
-from pseudoseg.engine.strategy import Batch, Forward, StageContext, StageSpec, Strategy, Views
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy, Views
 from pseudoseg.engine.trainer import stage_seed
 from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, register
@@ -292,25 +292,18 @@ def run_momentum(session: RunSession) -> RecipeOutcome:
     teacher_weights = teacher_stage.weights("ema" if method.teacher == "momentum" else "raw")
     strategy = MomentumStudentStrategy(method, teacher_weights)
     _explain_teacher(session, strategy)
-    spec = StageSpec(
-        name="student",
-        strategy=strategy,
-        steps=train.steps,
-        batch_size=train.batch_size,
-        unlabeled_batch_size=train.unlabeled_batch_size,
-        labeled=session.labeled,
-        unlabeled=session.unlabeled,
-        validation=session.validation,
-        init_weights=teacher_weights if method.student_init == "teacher" else None,
-        # M0, the labeled-only model the supervised row reports: the student stage releases
-        # nothing below it on V, whatever the student started from
-        baseline=teacher_stage.weights("ema"),
-        # fresh: the run's initialisation, the one the teacher stage started from;
-        # random: another draw
-        init_seed=stage_seed(session.config.seed, "random-student") if method.student_init == "random" else None,
-        describe={"strategy": "momentum", **method.model_dump(mode="json"), "teacher_weights": str(teacher_weights)},
+    spec = session.semi_supervised_stage("student", strategy, steps=train.steps, describe={"teacher_weights": str(teacher_weights)})
+    student = session.fit(
+        spec.starting_from(
+            teacher_weights if method.student_init == "teacher" else None,
+            # M0, the labeled-only model the supervised row reports: the student stage releases
+            # nothing below it on V, whatever the student started from
+            baseline=teacher_stage.weights("ema"),
+            # fresh: the run's initialisation, the one the teacher stage started from;
+            # random: another draw
+            init_seed=stage_seed(session.config.seed, "random-student") if method.student_init == "random" else None,
+        )
     )
-    student = session.fit(spec)
     if method.student_init == "fresh" and teacher_stage.init_digest and student.init_digest != teacher_stage.init_digest:
         session.log(
             f"method.student_init: fresh, but the student did not start from the teacher stage's initial weights "

@@ -140,7 +140,7 @@ class MethodInfo:
     summary: str
     """One line, as ``pseudoseg methods`` lists it."""
     uses_unlabeled: bool = True
-    """Whether it trains on unlabeled images (the run's first line then reports pseudo-label scoring)."""
+    """Whether it trains on unlabeled images (its section's ``uses_unlabeled``)."""
     families: tuple[GridFamily, ...] = ()
     """Experiment grids it defines."""
     rows: Mapping[str, Rows] = field(default_factory=dict)
@@ -167,7 +167,6 @@ def register(
     *,
     section: type[MethodSection],
     summary: str,
-    uses_unlabeled: bool = True,
     families: Sequence[GridFamily] = (),
     rows: Mapping[str, Rows] | None = None,
     recipes: Sequence[str] = (),
@@ -180,7 +179,6 @@ def register(
         section: its configuration section, a subclass of
             :class:`pseudoseg.config.MethodSection` with ``name: Literal[...]``.
         summary: one line, listed by ``pseudoseg methods``.
-        uses_unlabeled: whether the method trains on unlabeled images.
         families: experiment grids the method defines.
         rows: grid rows it adds to families, by family name.
         recipes: its YAML recipes (file names in the package's ``configs/``).
@@ -212,7 +210,7 @@ def register(
             section=section,
             recipe=recipe,
             summary=summary.strip(),
-            uses_unlabeled=uses_unlabeled,
+            uses_unlabeled=section.uses_unlabeled,
             families=tuple(families),
             rows=types.MappingProxyType(dict(rows or {})),
             recipes=tuple(recipes),

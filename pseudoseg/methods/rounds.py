@@ -501,29 +501,12 @@ def _labeled_stage(session: RunSession) -> StageResult:
 def _round_spec(session: RunSession, inputs: _RoundInputs, labels: StoredLabels, *, m0: Path) -> StageSpec:
     """Round ``inputs.plan.round``: fine-tune ``inputs.start`` on L and the subsets ``inputs.unlabeled``
     with their ``labels`` (the label files ``inputs.used``, opened)."""
-    config, run_dir = session.config, Path(session.run_dir)
-    method: RoundsConfig = config.method
+    run_dir = Path(session.run_dir)
+    method: RoundsConfig = session.config.method
     plan, start = inputs.plan, inputs.start
-    return StageSpec(
-        name=f"round_{plan.round}",
-        strategy=RoundStrategy(labels, kind=method.labels, beta=method.beta),
-        steps=method.round_steps,
-        batch_size=config.train.batch_size,
-        unlabeled_batch_size=config.train.unlabeled_batch_size,
-        labeled=session.labeled,
-        unlabeled=inputs.unlabeled,
-        validation=session.validation,
-        init_weights=start,
-        baseline=m0 if start is None else None,  # a round from trained weights must beat them
-        describe={
-            "strategy": method.name,
-            "round": plan.round,
-            **inputs.provenance(run_dir),
-            "init_weights": _relative(start, run_dir) if start is not None else INITIAL_WEIGHTS,
-            "labels": method.labels,
-            "beta": method.beta,
-        },
-    )
+    describe = {"round": plan.round, **inputs.provenance(run_dir), "init_weights": _relative(start, run_dir) if start is not None else INITIAL_WEIGHTS}
+    spec = session.semi_supervised_stage(f"round_{plan.round}", RoundStrategy(labels, kind=method.labels, beta=method.beta), steps=method.round_steps, unlabeled=inputs.unlabeled, describe=describe)
+    return spec.starting_from(start, baseline=m0 if start is None else None)  # a round from trained weights must beat them
 
 
 def _released(method: RoundsConfig, plans: list[RoundPlan], weights: dict[int, Path], run_dir: Path) -> RecipeOutcome:

@@ -4,7 +4,7 @@ render pseudo labels), so that no method reaches into the trainer."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pseudoseg.data.pool import SamplePool
     from pseudoseg.data.splits import Split
     from pseudoseg.engine.distributed import DistInfo
-    from pseudoseg.engine.strategy import StageSpec
+    from pseudoseg.engine.strategy import StageSpec, Strategy
     from pseudoseg.engine.trainer import StageResult, Trainer
     from pseudoseg.methods.label_store import PseudoLabelStore
 
@@ -65,6 +65,34 @@ class RunSession:
         raise UserError(f"data.labeled_fraction: {name} needs unlabeled images; use a fraction below 1")
 
     # ------------------------------------------------------------------ the engine's service
+    def labeled_stage(self, name: str, strategy: Strategy, *, steps: int, batch_size: int, describe: Mapping[str, Any]) -> StageSpec:
+        """A stage on this run's labeled images alone (validated on V), defined by ``describe``."""
+        from pseudoseg.engine.strategy import StageSpec
+
+        return StageSpec(name=name, strategy=strategy, steps=steps, batch_size=batch_size, labeled=self.labeled, validation=self.validation, describe=dict(describe))
+
+    def semi_supervised_stage(self, name: str, strategy: Strategy, *, steps: int, unlabeled: np.ndarray | None = None, describe: Mapping[str, Any] | None = None) -> StageSpec:
+        """A stage on this run's labeled and unlabeled images (``unlabeled``: a part of them), validated
+        on V, in the run's batches (``train.batch_size`` + ``train.unlabeled_batch_size``).
+
+        It is defined by the run's whole method section and ``describe``'s keys beyond it, so a
+        stage cannot leave a setting out of what a resume compares. Where the student starts:
+        :meth:`~pseudoseg.engine.strategy.StageSpec.starting_from` (default: fresh)."""
+        from pseudoseg.engine.strategy import StageSpec
+
+        method, train = self.config.method, self.config.train
+        return StageSpec(
+            name=name,
+            strategy=strategy,
+            steps=steps,
+            batch_size=train.batch_size,
+            unlabeled_batch_size=train.unlabeled_batch_size,
+            labeled=self.labeled,
+            unlabeled=self.unlabeled if unlabeled is None else unlabeled,
+            validation=self.validation,
+            describe={"strategy": method.name, **method.model_dump(mode="json"), **(describe or {})},
+        )
+
 
     def fit(self, spec: StageSpec) -> StageResult:
         """Train (or resume, or find finished) one stage; its steps count towards the run's budget."""

@@ -7,14 +7,14 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 from torch import nn
 
 from pseudoseg.config import MethodSection
 from pseudoseg.engine.ema import ModelEMA, update_momentum
-from pseudoseg.engine.strategy import StageContext, StageSpec, Strategy
+from pseudoseg.engine.strategy import StageContext, Strategy
 from pseudoseg.engine.trainer import StageResult, stage_result_from_done
 from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import GridRow, LabeledStage, Rows
@@ -80,6 +80,7 @@ class SupervisedConfig(EmaSection):
     fully supervised upper bound), keeping a momentum copy."""
 
     name: Literal["supervised"] = "supervised"
+    uses_unlabeled: ClassVar[bool] = False
     ema_momentum: float = Field(0.95, ge=0, lt=1)
     """Momentum of the kept copy: ema <- m * ema + (1 - m) * network, per ``momentum_unit``."""
 
@@ -122,16 +123,8 @@ def train_labeled_stage(
     built with the copy's settings and ``settings``, which also define the stage (a resume
     with other settings is refused)."""
     settings = dict(settings or {})
-    spec = StageSpec(
-        name=name,
-        strategy=strategy(start.ema, **settings),
-        steps=start.steps,
-        batch_size=start.batch_size,
-        labeled=session.labeled,
-        validation=session.validation,
-        describe={"strategy": "supervised", **start.ema.describe(), **settings},
-    )
-    return session.fit(spec)
+    describe = {"strategy": "supervised", **start.ema.describe(), **settings}
+    return session.fit(session.labeled_stage(name, strategy(start.ema, **settings), steps=start.steps, batch_size=start.batch_size, describe=describe))
 
 
 def finished_stage(run_dir: Path, session: RunSession) -> StageResult:
@@ -228,20 +221,8 @@ def fit_one_stage(session: RunSession, method: MethodSection, strategy: Strategy
     """The one semi-supervised stage of a baseline (``student``): ``strategy`` on L and U for
     ``method.steps`` steps (default ``train.steps``), the student started from ``init``
     (None: fresh); ``describe`` adds settings that define the stage beyond the method section."""
-    train = session.config.train
-    spec = StageSpec(
-        name="student",
-        strategy=strategy,
-        steps=method.steps or train.steps,
-        batch_size=train.batch_size,
-        unlabeled_batch_size=train.unlabeled_batch_size,
-        labeled=session.labeled,
-        unlabeled=session.unlabeled,
-        validation=session.validation,
-        init_weights=init,
-        describe={"strategy": method.name, **method.model_dump(mode="json"), "init_weights": str(init), **describe},
-    )
-    return session.fit(spec)
+    spec = session.semi_supervised_stage("student", strategy, steps=method.steps or session.config.train.steps, describe={"init_weights": str(init), **describe})
+    return session.fit(spec.starting_from(init))
 
 
 def baseline_rows(row: str, section: dict[str, Any]) -> dict[str, Rows]:

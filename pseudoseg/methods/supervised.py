@@ -17,7 +17,6 @@ from pseudoseg.methods.stages import SupervisedConfig, train_labeled_stage
     "supervised",
     section=SupervisedConfig,
     summary="Supervised training on the labeled split only, keeping a momentum copy (the baseline; with all labels, the upper bound).",
-    uses_unlabeled=False,
 )
 def run_supervised(session: RunSession) -> RecipeOutcome:
     method: SupervisedConfig = session.config.method

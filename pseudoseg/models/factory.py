@@ -17,6 +17,7 @@ package (the ``lite`` extra) and never downloaded.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from collections.abc import Callable, Iterator
 from types import MappingProxyType
 from pathlib import Path
@@ -173,6 +174,21 @@ def build_model(config: ModelConfig, in_channels: int, out_channels: int = 1) ->
     if config.weights is not None:
         load_weights(model, config.weights, scope=config.weights_scope)
     return model
+
+
+@dataclass(frozen=True)
+class NetworkRecipe:
+    """How a run builds its networks, and what identifies them in every checkpoint."""
+
+    architecture: dict[str, Any]
+    """:func:`describe_architecture`: stored with every checkpoint and compared on load."""
+    build: Callable[[], nn.Module]
+    """A new network (fresh or with the configured initial weights), on the CPU."""
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, in_channels: int, out_channels: int = 1) -> NetworkRecipe:
+        """The network ``config`` names, for ``in_channels`` inputs and ``out_channels`` outputs."""
+        return cls(describe_architecture(config, in_channels, out_channels), lambda: build_model(config, in_channels, out_channels))
 
 
 def export_encoder_weights(config: ModelConfig, out: Path, *, overwrite: bool = False) -> int:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from pseudoseg.data.volumes import save_volume
 from pseudoseg.errors import UserError
 from pseudoseg.fileio import atomic_folder, write_json
 
-__all__ = ["GENERATOR_VERSION", "generate_ct_dataset", "render_ct_case"]
+__all__ = ["GENERATOR_VERSION", "CtSetSpec", "generate_ct_dataset", "render_ct_case"]
 
 GENERATOR_VERSION = 1
 """Bumped whenever the rendering changes, so a cached data set can be recognised as stale."""
@@ -241,14 +242,49 @@ def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     return img
 
 
+def _check_count(name: str, value: int, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class CtSetSpec:
+    """What :func:`generate_ct_dataset` writes: case counts, volume shape, seed and classes.
+
+    Invalid values raise :class:`~pseudoseg.errors.UserError` on construction.
+    """
+
+    n_train: int = 24
+    """Number of training cases."""
+    n_test: int = 8
+    """Number of test cases (may be 0)."""
+    shape: tuple[int, int, int] = (96, 96, 40)
+    """Array shape ``(x, y, z)`` of every case, at least ``(16, 16, 8)`` (any sequence of three
+    integers is stored as a tuple of ints)."""
+    seed: int = 0
+    """Case ``i`` depends only on ``(seed, i)``."""
+    lesions: bool = False
+    """Add lesions inside the organ: labels 1 organ, 2 lesion (``dataset.json`` names both), a
+    three-class task."""
+
+    def __post_init__(self) -> None:
+        _check_count("n_train", self.n_train, minimum=1)
+        _check_count("n_test", self.n_test, minimum=0)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise UserError(f"seed must be a non-negative integer, got {self.seed!r}")
+        shape = tuple(self.shape)
+        if len(shape) != 3 or any(
+            isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < low for n, low in zip(shape, _MIN_SHAPE)
+        ):
+            raise UserError(f"shape must be three integers (x, y, z) of at least {_MIN_SHAPE}, got {shape!r}")
+        # The dataclass is frozen: normalising a field goes through object.__setattr__.
+        object.__setattr__(self, "shape", tuple(int(n) for n in shape))
+
+
 def generate_ct_dataset(
     out: str | os.PathLike,
+    spec: CtSetSpec = CtSetSpec(),
     *,
-    n_train: int = 24,
-    n_test: int = 8,
-    shape: tuple[int, int, int] = (96, 96, 40),
-    seed: int = 0,
-    lesions: bool = False,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
@@ -256,8 +292,8 @@ def generate_ct_dataset(
 
     ::
 
-        OUT/imagesTr/case_000.nii.gz   OUT/labelsTr/case_000.nii.gz   (n_train cases)
-        OUT/imagesTs/case_024.nii.gz   OUT/labelsTs/case_024.nii.gz   (n_test cases)
+        OUT/imagesTr/case_000.nii.gz   OUT/labelsTr/case_000.nii.gz   (spec.n_train cases)
+        OUT/imagesTs/case_024.nii.gz   OUT/labelsTs/case_024.nii.gz   (spec.n_test cases)
         OUT/dataset.json
 
     Test cases continue the numbering of the training cases. Unlike the
@@ -267,12 +303,7 @@ def generate_ct_dataset(
 
     Args:
         out: the folder to create.
-        n_train: number of training cases.
-        n_test: number of test cases (may be 0).
-        shape: array shape ``(x, y, z)`` of every case.
-        seed: case ``i`` depends only on ``(seed, i)``.
-        lesions: add lesions inside the organ: labels 1 organ, 2 lesion
-            (``dataset.json`` names both), a three-class task.
+        spec: the case counts, volume shape, seed and whether to add lesions.
         overwrite: replace ``out`` if it exists and is not empty.
         progress: called as ``progress(done, total)`` after every case.
 
@@ -280,29 +311,19 @@ def generate_ct_dataset(
         The content written to ``OUT/dataset.json``.
 
     Raises:
-        UserError: for invalid arguments, or when ``out`` is a file or a
-            non-empty folder and ``overwrite`` is false.
+        UserError: when ``out`` is a file or a non-empty folder and
+            ``overwrite`` is false.
     """
     out = Path(out)
-    _check_count("n_train", n_train, minimum=1)
-    _check_count("n_test", n_test, minimum=0)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
-    shape = tuple(shape)  # type: ignore[assignment]
-    if len(shape) != 3 or any(
-        isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < low for n, low in zip(shape, _MIN_SHAPE)
-    ):
-        raise UserError(f"shape must be three integers (x, y, z) of at least {_MIN_SHAPE}, got {shape!r}")
-    shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
-    total = n_train + n_test
+    total = spec.n_train + spec.n_test
     with atomic_folder(out, overwrite=overwrite) as building:
         training: list[dict[str, str]] = []
         test: list[str] = []
         cases: dict[str, dict[str, Any]] = {}
         for index in range(total):
             case_id = f"case_{index:03d}"
-            split = "Tr" if index < n_train else "Ts"
-            image, label, affine, info = render_ct_case(_case_seed(int(seed), index), shape, lesions=lesions)  # type: ignore[arg-type]
+            split = "Tr" if index < spec.n_train else "Ts"
+            image, label, affine, info = render_ct_case(_case_seed(int(spec.seed), index), spec.shape, lesions=spec.lesions)
             save_volume(building / f"images{split}" / f"{case_id}.nii.gz", _nifti(image, affine))
             save_volume(building / f"labels{split}" / f"{case_id}.nii.gz", _nifti(label, affine))
             entry = {"image": f"./images{split}/{case_id}.nii.gz", "label": f"./labels{split}/{case_id}.nii.gz"}
@@ -315,26 +336,21 @@ def generate_ct_dataset(
                 progress(index + 1, total)
         summary: dict[str, Any] = {
             "name": "SyntheticCT",
-            "description": "Synthetic abdominal CT, one organ" + (" with lesions" if lesions else "") + " against a same-intensity distractor",
+            "description": "Synthetic abdominal CT, one organ" + (" with lesions" if spec.lesions else "") + " against a same-intensity distractor",
             "licence": "CC0-1.0",
             "tensorImageSize": "3D",
             "modality": {"0": "CT"},
-            "labels": {"0": "background", "1": "organ", **({"2": "lesion"} if lesions else {})},
-            "numTraining": n_train,
-            "numTest": n_test,
+            "labels": {"0": "background", "1": "organ", **({"2": "lesion"} if spec.lesions else {})},
+            "numTraining": spec.n_train,
+            "numTest": spec.n_test,
             "training": training,
             "test": test,
             "generator": "pseudoseg.synth.ct",
             "generator_version": GENERATOR_VERSION,
-            "seed": int(seed),
-            **({"lesions": True} if lesions else {}),
-            "shape": list(shape),
+            "seed": int(spec.seed),
+            **({"lesions": True} if spec.lesions else {}),
+            "shape": list(spec.shape),
             "cases": cases,
         }
         write_json(building / "dataset.json", summary)
     return summary
-
-
-def _check_count(name: str, value: int, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -35,10 +35,11 @@ import io
 import math
 import os
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -51,6 +52,7 @@ __all__ = [
     "DEFAULT_DOMAINS",
     "GENERATOR_VERSION",
     "PolypDomain",
+    "PolypSetSpec",
     "generate_polyp_dataset",
     "polyp_domain",
     "render_polyp_sample",
@@ -208,6 +210,7 @@ def _render(
     # pixel is 2 / size units and every length below is resolution-free.
     coords = np.linspace(-1.0, 1.0, size, dtype=np.float64)
     y, x = np.meshgrid(coords, coords, indexing="ij")
+    grid = _PixelGrid(x, y)
     r = np.hypot(x, y)
     px = 2.0 / size
 
@@ -274,18 +277,19 @@ def _render(
     for k in range(n_bumps):
         radius = scene_rng.uniform(0.08, 0.3)
         rho, centre = _blob_rho(
-            scene_rng, x, y, size, radius_range=(radius, radius), centre_limit=0.8, render=bool(bump_on[k])
+            scene_rng, grid, _BlobShape(radius_range=(radius, radius), centre_limit=0.8), render=bool(bump_on[k])
         )
         height = scene_rng.uniform(0.1, 0.4) * radius
         spots = _highlight_spots(
             scene_rng,
-            x,
-            y,
-            n=2,
-            centre=centre,
-            spread=0.45 * radius,
-            sigma_range=(max(0.6 * px, 0.03 * radius), max(1.2 * px, 0.09 * radius)),
-            p_each=0.4,
+            grid,
+            centre,
+            _SpotSet(
+                n=2,
+                spread=0.45 * radius,
+                sigma_range=(max(0.6 * px, 0.03 * radius), max(1.2 * px, 0.09 * radius)),
+                p_each=0.4,
+            ),
         )
         if rho is not None:
             bump_height = np.maximum(bump_height, height * np.clip(1.0 - rho**2, 0.0, None) ** 1.3)
@@ -305,13 +309,13 @@ def _render(
         radius = math.sqrt(area * 4.0 / math.pi)  # the image has area 4
         rho, (cx, cy) = _blob_rho(
             lesion_rng,
-            x,
-            y,
-            size,
-            radius_range=(radius, radius),
-            centre_limit=max(0.0, 0.82 * fov_radius - 0.5 * radius),
+            grid,
+            _BlobShape(
+                radius_range=(radius, radius),
+                centre_limit=max(0.0, 0.82 * fov_radius - 0.5 * radius),
+                irregularity=lesion_rng.uniform(0.04, 0.16),
+            ),
             avoid=(lumen_x, lumen_y, lumen_radius),
-            irregularity=lesion_rng.uniform(0.04, 0.16),
             render=k == 0 or second,
         )
         contrast = _uniform(lesion_rng, params.lesion_contrast)
@@ -327,13 +331,14 @@ def _render(
         lobules = _smooth_noise(lesion_rng, size, lesion_rng.uniform(6.0, 10.0))
         spots = _highlight_spots(
             lesion_rng,
-            x,
-            y,
-            n=3,
-            centre=(cx, cy),
-            spread=0.45 * radius,
-            sigma_range=(max(0.6 * px, 0.03 * radius), max(1.2 * px, 0.09 * radius)),
-            p_each=0.4,
+            grid,
+            (cx, cy),
+            _SpotSet(
+                n=3,
+                spread=0.45 * radius,
+                sigma_range=(max(0.6 * px, 0.03 * radius), max(1.2 * px, 0.09 * radius)),
+                p_each=0.4,
+            ),
         )
         if rho is None:  # no second lesion in this image
             continue
@@ -371,13 +376,14 @@ def _render(
         highlight,
         _highlight_spots(
             scene_rng,
-            x,
-            y,
-            n=10,
-            centre=(0.0, 0.0),
-            spread=0.75 * fov_radius,
-            sigma_range=(0.6 * px, max(1.5 * px, 0.03)),
-            p_each=scene_rng.uniform(0.1, 0.6),
+            grid,
+            (0.0, 0.0),
+            _SpotSet(
+                n=10,
+                spread=0.75 * fov_radius,
+                sigma_range=(0.6 * px, max(1.5 * px, 0.03)),
+                p_each=scene_rng.uniform(0.1, 0.6),
+            ),
         ),
     )
     highlight = np.maximum(highlight, np.maximum(bump_highlight, np.clip(3.0 * crest_sparkle, 0.0, 1.0)))
@@ -413,37 +419,73 @@ def _render(
     return image_u8, mask_u8
 
 
+class _PixelGrid(NamedTuple):
+    """Normalised coordinates (in [-1, 1]) of every pixel of a square image."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    @property
+    def size(self) -> int:
+        """Side length in pixels."""
+        return self.x.shape[0]
+
+
+@dataclass(frozen=True)
+class _BlobShape:
+    """How large, where and how irregular a blob of :func:`_blob_rho` may be."""
+
+    radius_range: Range
+    """Range of the radius of a circle of the same area, in normalised units."""
+    centre_limit: float
+    """The centre lies in the disc of this radius around the image centre."""
+    irregularity: float = 0.1
+    """Strength of the lobes and local bumps of the boundary (0: an ellipse)."""
+
+
+@dataclass(frozen=True)
+class _SpotSet:
+    """A group of specular highlights for :func:`_highlight_spots`."""
+
+    n: int
+    """Number of candidate spots."""
+    spread: float
+    """Spots lie within this distance of the group's centre."""
+    sigma_range: Range
+    """Range of the spots' short-axis widths (log-uniform), in normalised units."""
+    p_each: float
+    """Probability that each candidate is shown."""
+
+
 def _blob_rho(
     rng: np.random.Generator,
-    x: np.ndarray,
-    y: np.ndarray,
-    size: int,
+    grid: _PixelGrid,
+    blob: _BlobShape,
     *,
-    radius_range: Range,
-    centre_limit: float,
     avoid: tuple[float, float, float] | None = None,
-    irregularity: float = 0.1,
     render: bool = True,
 ) -> tuple[np.ndarray | None, tuple[float, float]]:
     """Normalised radius of an irregular blob: < 1 inside, 1 on the boundary.
 
     The boundary is an ellipse of area ``pi * radius**2`` whose radius is
     modulated by low harmonics of the angle (lobes) and by a smooth 2-D noise
-    field (small local bumps). Always draws the same number of values; with
-    ``render=False`` it only draws them (the blob is not shown) and returns
-    ``None`` instead of the image.
+    field (small local bumps). ``avoid`` is a disc ``(x, y, radius)`` the
+    centre keeps away from if it can. Always draws the same number of values;
+    with ``render=False`` it only draws them (the blob is not shown) and
+    returns ``None`` instead of the image.
     """
-    radius = rng.uniform(*radius_range)
+    x, y = grid
+    radius = rng.uniform(*blob.radius_range)
     aspect = rng.uniform(0.6, 1.0)
     angle = rng.uniform(0.0, math.pi)
     orders = np.arange(2, 8)
-    amplitudes = irregularity * rng.random(orders.size) / orders**0.9
+    amplitudes = blob.irregularity * rng.random(orders.size) / orders**0.9
     phases = rng.uniform(0.0, 2.0 * math.pi, orders.size)
-    wobble = _smooth_noise(rng, size, 10)
+    wobble = _smooth_noise(rng, grid.size, 10)
     # Centre: uniform in a disc, away from the lumen where a lesion would be
     # invisible. A fixed number of candidates keeps the draw count constant.
     candidates = rng.random((8, 2))
-    cand_r = centre_limit * np.sqrt(candidates[:, 0])
+    cand_r = blob.centre_limit * np.sqrt(candidates[:, 0])
     cand_t = 2.0 * math.pi * candidates[:, 1]
     cand_x, cand_y = cand_r * np.cos(cand_t), cand_r * np.sin(cand_t)
     choice = 0
@@ -471,23 +513,17 @@ def _blob_rho(
         if order < orders[-1]:
             power = power * unit
     rho = np.hypot(u / a, v / b) / boundary
-    rho *= 1.0 + 0.5 * irregularity * wobble
+    rho *= 1.0 + 0.5 * blob.irregularity * wobble
     return rho, (cx, cy)
 
 
 def _highlight_spots(
-    rng: np.random.Generator,
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    n: int,
-    centre: tuple[float, float],
-    spread: float,
-    sigma_range: Range,
-    p_each: float,
+    rng: np.random.Generator, grid: _PixelGrid, centre: tuple[float, float], spots: _SpotSet
 ) -> np.ndarray:
-    """Up to ``n`` small, saturated, elongated reflections; values in [0, 1]."""
-    on = rng.random(n) < p_each
+    """Up to ``spots.n`` small, saturated, elongated reflections around ``centre``; values in [0, 1]."""
+    x, y = grid
+    n, spread, sigma_range = spots.n, spots.spread, spots.sigma_range
+    on = rng.random(n) < spots.p_each
     pos_r = spread * np.sqrt(rng.random(n))
     pos_t = rng.uniform(0.0, 2.0 * math.pi, n)
     sigma = np.exp(rng.uniform(math.log(sigma_range[0]), math.log(max(sigma_range)), n))
@@ -495,7 +531,7 @@ def _highlight_spots(
     angle = rng.uniform(0.0, math.pi, n)
     gain = rng.uniform(1.5, 3.0, n)
     out = np.zeros_like(x)
-    size = x.shape[0]
+    size = grid.size
     for k in np.flatnonzero(on):
         sx = centre[0] + pos_r[k] * math.cos(pos_t[k])
         sy = centre[1] + pos_r[k] * math.sin(pos_t[k])
@@ -592,14 +628,56 @@ def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
 # ---------------------------------------------------------------------------
 
 
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UserError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_size(size: int) -> None:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
+        raise UserError(f"size must be an integer >= 32, got {size!r}")
+
+
+@dataclass(frozen=True)
+class PolypSetSpec:
+    """What :func:`generate_polyp_dataset` writes: counts, image size, seed and test domains.
+
+    Invalid values raise :class:`~pseudoseg.errors.UserError` on construction.
+    """
+
+    n_train: int = 600
+    """Number of training images."""
+    n_test: int = 80
+    """Number of images per test domain."""
+    size: int = 160
+    """Image side in pixels (at least 32)."""
+    seed: int = 0
+    """Sample ``i`` of each split depends only on ``(seed, split, i)``."""
+    domains: tuple[str, ...] = DEFAULT_DOMAINS
+    """Test domains to write, names from :data:`DEFAULT_DOMAINS` (a single name or any sequence
+    of names is stored as a tuple)."""
+
+    def __post_init__(self) -> None:
+        _check_count("n_train", self.n_train)
+        _check_count("n_test", self.n_test)
+        _check_size(self.size)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise UserError(f"seed must be a non-negative integer, got {self.seed!r}")
+        domains = (self.domains,) if isinstance(self.domains, str) else tuple(self.domains)
+        # The dataclass is frozen: normalising a field goes through object.__setattr__.
+        object.__setattr__(self, "domains", domains)
+        if not domains:
+            raise UserError(f"no test domains given; known domains: {', '.join(DEFAULT_DOMAINS)}")
+        if len(set(domains)) != len(domains):
+            raise UserError(f"test domains are listed more than once: {', '.join(domains)}")
+        for name in domains:
+            polyp_domain(name)
+
+
 def generate_polyp_dataset(
     out: str | os.PathLike,
+    spec: PolypSetSpec = PolypSetSpec(),
     *,
-    n_train: int = 600,
-    n_test: int = 80,
-    size: int = 160,
-    seed: int = 0,
-    domains: Sequence[str] = DEFAULT_DOMAINS,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
@@ -619,11 +697,7 @@ def generate_polyp_dataset(
 
     Args:
         out: the folder to create.
-        n_train: number of training images.
-        n_test: number of images per test domain.
-        size: image side in pixels.
-        seed: sample ``i`` of each split depends only on ``(seed, split, i)``.
-        domains: test domains to write, names from :data:`DEFAULT_DOMAINS`.
+        spec: the counts, image size, seed and test domains.
         overwrite: replace ``out`` if it exists and is not empty.
         progress: called as ``progress(done, total)`` after every sample.
 
@@ -631,27 +705,13 @@ def generate_polyp_dataset(
         The summary also written to ``OUT/dataset.json``.
     """
     out = Path(out)
-    _check_count("n_train", n_train)
-    _check_count("n_test", n_test)
-    _check_size(size)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
-    if isinstance(domains, str):
-        domains = (domains,)
-    domains = tuple(domains)
-    if not domains:
-        raise UserError(f"no test domains given; known domains: {', '.join(DEFAULT_DOMAINS)}")
-    if len(set(domains)) != len(domains):
-        raise UserError(f"test domains are listed more than once: {', '.join(domains)}")
-    for name in domains:
-        polyp_domain(name)
     with atomic_folder(out, overwrite=overwrite) as building:
-        jobs: list[tuple[str, str, Path, int]] = [("train", "in_domain", building / "TrainDataset", i) for i in range(n_train)]
-        for name in domains:
-            jobs += [(f"test/{name}", name, building / "TestDataset" / name, i) for i in range(n_test)]
+        jobs: list[tuple[str, str, Path, int]] = [("train", "in_domain", building / "TrainDataset", i) for i in range(spec.n_train)]
+        for name in spec.domains:
+            jobs += [(f"test/{name}", name, building / "TestDataset" / name, i) for i in range(spec.n_test)]
         lesion_fraction: dict[str, list[float]] = {}
         for done, (split, domain, folder, index) in enumerate(jobs, start=1):
-            image, mask = render_polyp_sample(sample_seed(int(seed), split, index), size, domain)
+            image, mask = render_polyp_sample(sample_seed(int(spec.seed), split, index), spec.size, domain)
             stem = f"{'train' if split == 'train' else domain}_{index:05d}"
             write_bytes(folder / "images" / f"{stem}.png", _png_bytes(image))
             write_bytes(folder / "masks" / f"{stem}.png", _png_bytes(mask))
@@ -662,10 +722,10 @@ def generate_polyp_dataset(
             "generator": "pseudoseg.synth.polyp",
             "generator_version": GENERATOR_VERSION,
             "layout": "PraNet",
-            "seed": int(seed),
-            "size": size,
-            "counts": {"train": n_train, **{name: n_test for name in domains}},
-            "domains": {name: asdict(polyp_domain(name)) for name in domains},
+            "seed": int(spec.seed),
+            "size": spec.size,
+            "counts": {"train": spec.n_train, **{name: spec.n_test for name in spec.domains}},
+            "domains": {name: asdict(polyp_domain(name)) for name in spec.domains},
             "mean_lesion_fraction": {
                 ("train" if split == "train" else split.split("/", 1)[1]): round(float(np.mean(values)), 4)
                 for split, values in lesion_fraction.items()
@@ -681,13 +741,3 @@ def _png_bytes(array: np.ndarray) -> bytes:
     # larger on these images; encoding otherwise costs a quarter of the time.
     Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
-
-
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UserError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def _check_size(size: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
-        raise UserError(f"size must be an integer >= 32, got {size!r}")

@@ -78,3 +78,13 @@ def test_killed_run_resumes_to_identical_weights(tmp_path: Path, tiny_polyps: Pa
         return [(json.loads(line)["kind"], json.loads(line)["step"]) for line in lines]
 
     assert steps(log) == steps(reference_log)
+
+
+def test_a_stage_is_the_same_when_every_recorded_setting_holds() -> None:
+    from pseudoseg.engine.trainer import same_settings
+
+    current = {"steps": 10, "strategy": "atso", "round": 2, "rounds": 4, "start": Path("round_1/best_raw.safetensors")}
+    assert same_settings({"steps": 10, "strategy": "atso", "round": 2, "start": "round_1/best_raw.safetensors"}, current)  # recorded before "rounds" was
+    assert not same_settings({"steps": 10, "strategy": "atso", "round": 3}, current)  # a recorded setting differs
+    assert not same_settings({"steps": 10, "train_subset": 0}, current)  # a setting this version no longer has
+    assert not same_settings(None, current)

@@ -159,6 +159,18 @@ class _StageRun:
         return self.models["raw" if network is None else network](images)
 
 
+def same_settings(recorded: dict[str, Any] | None, current: dict[str, Any]) -> bool:
+    """Whether a stage recorded with ``recorded`` settings is the stage ``current`` describes.
+
+    Every recorded key must hold the current value; a key the record lacks is one an earlier
+    version did not record (the run directory's ``config.yaml`` already holds the whole
+    configuration, compared before any stage), so it is not held against the stage."""
+    if recorded is None:
+        return False
+    current = json.loads(json.dumps(current, default=str))
+    return set(recorded) <= set(current) and all(current[key] == value for key, value in recorded.items())
+
+
 class Trainer:
     def __init__(
         self,
@@ -279,7 +291,7 @@ class Trainer:
         if not done_file.is_file():
             return None
         done = json.loads(done_file.read_text())
-        if done.get("describe") != json.loads(json.dumps(describe, default=str)):
+        if not same_settings(done.get("describe"), describe):
             raise UserError(f"{stage_dir}: holds a finished stage with other settings; use a new run_dir")
         return stage_result_from_done(stage_dir, done)
 
@@ -343,7 +355,7 @@ class Trainer:
         resumed = run.last_file.is_file()
         if resumed:
             tensors, meta = load_tensors(run.last_file)
-            if meta.get("describe") != json.loads(json.dumps(describe, default=str)):
+            if not same_settings(meta.get("describe"), describe):
                 raise UserError(f"{run.last_file}: an unfinished stage with other settings is in the way; use a new run_dir")
             state.load_state_dict(tensors, meta, self.device)
         elif self.dist.is_main:

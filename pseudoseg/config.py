@@ -431,8 +431,13 @@ class TrainConfig(_Section):
     """Unlabeled images per step (global), for methods that use them."""
     optim: OptimConfig = OptimConfig()
     finetune: FinetuneConfig = FinetuneConfig()
-    loss: Literal["dice", "dice_bce"] = "dice"
-    """Loss on logits for both labeled and pseudo-labeled images (per image, then averaged)."""
+    loss: Literal["dice", "dice_bce", "batch_dice", "batch_dice_ce"] = "dice"
+    """Loss on logits for both labeled and pseudo-labeled images. ``dice`` and ``dice_bce`` (+ binary
+    or multi-class cross-entropy): the soft Dice of each image (the foreground classes), then the
+    mean over the batch. The published codes' losses, one Dice per class over the whole batch:
+    ``batch_dice``, segmentation-models-pytorch's ``DiceLoss`` (the momentum authors'), and
+    ``batch_dice_ce``, ``(CE + Dice) / 2`` with every class in the Dice, the background included
+    (UniMatch's and SSL4MIS's medical setting); see docs/methods.md."""
     dice_smooth: float = Field(1e-5, gt=0)
     """Added to the numerator and denominator of every image's soft Dice. With
     the default (MONAI's), an image with an empty mask scores Dice loss 1

@@ -298,6 +298,44 @@ def test_views_teacher_weak_student_strong(tmp_path: Path, views: str, teacher_s
     assert torch.equal(student_inputs[0], torch.cat([batch.images, batch.unlabeled_strong]))  # always the strong view
 
 
+def test_separate_passes_forward_labeled_and_unlabeled_images_apart(tmp_path: Path) -> None:
+    strategy = make_strategy(tmp_path, passes="separate")
+    student_inputs: list[torch.Tensor] = []
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        student_inputs.append(images)
+        return stub_forward(images)
+
+    batch = make_batch(5)
+    _, logs = strategy.loss(batch, forward, 0)
+    assert [tuple(x.shape) for x in student_inputs] == [tuple(batch.images.shape), tuple(batch.unlabeled_strong.shape)]
+    assert torch.equal(student_inputs[0], batch.images) and torch.equal(student_inputs[1], batch.unlabeled_strong)
+    # with a batch-norm student, each part is normalised by its own statistics: another loss than one pass
+    joint = make_strategy(tmp_path / "joint")
+    student = strategy.context.student.train()
+    separate_loss, _ = strategy.loss(batch, student, 0)
+    joint_loss, _ = joint.loss(batch, joint.context.student.train(), 0)
+    assert abs(float(separate_loss.detach()) - float(joint_loss.detach())) > 1e-4
+
+
+@pytest.mark.parametrize("norm", ["running", "batch"])
+def test_the_teacher_labels_with_running_or_batch_statistics(tmp_path: Path, norm: str) -> None:
+    strategy = make_strategy(tmp_path, teacher_batch_norm=norm, mode="offline")
+    batch = make_batch(2)
+    teacher = strategy.teacher
+    with torch.no_grad():
+        expected = torch.sigmoid(teacher.train(norm == "batch")(batch.unlabeled))
+    teacher.eval()
+    strategy.loss(batch, strategy.context.student, 0)
+    criterion: RecordingLoss = strategy.context.criterion  # type: ignore[assignment]
+    (_, _, _), (_, target, _) = criterion.calls
+    torch.testing.assert_close(target, expected)
+    assert not teacher.training  # its mode restored
+    with torch.no_grad():
+        running = torch.sigmoid(teacher.eval()(batch.unlabeled))
+    assert (float((target - running).abs().max()) > 1e-3) == (norm == "batch")
+
+
 # ------------------------------------------------------------ teacher updates
 
 

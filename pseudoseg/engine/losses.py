@@ -15,6 +15,10 @@ see :mod:`pseudoseg.engine.labels`): softmax Dice over the C foreground
 channels, the background left out of the Dice as is usual (its Dice would be
 near 1 on every image), + cross-entropy over all C + 1 classes. Targets are
 probability maps with the network's channels (one-hot for hard labels).
+
+Two losses of the published codes compute one Dice per class over the whole
+batch instead (``train.loss: batch_dice``, ``batch_dice_ce``): with several
+processes each computes it over its share of the batch, as those codes do.
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ class SegmentationLoss(nn.Module):
         """``logits`` and ``target`` ``[B, K, H, W]`` (target: probabilities); ``valid`` ``[B, 1, H, W]`` or None."""
         logits = logits.float()
         target = target.float()
+        if self.kind == "batch_dice":
+            return smp_batch_dice(logits, target, valid)
+        if self.kind == "batch_dice_ce":
+            return medical_dice_ce(logits, target, valid)
         dice = self.dice(logits, target) if valid is None else self.masked_dice(logits, target, mask=valid)
         if self.kind == "dice":
             return dice
@@ -51,6 +59,56 @@ class SegmentationLoss(nn.Module):
         else:  # cross-entropy against probability targets, per pixel
             pixel_loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1, keepdim=True)
         return dice + masked_mean_per_image(pixel_loss, valid)
+
+
+def class_maps(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and targets of every class, the background included: one sigmoid channel
+    as its two classes (background, foreground), several channels as they are (softmax)."""
+    if logits.shape[1] == 1:
+        foreground = torch.sigmoid(logits)
+        return torch.cat([1.0 - foreground, foreground], 1), torch.cat([1.0 - target, target], 1)
+    return torch.softmax(logits, 1), target
+
+
+def batch_dice_per_class(probs: torch.Tensor, classes: torch.Tensor, region: torch.Tensor, *, smooth: float) -> torch.Tensor:
+    """``1 - (2 sum p t + e) / (sum p^2 + sum t^2 + e)`` per class, each sum over the whole batch's
+    pixels where ``region`` is 1 (the Dice of SSL4MIS, UniMatch's medical code and BCP): ``[K]``."""
+    dims = (0, *range(2, probs.ndim))
+    intersection = (probs * classes * region).sum(dims)
+    denominator = (probs.square() * region).sum(dims) + (classes.square() * region).sum(dims)
+    return 1.0 - (2.0 * intersection + smooth) / (denominator + smooth)
+
+
+def medical_dice_ce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """UniMatch's medical loss (``train.loss: batch_dice_ce``): ``(CE + Dice) / 2``, the Dice of
+    :func:`batch_dice_per_class` (e = 1e-5) averaged over every class, the background included,
+    the cross-entropy averaged over the counted pixels of the batch."""
+    probs, classes = class_maps(logits, target)
+    region = torch.ones_like(probs[:, :1]) if valid is None else valid.float()
+    if logits.shape[1] == 1:
+        pixel_ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    else:
+        pixel_ce = -(target * F.log_softmax(logits, 1)).sum(1, keepdim=True)
+    cross_entropy = (pixel_ce * region).sum() / region.expand_as(pixel_ce).sum().clamp_min(1.0)
+    return (cross_entropy + batch_dice_per_class(probs, classes, region, smooth=1e-5).mean()) / 2.0
+
+
+def smp_batch_dice(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """segmentation-models-pytorch's ``DiceLoss`` (the momentum authors' loss; ``train.loss:
+    batch_dice``): per class, ``1 - 2 sum p t / max(sum p + sum t, 1e-7)`` over the whole batch,
+    0 for a class without target pixels in the batch, averaged over the classes: the foreground
+    alone for one sigmoid channel, every class (the background included) for several."""
+    if logits.shape[1] == 1:
+        probs, classes = torch.sigmoid(logits), target
+    else:
+        probs, classes = torch.softmax(logits, 1), target
+    if valid is not None:
+        probs, classes = probs * valid, classes * valid
+    dims = (0, *range(2, probs.ndim))
+    intersection = (probs * classes).sum(dims)
+    cardinality = (probs + classes).sum(dims)
+    loss = 1.0 - 2.0 * intersection / cardinality.clamp_min(1e-7)
+    return (loss * (classes.sum(dims) > 0).to(loss.dtype)).mean()
 
 
 def masked_mean_per_image(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:

@@ -221,12 +221,14 @@ class StageContext:
     stage_dir: Path
 
     @torch.no_grad()
-    def frozen_forward(self, network: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    def frozen_forward(self, network: nn.Module, images: torch.Tensor, *, batch_statistics: bool = False) -> torch.Tensor:
         """``network``'s logits on ``images`` as a network that does not learn from them sees them:
         eval mode (batch-norm running statistics, dropout off; its mode restored afterwards), the
-        loop's memory format, no gradients. Teachers, peers' labels and diagnostics go through here."""
+        loop's memory format, no gradients. Teachers, peers' labels and diagnostics go through here.
+        ``batch_statistics``: train mode instead, batch norm normalising with the statistics of
+        ``images`` (and moving its running statistics), as some published teachers label."""
         was_training = network.training
-        network.eval()
+        network.train(batch_statistics)
         if self.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = network(images)

@@ -62,6 +62,7 @@ from torch import nn
 
 from pseudoseg.engine.ema import ModelEMA
 from pseudoseg.engine.labels import decide, harden, one_hot, probabilities
+from pseudoseg.engine.losses import batch_dice_per_class, class_maps
 from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy
 from pseudoseg.engine.trainer import stage_seed
 from pseudoseg.errors import UserError
@@ -192,17 +193,12 @@ def authors_loss(logits: torch.Tensor, targets: torch.Tensor, region: torch.Tens
     sigmoid's two classes, background and foreground); the cross-entropy averaged over the
     region's pixels of the batch (one class: binary). In float32."""
     logits = logits.float()
+    probs, classes = class_maps(logits, targets)
     if logits.shape[1] == 1:
-        foreground = torch.sigmoid(logits)
-        probs, classes = torch.cat([1.0 - foreground, foreground], 1), torch.cat([1.0 - targets, targets], 1)
         pixel_ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     else:
-        probs, classes = torch.softmax(logits, 1), targets
         pixel_ce = -(targets * F.log_softmax(logits, 1)).sum(1, keepdim=True)
-    dims = (0, 2, 3)
-    intersection = (probs * classes * region).sum(dims)
-    denominator = (probs.square() * region).sum(dims) + (classes.square() * region).sum(dims)
-    dice = 1.0 - (2.0 * intersection + 1e-10) / (denominator + 1e-10)
+    dice = batch_dice_per_class(probs, classes, region, smooth=1e-10)
     cross_entropy = (pixel_ce * region).sum() / (region.sum() + 1e-16)
     return dice.mean() + cross_entropy
 

@@ -109,6 +109,14 @@ class MomentumConfig(EmaSection):
     Teacher). ``random``: an unrelated initialisation (an ablation: averaged into a
     trained teacher, it destroys it)."""
 
+    teacher_batch_norm: Literal["running", "batch"] = "running"
+    """How the teacher normalises the images it labels: with its running batch-norm statistics
+    (eval mode), or with the statistics of the unlabeled batch itself (train mode, the authors'
+    code, where that forward also moves the teacher's running statistics)."""
+    passes: Literal["joint", "separate"] = "joint"
+    """The student's forward passes: labeled and unlabeled images in one, batch norm
+    normalising them together, or one pass each (the authors' code)."""
+
     @model_validator(mode="after")
     def _confidence_needs_hard(self) -> MomentumConfig:
         if self.confidence > 0 and self.labels != "hard":
@@ -183,16 +191,19 @@ class MomentumStudentStrategy(Strategy):
         method = self.method
         teacher_view = batch.unlabeled if method.views == "weak_strong" else batch.unlabeled_strong
         student_view = batch.unlabeled_strong
-        prob = probabilities(self.context.frozen_forward(self.teacher, teacher_view))  # in float32, not bf16 steps
-        target, valid = pseudo_targets(prob, method.labels, method.confidence)
-        logits = forward(torch.cat([batch.images, student_view]))
-        labeled = batch.images.shape[0]
+        teacher_logits = self.context.frozen_forward(self.teacher, teacher_view, batch_statistics=method.teacher_batch_norm == "batch")
+        target, valid = pseudo_targets(probabilities(teacher_logits), method.labels, method.confidence)  # in float32, not bf16 steps
+        if method.passes == "joint":
+            logits = forward(torch.cat([batch.images, student_view]))
+            labeled_logits, unlabeled_logits = logits[: batch.images.shape[0]], logits[batch.images.shape[0] :]
+        else:  # each part normalised by its own batch statistics
+            labeled_logits, unlabeled_logits = forward(batch.images), forward(student_view)
         criterion = self.context.criterion
-        loss_sup = criterion(logits[:labeled], batch.masks)
+        loss_sup = criterion(labeled_logits, batch.masks)
         if method.unlabeled_loss == "mse":  # Mean Teacher's consistency between probabilities
-            loss_unsup = probability_mse(logits[labeled:], target, valid)
+            loss_unsup = probability_mse(unlabeled_logits, target, valid)
         else:
-            loss_unsup = criterion(logits[labeled:], target, valid)
+            loss_unsup = criterion(unlabeled_logits, target, valid)
         beta = method.beta * sigmoid_rampup(step, method.beta_rampup_steps)
         loss = loss_sup + beta * loss_unsup
         return loss, {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach()}

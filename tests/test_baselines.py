@@ -19,7 +19,7 @@ import torch
 
 from pseudoseg.config import ModelConfig
 from pseudoseg.run_config import config_from_dict
-from pseudoseg.data.augment import BatchAugmenter
+from pseudoseg.data.augment import BatchAugmenter, CutMix
 from pseudoseg.data.preprocessing import InputNormalizer
 from pseudoseg.engine.batches import BatchAssembler
 from pseudoseg.engine.checkpoint import load_tensors, load_weights_file
@@ -85,6 +85,36 @@ def test_cutmix_mixes_within_each_process_share() -> None:
         # the same boxes as the one-process run drew for these images; the partners differ (the share)
         assert torch.equal(share["mixes"][0].box, whole["mixes"][0].box[rank::2])
     assert not torch.equal(share["strong"][0], share["strong"][1])  # each view its own boxes
+
+
+def test_a_second_batch_fills_the_cutmix_boxes_row_for_row() -> None:
+    config = _views_config(NO_STRONG, {"probability": 1.0, "area": [0.2, 0.4]})
+    augmenter = BatchAugmenter(config_from_dict(config).train.augment, seed=3)
+    out = _assembler(config, POOL, DistInfo()).unlabeled(np.arange(4), augmenter, Views(strong=2, cutmix=True, partner_batch=True), np.arange(4, 8))
+    weak, partner = out["unlabeled"], out["partner_unlabeled"]
+    assert partner.shape == weak.shape and not torch.equal(partner, weak)
+    for view, mix in zip(out["strong"], out["mixes"]):
+        assert mix.partner is None and bool(mix.box.flatten(1).any(1).all())
+        # no strong change here: inside each box the same row of the second batch, outside the image itself
+        assert torch.equal(view, mix.apply(weak, partner))
+        for row in range(4):
+            box = mix.box[row, 0]
+            assert torch.equal(view[row][:, box], partner[row][:, box]) and torch.equal(view[row][:, ~box], weak[row][:, ~box])
+    with pytest.raises(ValueError, match="second batch"):
+        out["mixes"][0].apply(weak)
+    with pytest.raises(ValueError, match="partner_batch fills CutMix boxes"):
+        Views(strong=1, partner_batch=True)
+
+
+def test_second_batch_targets_are_the_partners_confident_decisions_in_the_box() -> None:
+    box = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    box[:, :, :2] = True
+    mix = CutMix(box, None)
+    own, partner = torch.full((2, 1, 4, 4), 5.0), torch.full((2, 1, 4, 4), -5.0)  # foreground / background, both confident
+    partner[1, :, 0, 0] = 0.0  # undecided: not confident
+    target, valid = weak_to_strong_targets(own, 0.9, mix, partner)
+    assert torch.equal(target[:, :, 2:], torch.ones(2, 1, 2, 4)) and torch.equal(target[:, :, :2], torch.zeros(2, 1, 2, 4))
+    assert float(valid.sum()) == 2 * 16 - 1 and float(valid[1, 0, 0, 0]) == 0.0
 
 
 def test_strong_views_are_the_global_batchs_and_replay_on_resume() -> None:
@@ -345,7 +375,12 @@ def _records(stage: Path, kind: str) -> list[dict]:
 TRAIN_KEYS = {"fixmatch": {"loss_sup", "loss_unsup", "confident"}, "unimatch": {"loss_sup", "loss_s1", "loss_s2", "loss_fp", "confident"}, "cps": {"loss_sup", "loss_sup_peer", "loss_cps"}}
 
 
-VARIANTS = {"cps-cutmix": ("cps", {"cutmix": True}), "fixmatch-official": ("fixmatch", {"passes": "official"}), "unimatch-official": ("unimatch", {"passes": "official"})}
+VARIANTS = {
+    "cps-cutmix": ("cps", {"cutmix": True}),
+    "fixmatch-official": ("fixmatch", {"passes": "official"}),
+    "unimatch-official": ("unimatch", {"passes": "official"}),
+    "fixmatch-second-batch": ("fixmatch", {"cutmix_partner": "second_batch"}),
+}
 
 
 @pytest.mark.parametrize("name", ["fixmatch", "unimatch", "cps", *VARIANTS])
@@ -433,10 +468,12 @@ main(["train", "--config", sys.argv[1]])
 """
 
 
-@pytest.mark.parametrize("name, strategy", [("cps", "CPSStrategy"), ("unimatch", "UniMatchStrategy")])
-def test_killed_run_resumes_to_identical_weights(name: str, strategy: str, tmp_path: Path, tiny_polyps: Path) -> None:
-    # cps: two trainable networks and their optimiser moments; unimatch: CutMix views and feature dropout replayed
-    raw = tiny_config(tmp_path, tiny_polyps, data={"test": None}, train={"steps": 8, "val_every": 3, "log_every": 2}, method={"name": name, "student_init": "fresh"})
+@pytest.mark.parametrize("name, strategy, settings", [("cps", "CPSStrategy", {}), ("unimatch", "UniMatchStrategy", {"cutmix_partner": "second_batch"})])
+def test_killed_run_resumes_to_identical_weights(name: str, strategy: str, settings: dict, tmp_path: Path, tiny_polyps: Path) -> None:
+    # cps: two trainable networks and their optimiser moments; unimatch: CutMix views from a second
+    # batch (its own stream) and feature dropout replayed
+    method = {"name": name, "student_init": "fresh", **settings}
+    raw = tiny_config(tmp_path, tiny_polyps, data={"test": None}, train={"steps": 8, "val_every": 3, "log_every": 2}, method=method)
     _quiet({**raw, "run_dir": str(tmp_path / "uninterrupted")})
     resumed = {**raw, "run_dir": str(tmp_path / "resumed")}
     config_file = write_config(tmp_path / "resumed.yaml", resumed)

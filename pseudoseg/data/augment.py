@@ -70,16 +70,27 @@ class StrongPhotometry:
 
 @dataclass(frozen=True)
 class CutMix:
-    """How a view was CutMix-mixed: each image's box and the image (a row of the same batch) it came from."""
+    """How a view was CutMix-mixed: each image's box and the image it came from (a row of the same
+    batch, or the same row of a second batch)."""
 
     box: torch.Tensor
     """``bool [u, 1, H, W]``: True inside the pasted box (all False where the image has none)."""
-    partner: torch.Tensor
-    """``long [u]``: the row of the batch whose pixels fill the box."""
+    partner: torch.Tensor | None
+    """``long [u]``: the row of the batch whose pixels fill the box; None: the same row of a
+    second batch (:meth:`apply`'s ``partner``)."""
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Mix ``x`` (``[u, K, H, W]``: images, targets, confidence masks) exactly as the view was mixed."""
+    def apply(self, x: torch.Tensor, partner: torch.Tensor | None = None) -> torch.Tensor:
+        """Mix ``x`` (``[u, K, H, W]``: images, targets, confidence masks) exactly as the view was mixed;
+        ``partner``: the second batch's ``x``, when the boxes come from one."""
+        if self.partner is None:
+            if partner is None:
+                raise ValueError("this view was mixed with a second batch: pass its values as partner")
+            return torch.where(self.box, partner, x)
         return torch.where(self.box, x[self.partner], x)
+
+    def from_second_batch(self) -> CutMix:
+        """The same boxes, filled from the same rows of a second batch."""
+        return CutMix(self.box, None)
 
 
 @dataclass(frozen=True)

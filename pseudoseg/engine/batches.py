@@ -59,9 +59,10 @@ class BatchAssembler:
             masks = harden(masks, strict=True)
         return self.normalizer(images), masks
 
-    def unlabeled(self, indices: np.ndarray, augmenter: BatchAugmenter, views: Views) -> dict[str, Any]:
+    def unlabeled(self, indices: np.ndarray, augmenter: BatchAugmenter, views: Views, partner: np.ndarray | None = None) -> dict[str, Any]:
         """The fields of :class:`~pseudoseg.engine.strategy.Batch` for unlabeled images: the weak view
-        and the ``views`` a strategy asks for, all of the same geometry."""
+        and the ``views`` a strategy asks for, all of the same geometry; ``partner``: the second
+        batch whose strong views fill the CutMix boxes (``Views.partner_batch``)."""
         part = self.dist.shard()
         n = len(indices)
         # every draw is for the global batch, in a fixed order (Views): the generator's
@@ -86,10 +87,29 @@ class BatchAssembler:
             for params, cutmix in strong:
                 view = self.normalizer(augmenter.strong(images, params.select(part), colour=self.colour)) if views.strong_augment else out["unlabeled"]
                 mix = cutmix.select(part).boxes(height, width, self.device) if cutmix is not None else None
-                views_out.append(mix.apply(view) if mix is not None else view)
+                views_out.append(mix.apply(view) if mix is not None and not views.partner_batch else view)  # a partner batch fills the boxes below
                 mixes.append(mix)
             out["strong"], out["mixes"] = tuple(views_out), tuple(mixes)
+        if views.partner_batch:
+            self._fill_from_partner(out, partner, augmenter, views)
         return out
+
+    def _fill_from_partner(self, out: dict[str, Any], indices: np.ndarray | None, augmenter: BatchAugmenter, views: Views) -> None:
+        """Refill the strong views' CutMix boxes from the same rows of a second batch, its own
+        geometry and strong augmentation drawn after the first batch's (for the global batch)."""
+        if indices is None:
+            raise ValueError("Views.partner_batch: the loop draws no second unlabeled batch")
+        part = self.dist.shard()
+        geometry = augmenter.sample_geometry(len(indices), affine=self.config.train.augment.unlabeled_affine)
+        strong = [augmenter.sample_strong(len(indices)) for _ in range(views.strong)]
+        images, _ = apply_geometry(self.normalizer.to_unit(self.pool.images.read(indices[part])), [], geometry.select(part))
+        weak = self.normalizer(images)
+        mixes = tuple(mix.from_second_batch() for mix in out["mixes"])
+        views_out = []
+        for view, mix, params in zip(out["strong"], mixes, strong):
+            partner_view = self.normalizer(augmenter.strong(images, params.select(part), colour=self.colour)) if views.strong_augment else weak
+            views_out.append(torch.where(mix.box, partner_view, view))
+        out["strong"], out["mixes"], out["partner_unlabeled"] = tuple(views_out), mixes, weak
 
     def evaluation(self, indices: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This process's share of ``indices``, as normalised batches (no augmentation) and

@@ -134,18 +134,27 @@ def pseudo_targets(prob: torch.Tensor, kind: str, confidence: float) -> tuple[to
     return target, (pixel_confidence(prob) >= confidence).float()
 
 
-def weak_to_strong_targets(weak_logits: torch.Tensor, threshold: float, mix: CutMix | None) -> tuple[torch.Tensor, torch.Tensor]:
+def weak_to_strong_targets(weak_logits: torch.Tensor, threshold: float, mix: CutMix | None, partner_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard targets of the weak view's prediction and the mask of its confident pixels
-    (``[u, K, H, W]``, ``[u, 1, H, W]``), CutMix-mixed like the strong view they supervise.
+    (``[u, K, H, W]``, ``[u, 1, H, W]``), CutMix-mixed like the strong view they supervise;
+    ``partner_logits``: the second batch's weak-view prediction, when its images fill the boxes.
 
     Not differentiated; the probabilities are taken in float32 (:func:`probabilities`).
     """
-    prob = probabilities(weak_logits.detach())
+    target, valid = _confident_decisions(weak_logits, threshold)
+    if mix is not None and partner_logits is not None:
+        partner_target, partner_valid = _confident_decisions(partner_logits, threshold)
+        target, valid = mix.apply(target, partner_target), mix.apply(valid, partner_valid)
+    elif mix is not None:
+        target, valid = mix.apply(target), mix.apply(valid)
+    return target, valid
+
+
+def _confident_decisions(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    prob = probabilities(logits.detach())
     target, valid = pseudo_targets(prob, "hard", threshold)
     if valid is None:  # threshold 0: every pixel counts
         valid = torch.ones_like(prob[:, :1])
-    if mix is not None:
-        target, valid = mix.apply(target), mix.apply(valid)
     return target, valid
 
 

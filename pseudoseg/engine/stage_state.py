@@ -35,6 +35,8 @@ class StageState:
     augmenter: BatchAugmenter
     labeled_stream: IndexStream
     unlabeled_stream: IndexStream | None
+    partner_stream: IndexStream | None = None
+    """The second unlabeled batches that fill CutMix boxes (``Views.partner_batch``)."""
     step: int = 0
     best: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Each network's best checkpoint so far (``done.json``'s ``best``)."""
@@ -71,6 +73,7 @@ class StageState:
             "scaler": {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in self.scaler.state_dict().items()},
             "labeled_stream": self.labeled_stream.state_dict(),
             "unlabeled_stream": self.unlabeled_stream.state_dict() if self.unlabeled_stream is not None else None,
+            **({"partner_stream": self.partner_stream.state_dict()} if self.partner_stream is not None else {}),
         }
         return tensors, meta
 
@@ -91,6 +94,8 @@ class StageState:
         self.labeled_stream.load_state_dict(meta["labeled_stream"])
         if self.unlabeled_stream is not None:
             self.unlabeled_stream.load_state_dict(meta["unlabeled_stream"])
+        if self.partner_stream is not None:
+            self.partner_stream.load_state_dict(meta["partner_stream"])
         self.step, self.best = int(meta["step"]), meta["best"]
         self.running = {key: value.to(device) for key, value in unprefixed("log_window", tensors).items()}
         self.window_steps = int(meta.get("log_window_steps", 0))

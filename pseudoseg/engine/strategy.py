@@ -65,6 +65,11 @@ class Views:
     """``False``: the strong views keep the weak view's pixels and are only CutMix-mixed
     (CPS + CutMix); their augmentation parameters are drawn all the same, so the random
     stream does not depend on it."""
+    partner_batch: bool = False
+    """With ``cutmix``: the boxes are filled from a second unlabeled batch, drawn from its own
+    stream (the same row, its own geometry and strong augmentation), whose weak view is
+    ``Batch.partner_unlabeled`` (the official UniMatch code); otherwise from another image of
+    the same batch."""
     stored_labels: StoredLabels | None = None
     """``Batch.unlabeled_targets``: pseudo labels on disk (indexed by pool index),
     read for each unlabeled batch and warped with the images."""
@@ -74,6 +79,8 @@ class Views:
             raise ValueError(f"strong views: expected a count >= 0, got {self.strong}")
         if self.cutmix and not self.strong:
             raise ValueError("cutmix mixes strong views: ask for at least one (strong >= 1)")
+        if self.partner_batch and not self.cutmix:
+            raise ValueError("partner_batch fills CutMix boxes: ask for cutmix too")
 
 
 @dataclass
@@ -97,7 +104,11 @@ class Batch:
     when ``Views.cutmix``."""
     mixes: tuple[CutMix | None, ...] = ()
     """For each strong view, how it was mixed (``None``: not mixed); ``mix.apply(x)`` mixes
-    a target, confidence map or prediction of the weak view the same way."""
+    a target, confidence map or prediction of the weak view the same way (``mix.apply(x,
+    partner)`` with the second batch's values under ``Views.partner_batch``)."""
+    partner_unlabeled: torch.Tensor | None = None
+    """``Views.partner_batch``: the weak view of the second unlabeled batch [u, C, S, S],
+    whose pixels fill the CutMix boxes (through its own strong views)."""
 
 
 class Forward(Protocol):
@@ -236,9 +247,15 @@ class StageContext:
         return logits
 
 
+def partner_predictions(context: StageContext, batch: Batch) -> torch.Tensor | None:
+    """The student's logits on the second unlabeled batch that fills CutMix boxes
+    (``Views.partner_batch``), in eval mode as the official UniMatch code; None without one."""
+    return context.frozen_forward(context.student, batch.partner_unlabeled) if batch.partner_unlabeled is not None else None
+
+
 def student_predictions(context: StageContext, images: torch.Tensor) -> torch.Tensor:
     """The student's probabilities on ``images`` in eval mode (the diagnostics' pseudo labels), its mode restored."""
     return probabilities(context.frozen_forward(context.student, images))
 
 
-__all__ = ["Batch", "Forward", "StageContext", "StageSpec", "Strategy", "Views", "student_predictions"]
+__all__ = ["Batch", "Forward", "StageContext", "StageSpec", "Strategy", "Views", "partner_predictions", "student_predictions"]

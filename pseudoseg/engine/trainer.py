@@ -323,6 +323,7 @@ class Trainer:
         labeled_stream = IndexStream(spec.labeled, spec.batch_size, seed * 7 + 1)
         unlabeled_stream = IndexStream(spec.unlabeled, spec.unlabeled_batch_size, seed * 7 + 2) if strategy.uses_unlabeled else None
         epoch_stream = unlabeled_stream or labeled_stream
+        partner_stream = IndexStream(spec.unlabeled, spec.unlabeled_batch_size, seed * 7 + 4) if strategy.uses_unlabeled and strategy.views.partner_batch else None
         criterion = SegmentationLoss(cfg.train.loss, smooth=cfg.train.dice_smooth, channels=self.channels)
         context = StageContext(
             config=cfg,
@@ -348,6 +349,7 @@ class Trainer:
             augmenter=BatchAugmenter(cfg.train.augment, seed * 7 + 3),
             labeled_stream=labeled_stream,
             unlabeled_stream=unlabeled_stream,
+            partner_stream=partner_stream,
         )
         models = {name: self._wrap(network) for name, network in trainable.items()}
         run = _StageRun(spec, stage_dir, describe, state, trainable, parameters, models, epoch_stream, init_digest, cfg.train.channels_last)
@@ -381,7 +383,8 @@ class Trainer:
         views: dict[str, Any] = {}
         if state.unlabeled_stream is not None:
             unlabeled_indices, epoch_ended = state.unlabeled_stream.next()
-            views = self.batches.unlabeled(unlabeled_indices, state.augmenter, state.strategy.views)
+            partner = state.partner_stream.next()[0] if state.partner_stream is not None else None
+            views = self.batches.unlabeled(unlabeled_indices, state.augmenter, state.strategy.views, partner)
         with self.autocast():
             loss, logs = state.strategy.loss(Batch(images=images, masks=masks, **views), run.forward, state.step)
         state.optimizer.zero_grad(set_to_none=True)

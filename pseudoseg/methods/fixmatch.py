@@ -41,7 +41,7 @@ import torch
 from pydantic import Field
 
 from pseudoseg.engine.labels import weak_to_strong_targets
-from pseudoseg.engine.strategy import Batch, Forward, Strategy, Views, student_predictions
+from pseudoseg.engine.strategy import Batch, Forward, Strategy, partner_predictions, student_predictions
 from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
 from pseudoseg.methods.stages import WeakToStrongSection, baseline_rows, fit_one_stage, labeled_start
@@ -65,7 +65,7 @@ class FixMatchStrategy(Strategy):
 
     def __init__(self, method: FixMatchConfig) -> None:
         self.method = method
-        self.views = Views(strong=1, cutmix=method.cutmix)
+        self.views = method.views(1, cutmix=method.cutmix)
 
     def loss(self, batch: Batch, forward: Forward, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labeled, unlabeled = batch.images.shape[0], batch.unlabeled.shape[0]
@@ -75,7 +75,7 @@ class FixMatchStrategy(Strategy):
             logits = forward(torch.cat([batch.images, batch.unlabeled, batch.strong[0]]))
         criterion = self.context.criterion
         loss_sup = criterion(logits[:labeled], batch.masks)
-        target, valid = weak_to_strong_targets(logits[labeled : labeled + unlabeled], self.method.threshold, batch.mixes[0])
+        target, valid = weak_to_strong_targets(logits[labeled : labeled + unlabeled], self.method.threshold, batch.mixes[0], partner_predictions(self.context, batch))
         loss_unsup = criterion(logits[labeled + unlabeled :], target, valid)
         loss = loss_sup + self.method.beta * loss_unsup
         return loss, {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach(), "confident": valid.mean()}

@@ -14,7 +14,7 @@ from torch import nn
 
 from pseudoseg.config import MethodSection
 from pseudoseg.engine.ema import ModelEMA, update_momentum
-from pseudoseg.engine.strategy import StageContext, Strategy
+from pseudoseg.engine.strategy import StageContext, Strategy, Views
 from pseudoseg.engine.trainer import StageResult, stage_result_from_done
 from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import GridRow, LabeledStage, Rows
@@ -201,6 +201,14 @@ class WeakToStrongSection(LabeledStartSection):
     over all of them); ``official``: labeled and weak images in one pass, the strong views in a
     second, as the official UniMatch code (and its FixMatch), so the weak view's pseudo labels do
     not depend on the strong views in the batch."""
+    cutmix_partner: Literal["same_batch", "second_batch"] = "same_batch"
+    """Where a strong view's CutMix box comes from: another image of the same unlabeled batch, or
+    the same row of a second unlabeled batch drawn for the purpose, its pseudo labels predicted
+    in eval mode (the official UniMatch code, which also runs its FixMatch)."""
+
+    def views(self, strong: int, *, cutmix: bool = True) -> Views:
+        """The unlabeled views of ``strong`` strong views, CutMix-mixed as this section says."""
+        return Views(strong=strong, cutmix=cutmix, partner_batch=cutmix and self.cutmix_partner == "second_batch")
 
 
 def labeled_start(

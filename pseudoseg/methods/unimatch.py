@@ -42,7 +42,7 @@ import torch
 from pydantic import Field
 
 from pseudoseg.engine.labels import weak_to_strong_targets
-from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy, Views, student_predictions
+from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy, partner_predictions, student_predictions
 from pseudoseg.engine.trainer import stage_seed
 from pseudoseg.methods.registry import register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
@@ -67,10 +67,9 @@ class UniMatchStrategy(Strategy):
 
     uses_unlabeled = True
     renders_pseudo_labels = True
-    views = Views(strong=2, cutmix=True)
-
     def __init__(self, method: UniMatchConfig) -> None:
         self.method = method
+        self.views = method.views(2)
 
     def setup(self, context: StageContext) -> None:
         super().setup(context)
@@ -96,8 +95,9 @@ class UniMatchStrategy(Strategy):
         weak = logits[labeled : labeled + unlabeled]
         strong = [strong_logits[k * unlabeled : (k + 1) * unlabeled] for k in range(2)]
         losses = []
+        partner = partner_predictions(self.context, batch)
         for view, mix in zip(strong, batch.mixes):
-            target, valid = weak_to_strong_targets(weak, method.threshold, mix)
+            target, valid = weak_to_strong_targets(weak, method.threshold, mix, partner)
             losses.append(criterion(view, target, valid))
         target, valid = weak_to_strong_targets(weak, method.threshold, None)
         loss_fp = criterion(logits[perturbed], target, valid)

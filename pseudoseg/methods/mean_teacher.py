@@ -67,9 +67,6 @@ class MeanTeacherConfig(LabeledStartSection, EmaSection):
     views: Literal["weak_strong", "same"] = "weak_strong"
     """``weak_strong``: the teacher sees the weak view, the student a photometrically strong
     view of the same geometry; ``same``: both see the strong view."""
-    teacher_stage_momentum: float = Field(0.95, ge=0, lt=1)
-    """Momentum of the labeled-only stage's copy (the student's start), per ``momentum_unit``."""
-
     def start_ema(self) -> EmaSettings:
         """The labeled-only stage keeps its copy by the same rules as the teacher (``momentum_unit``, ...)."""
         return self.ema(self.teacher_stage_momentum)

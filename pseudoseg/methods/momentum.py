@@ -44,13 +44,13 @@ from pseudoseg.engine.trainer import stage_seed
 from pseudoseg.errors import UserError
 from pseudoseg.methods.registry import GridFamily, GridRow, LabeledStage, register
 from pseudoseg.methods.session import RecipeOutcome, RunSession
-from pseudoseg.methods.stages import EmaSection, LabeledStart, finished_stage, train_labeled_stage
+from pseudoseg.methods.stages import EmaSection, LabeledStageKeys, LabeledStart, finished_stage, train_labeled_stage
 
 if TYPE_CHECKING:
     from pseudoseg.config import RunConfig
 
 
-class MomentumConfig(EmaSection):
+class MomentumConfig(LabeledStageKeys, EmaSection):
     """Online pseudo labeling with momentum networks (Method A)."""
 
     name: Literal["momentum"] = "momentum"
@@ -59,15 +59,6 @@ class MomentumConfig(EmaSection):
     during the student stage as a momentum copy of the student."""
     teacher: Literal["momentum", "original"] = "momentum"
     """Which network of the teacher stage becomes the teacher."""
-    teacher_run: Path | None = None
-    """A finished supervised run directory to take the teacher from; when
-    absent, the teacher stage is trained first in ``<run_dir>/teacher``."""
-    teacher_steps: int | None = Field(None, ge=1)
-    """Teacher-stage steps (default: ``train.steps``)."""
-    teacher_batch_size: int | None = Field(None, ge=1)
-    """Teacher-stage batch (default: labeled + unlabeled batch of the student)."""
-    teacher_stage_momentum: float = Field(0.95, ge=0, lt=1)
-    """Momentum of the teacher stage's copy (the "momentum teacher"), per ``momentum_unit``."""
     teacher_momentum: float = Field(0.99, ge=0, lt=1)
     """Online teacher update: teacher <- m * teacher + (1 - m) * student, per ``momentum_unit``."""
     student_momentum: float = Field(0.99, ge=0, lt=1)

@@ -155,7 +155,25 @@ def finished_stage(run_dir: Path, session: RunSession) -> StageResult:
     return result
 
 
-class LabeledStartSection(MethodSection):
+class LabeledStageKeys(MethodSection):
+    """The keys of the labeled-only stage a semi-supervised method trains first (in
+    ``<run_dir>/teacher``) or takes from another run, declared once for every such method."""
+
+    teacher_run: Path | None = None
+    """A finished supervised run to take the labeled-only stage from instead of training it
+    (the grids' rows take the seed's supervised run)."""
+    teacher_steps: int | None = Field(None, ge=1)
+    """Steps of the labeled-only stage (default: ``train.steps``)."""
+    teacher_batch_size: int | None = Field(None, ge=1)
+    """Batch of the labeled-only stage (default: the labeled + unlabeled batch of the semi-supervised
+    stage, so that both see as many images per step)."""
+    teacher_stage_momentum: float = Field(SupervisedConfig.model_fields["ema_momentum"].default, ge=0, lt=1)
+    """Momentum of the labeled-only stage's copy (the semi-supervised stage's start or teacher):
+    supervised training's ``ema_momentum``, per the method's ``momentum_unit`` (per step where the
+    method has none)."""
+
+
+class LabeledStartSection(LabeledStageKeys):
     """Keys of a one-stage semi-supervised method that starts from a labeled-only model
     (the grid's rows start from the seed's supervised run through ``teacher_run``)."""
 
@@ -165,14 +183,6 @@ class LabeledStartSection(MethodSection):
     """``labeled``: the stage starts from the momentum copy of a labeled-only stage (trained in
     ``<run_dir>/teacher``, or ``teacher_run``), as every row of the grids; ``fresh``: from the
     run's initialisation (the papers' recipe, with pretrained encoders)."""
-    teacher_run: Path | None = None
-    """``student_init: labeled``: a finished supervised run to start from instead of training the stage."""
-    teacher_steps: int | None = Field(None, ge=1)
-    """Steps of the labeled-only stage (default: ``train.steps``)."""
-    teacher_batch_size: int | None = Field(None, ge=1)
-    """Batch of the labeled-only stage (default: labeled + unlabeled batch of the stage)."""
-    teacher_stage_momentum: float = Field(0.99, ge=0, lt=1)
-    """Momentum per step of the labeled-only stage's copy (the stage's start)."""
 
     def start_ema(self) -> EmaSettings:
         """How the labeled-only stage keeps its copy (per step, updated every step)."""

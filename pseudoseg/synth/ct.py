@@ -45,6 +45,7 @@ from monai.transforms import GaussianSmooth
 
 from pseudoseg.data.volumes import save_volume
 from pseudoseg.errors import UserError
+from pseudoseg.synth import require_integer
 from pseudoseg.fileio import atomic_folder, write_json
 
 __all__ = ["GENERATOR_VERSION", "CtSetSpec", "generate_ct_dataset", "render_ct_case"]
@@ -242,11 +243,6 @@ def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     return img
 
 
-def _check_count(name: str, value: int, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class CtSetSpec:
     """What :func:`generate_ct_dataset` writes: case counts, volume shape, seed and classes.
@@ -268,8 +264,8 @@ class CtSetSpec:
     three-class task."""
 
     def __post_init__(self) -> None:
-        _check_count("n_train", self.n_train, minimum=1)
-        _check_count("n_test", self.n_test, minimum=0)
+        require_integer("n_train", self.n_train, minimum=1)
+        require_integer("n_test", self.n_test, minimum=0)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise UserError(f"seed must be a non-negative integer, got {self.seed!r}")
         shape = tuple(self.shape)

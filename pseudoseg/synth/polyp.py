@@ -46,6 +46,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pseudoseg.errors import UserError
+from pseudoseg.synth import require_integer
 from pseudoseg.fileio import atomic_folder, write_bytes, write_json
 
 __all__ = [
@@ -179,7 +180,7 @@ def render_polyp_sample(
         and a ``uint8`` mask of shape ``(size, size)`` with values 0 and 255.
     """
     params = polyp_domain(domain)
-    _check_size(size)
+    require_integer("size", size, minimum=32)
     if isinstance(seed, np.random.SeedSequence):
         root = seed
     elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0:
@@ -628,16 +629,6 @@ def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
 # ---------------------------------------------------------------------------
 
 
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UserError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def _check_size(size: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
-        raise UserError(f"size must be an integer >= 32, got {size!r}")
-
-
 @dataclass(frozen=True)
 class PolypSetSpec:
     """What :func:`generate_polyp_dataset` writes: counts, image size, seed and test domains.
@@ -658,9 +649,9 @@ class PolypSetSpec:
     of names is stored as a tuple)."""
 
     def __post_init__(self) -> None:
-        _check_count("n_train", self.n_train)
-        _check_count("n_test", self.n_test)
-        _check_size(self.size)
+        require_integer("n_train", self.n_train, minimum=1)
+        require_integer("n_test", self.n_test, minimum=1)
+        require_integer("size", self.size, minimum=32)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise UserError(f"seed must be a non-negative integer, got {self.seed!r}")
         domains = (self.domains,) if isinstance(self.domains, str) else tuple(self.domains)

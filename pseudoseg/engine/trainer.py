@@ -312,11 +312,7 @@ class Trainer:
         up, the optimiser, the data streams; restored from ``last.safetensors`` if a run stopped."""
         cfg, stage_dir = self.config, self.run_dir / spec.name
         seed = stage_seed(cfg.seed, spec.name)
-        torch.manual_seed(network_seed(cfg.seed) if spec.init_seed is None else spec.init_seed)
-        student = self.build_network()
-        if spec.init_weights is not None:
-            tensors, _ = load_weights_file(spec.init_weights, expect=self.architecture)
-            student.load_state_dict(tensors)
+        student = self._start_student(spec)
         init_digest = weights_digest(student)
         torch.manual_seed(seed)
         strategy = spec.strategy
@@ -369,6 +365,16 @@ class Trainer:
             self._keep_start_as_best(spec, student, state.networks, state.best, run.log)
         run.window_start = time.perf_counter()
         return run
+
+    def _start_student(self, spec: StageSpec) -> nn.Module:
+        """The stage's student: its seeded initialisation (``init_seed``, else the run's), or the
+        trained weights it starts from."""
+        torch.manual_seed(network_seed(self.config.seed) if spec.init_seed is None else spec.init_seed)
+        student = self.build_network()
+        if spec.init_weights is not None:
+            tensors, _ = load_weights_file(spec.init_weights, expect=self.architecture)
+            student.load_state_dict(tensors)
+        return student
 
     def _train_step(self, run: _StageRun) -> None:
         """One optimiser step of the strategy's loss on the next labeled (and unlabeled) batch."""

@@ -65,6 +65,7 @@ class RunSession:
         raise UserError(f"data.labeled_fraction: {name} needs unlabeled images; use a fraction below 1")
 
     # ------------------------------------------------------------------ the engine's service
+
     def labeled_stage(self, name: str, strategy: Strategy, *, steps: int, batch_size: int, describe: Mapping[str, Any]) -> StageSpec:
         """A stage on this run's labeled images alone (validated on V), defined by ``describe``."""
         from pseudoseg.engine.strategy import StageSpec
@@ -92,7 +93,6 @@ class RunSession:
             validation=self.validation,
             describe={"strategy": method.name, **method.model_dump(mode="json"), **(describe or {})},
         )
-
 
     def fit(self, spec: StageSpec) -> StageResult:
         """Train (or resume, or find finished) one stage; its steps count towards the run's budget."""

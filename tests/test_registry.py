@@ -291,3 +291,16 @@ def test_the_python_api_trains_loads_and_evaluates(tiny_polyps: Path, tmp_path: 
         pseudoseg.evaluate(predictor, tiny_polyps / "TestDataset", network="raw")
     with pytest.raises(UserError, match="config must be a YAML path, a dictionary or a RunConfig, got int"):
         pseudoseg.train(3)
+
+
+def test_the_labeled_stage_keys_are_declared_once_with_one_default() -> None:
+    from pseudoseg.methods.stages import LabeledStageKeys, SupervisedConfig
+
+    keys = set(LabeledStageKeys.model_fields)
+    assert keys == {"teacher_run", "teacher_steps", "teacher_batch_size", "teacher_stage_momentum"}
+    sections = {info.name: info.section for info in list_methods() if issubclass(info.section, LabeledStageKeys)}
+    assert set(sections) == {"bcp", "cps", "fixmatch", "mean_teacher", "momentum", "unimatch"}
+    for name, section in sections.items():
+        declared_again = {key for cls in section.__mro__ if cls is not LabeledStageKeys and issubclass(cls, LabeledStageKeys) for key in vars(cls).get("__annotations__", {}) if key in keys}
+        assert declared_again == set(), name  # inherited: one default and one meaning
+        assert section().teacher_stage_momentum == SupervisedConfig().ema_momentum == 0.95

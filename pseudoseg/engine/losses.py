@@ -54,11 +54,15 @@ class SegmentationLoss(nn.Module):
         dice = self.dice(logits, target) if valid is None else self.masked_dice(logits, target, mask=valid)
         if self.kind == "dice":
             return dice
-        if self.channels == 1:
-            pixel_loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        else:  # cross-entropy against probability targets, per pixel
-            pixel_loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1, keepdim=True)
-        return dice + masked_mean_per_image(pixel_loss, valid)
+        return dice + masked_mean_per_image(pixel_cross_entropy(logits, target), valid)
+
+
+def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each pixel's cross-entropy against probability targets, ``[B, 1, ...]``: binary for one
+    sigmoid channel, over the softmax's channels for several."""
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1, keepdim=True)
 
 
 def class_maps(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,10 +89,7 @@ def medical_dice_ce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Ten
     the cross-entropy averaged over the counted pixels of the batch."""
     probs, classes = class_maps(logits, target)
     region = torch.ones_like(probs[:, :1]) if valid is None else valid.float()
-    if logits.shape[1] == 1:
-        pixel_ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    else:
-        pixel_ce = -(target * F.log_softmax(logits, 1)).sum(1, keepdim=True)
+    pixel_ce = pixel_cross_entropy(logits, target)
     cross_entropy = (pixel_ce * region).sum() / region.expand_as(pixel_ce).sum().clamp_min(1.0)
     return (cross_entropy + batch_dice_per_class(probs, classes, region, smooth=1e-5).mean()) / 2.0
 

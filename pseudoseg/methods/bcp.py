@@ -55,14 +55,13 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from scipy import ndimage
 from torch import nn
 
 from pseudoseg.engine.ema import ModelEMA
 from pseudoseg.engine.labels import decide, harden, one_hot, probabilities
-from pseudoseg.engine.losses import batch_dice_per_class, class_maps
+from pseudoseg.engine.losses import batch_dice_per_class, class_maps, pixel_cross_entropy
 from pseudoseg.engine.strategy import Batch, Forward, StageContext, Strategy
 from pseudoseg.engine.trainer import stage_seed
 from pseudoseg.errors import UserError
@@ -194,12 +193,8 @@ def authors_loss(logits: torch.Tensor, targets: torch.Tensor, region: torch.Tens
     region's pixels of the batch (one class: binary). In float32."""
     logits = logits.float()
     probs, classes = class_maps(logits, targets)
-    if logits.shape[1] == 1:
-        pixel_ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    else:
-        pixel_ce = -(targets * F.log_softmax(logits, 1)).sum(1, keepdim=True)
     dice = batch_dice_per_class(probs, classes, region, smooth=1e-10)
-    cross_entropy = (pixel_ce * region).sum() / (region.sum() + 1e-16)
+    cross_entropy = (pixel_cross_entropy(logits, targets) * region).sum() / (region.sum() + 1e-16)
     return dice.mean() + cross_entropy
 
 
